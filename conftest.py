@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: the base model, the shared CIFAR-10 data, hardware markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def pytest_collection_modifyitems(config, items):
+    hw = os.environ.get("HARNESS_HARDWARE") == "1"
+    slow = os.environ.get("HARNESS_SLOW") == "1"
+    for item in items:
+        if "hardware" in item.keywords and not hw:
+            item.add_marker(pytest.mark.skip(reason="needs hardware (HARNESS_HARDWARE=1)"))
+        if "slow" in item.keywords and not slow:
+            item.add_marker(pytest.mark.skip(reason="slow (HARNESS_SLOW=1)"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared CIFAR-10 directory (test.npz + calib.npz); skip when absent."""
+    p = Path(os.environ.get("HARNESS_DATA", SHARED_DATA))
+    if not (p / "test.npz").is_file():
+        pytest.skip(f"CIFAR-10 data not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def base_weights():
+    from specialist.model import load_weights
+
+    return load_weights()

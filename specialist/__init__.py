@@ -1,0 +1,1 @@
+"""specialist: base model, data, calibration statistics, selection, compensation, surgery, FLOPs, export."""
