@@ -1,0 +1,241 @@
+"""Run plans: what to measure, how long, in which order, and when enough is enough.
+
+A :class:`RunPlan` is a frozen option set built from defaults for the kind of device (real phone,
+virtual phone, host), then a TOML run file (``--config``), then command-line flags.  The window
+order is a randomized, counterbalanced sequence of rounds (each round is one row of a balanced
+Latin square, so every model precedes every other equally often and thermal drift and battery
+state hit all models alike), with every inference window bracketed by idle windows:
+``idle, inf, idle, inf, ..., idle``.  After ``min_reps`` rounds the run stops as soon as every
+model's CI is narrower than ``target_ci_pct``, or at ``max_reps``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import UsageError
+
+#: Device kinds and their defaults.  Real phones follow published practice (>= 60 s and >= 1024
+#: inferences per model, warm-up, cool-down); the virtual lab and the host get a quick demo.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "real": dict(window_s=15.0, min_reps=4, max_reps=20, target_ci_pct=2.0, warmup_inferences=10,
+                 min_inference_s_per_model=60.0, min_inferences_per_model=1024, cooldown_temp_c=40.0,
+                 cooldown_timeout_s=120.0, cooldown_pause_s=30.0),
+    "virtual": dict(window_s=1.6, min_reps=3, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
+                    min_inference_s_per_model=4.8, min_inferences_per_model=64, cooldown_temp_c=None,
+                    cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
+    "host": dict(window_s=1.0, min_reps=3, max_reps=8, target_ci_pct=3.0, warmup_inferences=3,
+                 min_inference_s_per_model=3.0, min_inferences_per_model=64, cooldown_temp_c=None,
+                 cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every setting of one run (stored with the run as JSON; loadable from TOML)."""
+
+    device: str = "virtual"
+    kind: str = "virtual"  # real | virtual | host
+    levels: tuple[int, ...] = (10, 20, 30, 40, 50)
+    classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    method: str = ""  # "" = the project's default preset
+    monitor: str = "monsoon"  # monsoon | gauge (real phones)
+    serial: str = ""  # phone serial (real phones)
+    monitor_serial: str = ""  # power monitor serial (real phones)
+    window_s: float = 1.6  # target length of one inference window
+    idle_s: float | None = None  # idle window length (None: same as window_s)
+    warmup_inferences: int = 3
+    min_reps: int = 3
+    max_reps: int = 6
+    target_ci_pct: float = 5.0  # stop when every model's 95% CI half-width / mean is below this
+    min_inference_s_per_model: float = 4.8
+    min_inferences_per_model: int = 64
+    cooldown_temp_c: float | None = None  # wait until the device is below this before a window
+    cooldown_timeout_s: float = 0.0
+    cooldown_pause_s: float = 0.0  # fixed pause when no temperature can be read
+    threads: int = 1
+    seed: int = 0
+    max_consecutive_failures: int = 3  # stop (resumable) after this many failed windows in a row
+    model: str = ""  # base model .npz ("" = shipped)
+    stats: str = ""  # stats artifact ("" = build or reuse the default one)
+    data: str = ""  # CIFAR-10 directory for accuracy ("" = the usual search)
+    extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def idle_window_s(self) -> float:
+        return float(self.idle_s if self.idle_s is not None else self.window_s)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> RunPlan:
+        d = json.loads(text)
+        known = {f.name for f in dataclasses.fields(RunPlan)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("levels", "classes"):
+            d[k] = tuple(d.get(k, ()))
+        d["extra"] = tuple(tuple(x) for x in d.get("extra", ()))
+        return RunPlan(**d)
+
+
+PLAN_KEYS = tuple(f.name for f in dataclasses.fields(RunPlan) if f.name not in ("extra",))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a run file: keys at top level or under ``[run]``; unknown keys are refused."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {p}: no such file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {p}: not valid TOML ({exc})") from None
+    if "run" in data and isinstance(data["run"], dict):
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    unknown = sorted(set(data) - set(PLAN_KEYS))
+    if unknown:
+        raise UsageError(f"--config {p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(PLAN_KEYS)}")
+    return data
+
+
+def make_plan(kind: str, device: str, overrides: Mapping[str, Any] | None = None) -> RunPlan:
+    """Defaults for the device kind, then ``overrides`` (TOML, then flags); validated."""
+    if kind not in KIND_DEFAULTS:
+        raise UsageError(f"unknown device kind {kind!r}; known: {', '.join(KIND_DEFAULTS)}")
+    values: dict[str, Any] = dict(KIND_DEFAULTS[kind])
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["kind"] = kind
+    values["device"] = device
+    for k in ("levels", "classes"):
+        if k in values:
+            values[k] = tuple(int(v) for v in values[k])
+    try:
+        plan = RunPlan(**values)
+    except TypeError as exc:
+        raise UsageError(f"bad run settings: {exc}") from None
+    validate(plan)
+    return plan
+
+
+def validate(plan: RunPlan) -> None:
+    """One clear UsageError for the first bad setting."""
+    if not plan.levels:
+        raise UsageError("levels: give at least one level, e.g. --levels 10,20,30")
+    for lv in plan.levels:
+        if not 1 <= lv <= 99:
+            raise UsageError(f"levels: {lv} is out of range 1..99 (percent of channels removed)")
+    if len(set(plan.levels)) != len(plan.levels):
+        raise UsageError(f"levels: {','.join(map(str, plan.levels))} repeats a level")
+    if len(plan.classes) < 2 or len(set(plan.classes)) != len(plan.classes):
+        raise UsageError("classes: give at least two different classes, e.g. --classes 0,1,2,3,4")
+    if any(not 0 <= c <= 9 for c in plan.classes):
+        raise UsageError("classes: CIFAR-10 classes are 0..9")
+    if not (plan.window_s > 0 and math.isfinite(plan.window_s)) or plan.idle_window_s <= 0:
+        raise UsageError("window_s and idle_s must be positive seconds")
+    if plan.min_reps < 2 or plan.max_reps < plan.min_reps:
+        raise UsageError(f"repetitions: need 2 <= min_reps <= max_reps (got {plan.min_reps}, {plan.max_reps})")
+    if plan.target_ci_pct <= 0:
+        raise UsageError("target_ci_pct must be positive")
+    if plan.warmup_inferences < 0 or plan.min_inferences_per_model < 1 or plan.threads < 1:
+        raise UsageError("warmup_inferences >= 0, min_inferences_per_model >= 1 and threads >= 1 are required")
+    if plan.monitor not in ("monsoon", "gauge"):
+        raise UsageError(f"monitor: {plan.monitor!r} is not monsoon or gauge")
+    if plan.max_consecutive_failures < 1:
+        raise UsageError("max_consecutive_failures must be at least 1")
+
+
+def inferences_per_window(plan: RunPlan, est_ms_per_inference: float) -> int:
+    """Inferences in one window: fill ``window_s`` and reach the per-model minimums in ``min_reps`` rounds."""
+    per_window_s = max(plan.window_s, plan.min_inference_s_per_model / plan.min_reps)
+    by_time = math.ceil(per_window_s * 1000.0 / max(est_ms_per_inference, 1e-3))
+    by_count = math.ceil(plan.min_inferences_per_model / plan.min_reps)
+    return int(max(1, by_time, by_count))
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One planned window: ``seq`` is its key in the store."""
+
+    seq: int
+    round_idx: int
+    kind: str  # "inference" | "idle"
+    model_key: str  # "" for idle
+
+
+def balanced_latin_square(n: int) -> np.ndarray:
+    """Rows of a Williams design: each symbol follows each other equally often.
+
+    ``n`` rows for even ``n``; ``2n`` rows (the square and its mirror) for odd ``n``.
+    """
+    if n < 1:
+        raise ValueError("n must be positive")
+    j = np.arange(n)
+    first = np.where(j % 2 == 1, (j + 1) // 2, (n - j // 2) % n)
+    rows = (first[None, :] + np.arange(n)[:, None]) % n
+    if n % 2 == 1:
+        rows = np.concatenate([rows, rows[:, ::-1]])
+    return rows
+
+
+def round_orders(model_keys: Sequence[str], n_rounds: int, seed: int) -> list[list[str]]:
+    """Model order of each round: Williams rows, symbols randomly assigned, rows shuffled per block."""
+    keys = list(model_keys)
+    rng = np.random.default_rng(seed)
+    sym = rng.permutation(len(keys))
+    square = balanced_latin_square(len(keys))
+    orders: list[list[str]] = []
+    while len(orders) < n_rounds:
+        for r in rng.permutation(len(square)):
+            orders.append([keys[sym[s]] for s in square[r]])
+    return orders[:n_rounds]
+
+
+def schedule(model_keys: Sequence[str], n_rounds: int, seed: int) -> list[Slot]:
+    """``idle, inf, idle, inf, ..., idle`` over ``n_rounds`` rounds (2*M*R + 1 slots)."""
+    slots: list[Slot] = []
+    seq = 0
+    for r, order in enumerate(round_orders(model_keys, n_rounds, seed)):
+        for key in order:
+            slots.append(Slot(seq, r, "idle", ""))
+            slots.append(Slot(seq + 1, r, "inference", key))
+            seq += 2
+    slots.append(Slot(seq, n_rounds, "idle", ""))
+    return slots
+
+
+def round_slots(slots: Sequence[Slot], round_idx: int) -> list[Slot]:
+    return [s for s in slots if s.round_idx == round_idx]
+
+
+def closing_idle(n_models: int, round_idx: int) -> Slot:
+    """The idle window that closes round ``round_idx`` (it opens the next round when there is one)."""
+    seq = 2 * n_models * (round_idx + 1)
+    return Slot(seq, round_idx + 1, "idle", "")
+
+
+def ci_reached(values_by_model: Mapping[str, Sequence[float]], target_ci_pct: float, min_n: int) -> bool:
+    """True when every model has ``min_n`` values and a 95% CI half-width below ``target_ci_pct`` of its mean."""
+    from harness.verdict import mean_ci
+
+    for vals in values_by_model.values():
+        v = np.asarray(vals, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if len(v) < max(min_n, 2):
+            return False
+        mean, half = mean_ci(v)
+        if not np.isfinite(half) or mean == 0 or abs(half / mean) * 100.0 > target_ci_pct:
+            return False
+    return True

@@ -1,0 +1,105 @@
+"""Statistics on window values: means with confidence intervals and A/B verdicts.
+
+:func:`compare_samples` calls a change *improved*, *regressed* or *same* only when the data
+decide it: a two-sided Mann-Whitney U test on the per-window values plus a minimum effect size
+(``threshold_pct`` of the baseline median).  Otherwise it says *unknown* and how many more
+repetitions per side would most likely decide (normal approximation of the difference, scaled by
+the U test's asymptotic efficiency 3/pi).  Lower values are better (time, energy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+#: Asymptotic relative efficiency of the U test against the t test under normality.
+MWU_EFFICIENCY = 3.0 / math.pi
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and Student-t half-width of its ``confidence`` interval (NaN half-width below 2 values)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return math.nan, math.nan
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan
+    sd = float(v.std(ddof=1))
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, len(v) - 1))
+    return mean, t * sd / math.sqrt(len(v))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of one A/B comparison (B against baseline A)."""
+
+    verdict: str  # improved | regressed | same | unknown
+    effect_pct: float  # (median B - median A) / median A * 100; negative = B lower (better)
+    p_value: float
+    n_a: int
+    n_b: int
+    more_reps: int  # extra repetitions per side likely to decide ("unknown" only), else 0
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.verdict, "effect_pct": self.effect_pct, "p_value": self.p_value,
+                "n_a": self.n_a, "n_b": self.n_b, "more_reps": self.more_reps, "reason": self.reason}
+
+
+def _reps_needed(rel_sd_pct: float, margin_pct: float, alpha: float) -> int:
+    """Per-side n so that the (1-alpha) half-width of a difference of means is below ``margin_pct``."""
+    if margin_pct <= 0 or not math.isfinite(rel_sd_pct):
+        return 10**6
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    return int(math.ceil(2.0 * (z * rel_sd_pct / margin_pct) ** 2 / MWU_EFFICIENCY))
+
+
+def compare_samples(a, b, threshold_pct: float = 2.0, alpha: float = 0.05, min_n: int = 3) -> Verdict:
+    """Verdict for B against baseline A (lower is better).
+
+    - significant (p < alpha) and |effect| >= threshold: improved / regressed;
+    - significant but |effect| < threshold, or the difference's CI inside +-threshold: same;
+    - else unknown, with the repetitions per side likely to decide.
+    """
+    va = np.asarray(a, dtype=np.float64)
+    vb = np.asarray(b, dtype=np.float64)
+    va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+    na, nb = len(va), len(vb)
+    if na < min_n or nb < min_n:
+        more = max(min_n - na, min_n - nb, 1)
+        return Verdict("unknown", math.nan, math.nan, na, nb, more,
+                       f"too few valid windows ({na} vs {nb}; need {min_n} each)")
+    med_a = float(np.median(va))
+    if med_a == 0:
+        return Verdict("unknown", math.nan, math.nan, na, nb, 0, "baseline median is zero")
+    effect = (float(np.median(vb)) - med_a) / abs(med_a) * 100.0
+    if np.all(va == va[0]) and np.all(vb == vb[0]):
+        p = 1.0 if va[0] == vb[0] else 0.0
+    else:
+        p = float(stats.mannwhitneyu(va, vb, alternative="two-sided").pvalue)
+    # relative spread (percent of baseline) and the CI of the difference of means
+    pooled_sd = math.sqrt((va.var(ddof=1) + vb.var(ddof=1)) / 2.0)
+    rel_sd = pooled_sd / abs(med_a) * 100.0
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    half = z * rel_sd * math.sqrt(1.0 / na + 1.0 / nb) / math.sqrt(MWU_EFFICIENCY)
+    if p < alpha and abs(effect) >= threshold_pct:
+        kind = "regressed" if effect > 0 else "improved"
+        return Verdict(kind, effect, p, na, nb, 0, f"U test p={p:.3g}, effect {effect:+.2f}% >= {threshold_pct}%")
+    if p < alpha:
+        return Verdict("same", effect, p, na, nb, 0,
+                       f"significant (p={p:.3g}) but {effect:+.2f}% is below the {threshold_pct}% minimum")
+    if abs(effect) + half < threshold_pct:
+        return Verdict("same", effect, p, na, nb, 0,
+                       f"{effect:+.2f}% +- {half:.2f}% lies within +-{threshold_pct}%")
+    if abs(effect) >= threshold_pct:
+        need = _reps_needed(rel_sd, abs(effect), alpha)
+    else:
+        need = _reps_needed(rel_sd, threshold_pct - abs(effect), alpha)
+    more = max(need - min(na, nb), 1)
+    return Verdict("unknown", effect, p, na, nb, more,
+                   f"p={p:.3g}, effect {effect:+.2f}% +- {half:.2f}%; about {more} more repetitions per side "
+                   f"would decide")

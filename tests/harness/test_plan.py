@@ -1,0 +1,101 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from harness.errors import UsageError
+from harness.plan import (
+    RunPlan,
+    balanced_latin_square,
+    ci_reached,
+    closing_idle,
+    inferences_per_window,
+    load_toml,
+    make_plan,
+    round_orders,
+    schedule,
+)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_williams_square_is_latin_and_carryover_balanced(n):
+    sq = balanced_latin_square(n)
+    assert sq.shape == (n if n % 2 == 0 else 2 * n, n)
+    for row in sq:
+        assert sorted(row) == list(range(n))
+    pairs = Counter((int(a), int(b)) for row in sq for a, b in zip(row[:-1], row[1:], strict=True))
+    assert len(pairs) == n * (n - 1)  # every ordered pair occurs ...
+    assert len(set(pairs.values())) == 1  # ... equally often
+    positions = Counter((int(s), p) for row in sq for p, s in enumerate(row))
+    assert len(set(positions.values())) == 1  # each model equally often in each position
+
+
+def test_schedule_brackets_every_inference_with_idle():
+    keys = ["L0", "L10", "L20", "L30", "L40", "L50"]
+    slots = schedule(keys, 3, seed=7)
+    assert len(slots) == 2 * 6 * 3 + 1
+    assert [s.seq for s in slots] == list(range(len(slots)))
+    for s in slots:
+        if s.kind == "inference":
+            assert slots[s.seq - 1].kind == "idle" and slots[s.seq + 1].kind == "idle"
+    for r in range(3):
+        assert sorted(s.model_key for s in slots if s.round_idx == r and s.kind == "inference") == sorted(keys)
+    assert closing_idle(6, 1) == slots[24]
+    assert slots == schedule(keys, 3, seed=7)  # deterministic: resume sees the same plan
+    assert round_orders(keys, 6, 1) != round_orders(keys, 6, 2)
+
+
+def test_round_orders_counterbalanced_over_a_block():
+    keys = ["a", "b", "c", "d"]
+    orders = round_orders(keys, 4, seed=3)
+    first = Counter(o[0] for o in orders)
+    assert set(first.values()) == {1}
+
+
+def test_defaults_by_kind_and_overrides():
+    real = make_plan("real", "nexus4")
+    assert real.window_s * real.min_reps >= 60 and real.min_inferences_per_model >= 1024
+    v = make_plan("virtual", "virtual", {"levels": [10, 20], "seed": 5})
+    assert v.levels == (10, 20) and v.seed == 5 and v.kind == "virtual"
+    assert RunPlan.from_json(v.to_json()) == v
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"levels": [120]}, "out of range"),
+    ({"levels": [10, 10]}, "repeats"),
+    ({"classes": [3]}, "at least two"),
+    ({"min_reps": 5, "max_reps": 3}, "min_reps"),
+    ({"window_s": -1}, "positive"),
+    ({"monitor": "usb"}, "monsoon or gauge"),
+    ({"bogus": 1}, "bad run settings"),
+])
+def test_bad_settings(over, msg):
+    with pytest.raises(UsageError, match=msg):
+        make_plan("virtual", "virtual", over)
+
+
+def test_toml(tmp_path):
+    p = tmp_path / "run.toml"
+    p.write_text('[run]\nlevels = [10, 30]\nwindow_s = 2.5\n')
+    assert make_plan("host", "host", load_toml(p)).window_s == 2.5
+    p.write_text('levels = [10]\nwindw_s = 2\n')
+    with pytest.raises(UsageError, match="unknown key.*windw_s"):
+        load_toml(p)
+    p.write_text('levels = [10')
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_toml(p)
+
+
+def test_inferences_per_window():
+    plan = make_plan("real", "nexus4")
+    # 15 s window at 80 ms -> 188; 1024 / 4 reps -> 256
+    assert inferences_per_window(plan, 80.0) == 256
+    assert inferences_per_window(plan, 10.0) == 1500
+
+
+def test_ci_reached():
+    tight = {"a": [10.0, 10.1, 9.9, 10.0], "b": [5.0, 5.01, 4.99]}
+    assert ci_reached(tight, 5.0, 3)
+    assert not ci_reached(tight, 5.0, 4)  # b has only 3
+    assert not ci_reached({"a": [10.0, 20.0, 5.0]}, 5.0, 3)
+    assert not ci_reached({"a": list(np.full(3, np.nan))}, 5.0, 2)
