@@ -1,0 +1,122 @@
+"""``harness history --device D``: a metric over runs on one device, with change points and a plot."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from harness.cliutil import add_json_flag, print_json
+from harness.commands.run import add_db_flag
+from harness.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "history", help="a metric over runs on one device, with change points (step detection) and a plot",
+        description="The series of per-run means over the runs of one device fingerprint (a device name picks "
+                    "the fingerprint of its latest run), change points marked by step detection, and a PNG plot.")
+    p.add_argument("--device", required=True, help="device name (as given to harness run) or fingerprint")
+    p.add_argument("--metric", choices=("energy", "time"), default=None,
+                   help="energy (mJ per inference) or time (ms per inference); default energy when measured")
+    p.add_argument("--model", action="append", default=[], metavar="KEY",
+                   help="model key (L0 base, L30...) or level; repeat; default all")
+    p.add_argument("--plot", default=None, metavar="PNG", help="plot path (default <db dir>/history-<fp>-<metric>.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the plot")
+    add_db_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def history(st, device: str, metric: str | None, model_keys: list[str]) -> dict:
+    """Series per model over the runs of one fingerprint, with change points (JSON-ready)."""
+    from harness.changepoints import detect_steps
+    from harness.tables import model_rows
+
+    runs = [s for s in st.list_runs(device)]
+    if not runs:
+        known = sorted({s.run.device for s in st.list_runs()})
+        raise InputError(f"no runs for device {device!r}; devices in the store: {', '.join(known) or 'none'}")
+    fp = runs[-1].run.device_fingerprint
+    others = sorted({s.run.device_fingerprint for s in runs} - {fp})
+    runs = [s for s in runs if s.run.device_fingerprint == fp]
+    if metric is None:
+        metric = "energy" if all(s.run.measures_energy for s in runs) else "time"
+    col = "energy_mj" if metric == "energy" else "time_ms"
+    if metric == "energy" and not any(s.run.measures_energy for s in runs):
+        raise InputError(f"no run on {device!r} measured energy; use --metric time")
+    wanted = {k if k.startswith("L") else f"L{k}" for k in model_keys}
+    series: dict[str, dict] = {}
+    for s in runs:
+        for row in model_rows(st.models(s.run.run_id), st.windows(s.run.run_id), s.run.measures_energy):
+            if wanted and row["model"] not in wanted:
+                continue
+            ser = series.setdefault(row["model"], {"model": row["model"], "level": row["level"], "points": []})
+            v = row[col]
+            ser["points"].append({"run_id": s.run.run_id, "created_utc": s.run.created_utc,
+                                  "value": v if v is not None and math.isfinite(v) else None,
+                                  "ci": row[col + "_ci"], "code_version": s.run.code_version})
+    if wanted and not series:
+        raise InputError(f"no model {', '.join(sorted(wanted))} in the runs of {device!r}")
+    for ser in series.values():
+        vals = [math.nan if p["value"] is None else p["value"] for p in ser["points"]]
+        ser["steps"] = [{"index": st_.index, "run_id": ser["points"][st_.index]["run_id"], "before": st_.before,
+                         "after": st_.after, "change_pct": st_.change_pct} for st_ in detect_steps(vals)]
+    return {"device": device, "device_fingerprint": fp, "other_fingerprints": others, "metric": metric,
+            "unit": "mJ" if metric == "energy" else "ms", "runs": len(runs),
+            "series": sorted(series.values(), key=lambda s: s["level"])}
+
+
+def plot_history(res: dict) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for ser in res["series"]:
+        y = [math.nan if p["value"] is None else p["value"] for p in ser["points"]]
+        x = list(range(len(y)))
+        line, = ax.plot(x, y, marker="o", label=ser["model"])
+        for s in ser["steps"]:
+            ax.axvline(s["index"] - 0.5, color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("run (oldest first)")
+    ax.set_ylabel(f"{res['metric']} per inference ({res['unit']})")
+    ax.set_title(f"{res['device']} ({res['device_fingerprint']}): dotted = change point", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(args) -> int:
+    from harness.cliutil import atomic_write_bytes
+    from harness.store import Store
+
+    with Store(args.db, create=False) as st:
+        res = history(st, args.device, args.metric, args.model)
+    if not args.no_plot:
+        path = Path(args.plot) if args.plot else Path(args.db).parent / (
+            f"history-{res['device_fingerprint']}-{res['metric']}.png")
+        atomic_write_bytes(path, plot_history(res))
+        res["plot"] = str(path)
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{res['device']} ({res['device_fingerprint']}), {res['metric']} per inference ({res['unit']}), "
+          f"{res['runs']} runs")
+    for ser in res["series"]:
+        vals = " ".join("-" if p["value"] is None else f"{p['value']:.3f}" for p in ser["points"])
+        print(f"  {ser['model']:>5}: {vals}")
+        for s in ser["steps"]:
+            print(f"         change at run {s['run_id']}: {s['before']:.3f} -> {s['after']:.3f} "
+                  f"({s['change_pct']:+.1f}%)")
+    if res.get("plot"):
+        print(f"plot: {res['plot']}")
+    return 0

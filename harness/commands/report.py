@@ -1,0 +1,33 @@
+"""``harness report RUN_ID``: rebuild a run's tables, plots and HTML page from the store."""
+
+from __future__ import annotations
+
+from harness.cliutil import add_json_flag, print_json
+from harness.commands.run import add_db_flag
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="rebuild a run's tables, plots and HTML report",
+                              description="Rebuild Tables 3/4 (Markdown, CSV), the plots and report.html of a run "
+                                          "from the results store (default: results/<run>/).")
+    p.add_argument("run_id", help="run id (a unique prefix is enough)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <db dir>/<run id>)")
+    add_db_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from harness.report import build_report
+    from harness.store import Store
+
+    with Store(args.db, create=False) as st:
+        run_id = st.get_run(args.run_id).run_id
+        rep = build_report(st, run_id, args.out)
+    if args.json:
+        print_json({"run_id": run_id, "out_dir": str(rep.out_dir),
+                    "files": {k: str(v) for k, v in sorted(rep.files.items())}, "rows": rep.rows})
+    else:
+        for name in sorted(rep.files):
+            print(rep.files[name])
+    return 0

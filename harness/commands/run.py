@@ -1,0 +1,140 @@
+"""``harness run``: build, export and measure the base model and its specialists; Tables 3 and 4."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.cliutil import add_json_flag, parse_int_list, print_json
+from harness.errors import UsageError
+from harness.store import DEFAULT_DB
+
+log = logging.getLogger(__name__)
+
+#: flags that define a plan (refused together with --resume: the stored plan is used)
+PLAN_FLAGS = ("levels", "classes", "method", "config", "window_s", "idle_s", "min_reps", "max_reps",
+              "target_ci_pct", "seed", "threads", "monitor", "serial", "monitor_serial", "model", "stats")
+
+
+def add_db_flag(p) -> None:
+    p.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH",
+                   help=f"results database (default {DEFAULT_DB})")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="measure the base model and its specialists (energy and time, Tables 3 and 4)",
+        description="Build the specialists, export them, push them, run inference windows beside idle windows "
+                    "in a randomized counterbalanced order while the power monitor records, store every window "
+                    "and write Tables 3 and 4 and an HTML report (results/<run>/report.html).")
+    p.add_argument("--device", default=None,
+                   help="virtual (default: virtual phone + virtual Monsoon), host (timing only), or a device "
+                        "profile name such as nexus4 (real phone + monitor)")
+    p.add_argument("--levels", default=None, help="channels removed, percent, e.g. 10,20,30,40,50 (default)")
+    p.add_argument("--classes", default=None, help="target classes (default 0,1,2,3,4)")
+    p.add_argument("--method", default=None, help="compensation/pruning preset (default: the project default)")
+    p.add_argument("--config", default=None, metavar="TOML", help="run file with plan settings (flags win)")
+    p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue an interrupted run")
+    p.add_argument("--monitor", choices=("monsoon", "gauge"), default=None, help="power monitor (real phones)")
+    p.add_argument("--serial", default=None, help="phone serial (real phones)")
+    p.add_argument("--monitor-serial", default=None, help="Monsoon serial number (real phones)")
+    p.add_argument("--window-s", type=float, default=None, help="inference window length (s)")
+    p.add_argument("--idle-s", type=float, default=None, help="idle window length (s; default = window)")
+    p.add_argument("--min-reps", type=int, default=None, help="rounds before the CI target may stop the run")
+    p.add_argument("--max-reps", type=int, default=None, help="cap on rounds")
+    p.add_argument("--target-ci-pct", type=float, default=None, help="stop when every CI half-width < this %% of the mean")
+    p.add_argument("--seed", type=int, default=None, help="seed of the randomized window order")
+    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--model", default=None, help="base model .npz (default: the shipped NIN)")
+    p.add_argument("--stats", default=None, help="calibration stats artifact (default: the project's)")
+    p.add_argument("--accuracy", action="store_true", help="also measure accuracy on the target classes")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
+    add_db_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _overrides(args) -> dict[str, Any]:
+    """Plan settings given on the command line (parsed and checked; None when absent)."""
+    over: dict[str, Any] = {}
+    if args.levels is not None:
+        over["levels"] = parse_int_list(args.levels, "--levels", lo=1, hi=99)
+    if args.classes is not None:
+        over["classes"] = parse_int_list(args.classes, "--classes", lo=0, hi=9)
+    for k in ("method", "monitor", "serial", "monitor_serial", "window_s", "idle_s", "min_reps", "max_reps",
+              "target_ci_pct", "seed", "threads", "model", "stats"):
+        v = getattr(args, k)
+        if v is not None:
+            over[k] = v
+    return over
+
+
+def run(args) -> int:
+    from harness.backends import make_backend, prepare_models, resolve_device
+    from harness.plan import load_toml, make_plan
+    from harness.report import build_report
+    from harness.runloop import check_resumable, create_run, run_experiment
+    from harness.store import Store
+    from harness.tables import model_rows, table3_markdown, table4_markdown
+
+    t_start = time.monotonic()
+    # ---- everything about the input is checked before anything is written
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in PLAN_FLAGS if getattr(args, k, None) is not None]
+        if given:
+            raise UsageError(f"--resume uses the run's stored plan; drop {', '.join(given)}")
+    over = _overrides(args) if not args.resume else {}
+    toml = load_toml(args.config) if args.config else {}
+    if args.resume:
+        with Store(args.db, create=False) as st:
+            stored = st.get_run(args.resume)
+            device_name = args.device or stored.device
+            if args.device and args.device != stored.device:
+                raise UsageError(f"--device {args.device} conflicts with run {stored.run_id}, measured on {stored.device}")
+    else:
+        device_name = args.device or toml.get("device") or "virtual"
+    choice = resolve_device(device_name)
+    if choice.kind != "real" and any(getattr(args, k) for k in ("monitor", "serial", "monitor_serial")):
+        raise UsageError(f"--monitor/--serial/--monitor-serial are for real phones, not --device {choice.name}")
+    plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
+
+    backend = make_backend(choice, plan)
+    with Store(args.db) as st:
+        if args.resume:
+            plan = check_resumable(st, args.resume, backend)
+        models = prepare_models(plan, Path(args.db).parent / "cache", accuracy=args.accuracy)
+        prep_s = time.monotonic() - t_start
+        with backend:
+            run_id = args.resume or create_run(st, backend, plan)
+            run_rec = st.get_run(run_id)
+            print(f"run {run_id} on {choice.name}" + (" (virtual lab)" if backend.virtual else ""),
+                  file=sys.stderr)
+            try:
+                outcome = run_experiment(st, backend, plan, models, run_id)
+            except KeyboardInterrupt:
+                print(f"harness: interrupted; measured windows are stored. Resume with "
+                      f"'harness run --resume {run_id}'", file=sys.stderr)
+                return 130
+        rows = model_rows(st.models(run_id), st.windows(run_id), run_rec.measures_energy)
+        report_path = None
+        if not args.no_report:
+            rep = build_report(st, run_id)
+            report_path = rep.files.get("report.html")
+        wall_s = time.monotonic() - t_start
+        overhead_pct = (wall_s - outcome.measured_s) / wall_s * 100.0 if wall_s > 0 else None
+        if args.json:
+            print_json({"run_id": run_id, "device": choice.name, "virtual": backend.virtual,
+                        "status": outcome.status, "rows": rows, "wall_s": round(wall_s, 2),
+                        "measured_s": round(outcome.measured_s, 2), "prepare_s": round(prep_s, 2),
+                        "overhead_pct": overhead_pct, "db": str(args.db),
+                        "report": str(report_path) if report_path else None})
+        else:
+            if run_rec.measures_energy:
+                print(table3_markdown(rows, choice.name, backend.virtual))
+            print(table4_markdown(rows, choice.name, backend.virtual, run_rec.measures_energy))
+            print(f"run {run_id}: {outcome.status}; wall {wall_s:.1f} s, in windows {outcome.measured_s:.1f} s, "
+                  f"overhead {overhead_pct:.1f}%" + (f"; report {report_path}" if report_path else ""))
+    return 0

@@ -1,0 +1,110 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.plan import make_plan
+from harness.runloop import create_run, run_experiment
+from harness.store import Store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_run_backend import ScriptedBackend, models  # noqa: E402
+
+FAST = {"window_s": 0.01, "idle_s": 0.01, "min_reps": 4, "max_reps": 4, "min_inferences_per_model": 4,
+        "min_inference_s_per_model": 0.01, "levels": [10, 50]}
+
+
+class Slower(ScriptedBackend):
+    """The same device after a 'regression': model L50 runs 20% slower."""
+
+    def run_window(self, model, n, warmup):
+        res = super().run_window(model, n, warmup)
+        if model.key == "L50":
+            res.latencies_ms = res.latencies_ms * 1.2
+        return res
+
+
+def _run(st, backend):
+    plan = make_plan("virtual", "scripted", FAST)
+    rid = create_run(st, backend, plan)
+    run_experiment(st, backend, plan, models(), rid, progress=False)
+    return rid
+
+
+@pytest.fixture()
+def db(tmp_path):
+    db = tmp_path / "h.db"
+    with Store(db) as st:
+        a = _run(st, ScriptedBackend(noise=0.01, seed=1))
+        b = _run(st, ScriptedBackend(noise=0.01, seed=2))
+        c = _run(st, Slower(noise=0.01, seed=3))
+    return db, a, b, c
+
+
+def test_compare_gates_on_regression(db, capsys):
+    path, a, b, c = db
+    assert main(["compare", a, b, "--db", str(path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    verdicts = {(x["model"], x["metric"]): x["verdict"] for x in res["comparisons"]}
+    assert verdicts[("L50", "time_ms")] in ("same", "unknown") and not res["regressed"]
+    assert main(["compare", a, c, "--db", str(path), "--json"]) == 1
+    res = json.loads(capsys.readouterr().out)
+    got = {(x["model"], x["metric"]): x for x in res["comparisons"]}
+    assert got[("L50", "time_ms")]["verdict"] == "regressed"
+    assert got[("L50", "time_ms")]["effect_pct"] == pytest.approx(20.0, abs=3.0)
+    assert got[("L0", "time_ms")]["verdict"] != "regressed"
+    assert main(["compare", c, a, "--db", str(path)]) == 0  # the other way round it improved
+    assert "improved" in capsys.readouterr().out
+
+
+def test_history_and_listing_commands(db, capsys, tmp_path):
+    path, a, b, c = db
+    assert main(["runs", "--db", str(path), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["run_id"] for r in runs] == [a, b, c] and all(r["status"] == "complete" for r in runs)
+    assert main(["show", a, "--db", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["run_id"] == a and len(shown["rows"]) == 3 and shown["windows"]["total"] == 25
+    assert main(["history", "--device", "scripted", "--metric", "time", "--model", "50", "--db", str(path),
+                 "--json"]) == 0
+    hist = json.loads(capsys.readouterr().out)
+    assert [s["model"] for s in hist["series"]] == ["L50"] and len(hist["series"][0]["points"]) == 3
+    assert Path(hist["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", a, "--db", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert Path(rep["files"]["report.html"]).is_file()
+    out = tmp_path / "exp"
+    assert main(["export-results", "--db", str(path), "--out", str(out), "--json"]) == 0
+    exp = json.loads(capsys.readouterr().out)
+    assert exp["windows"] == 75
+    import pandas as pd
+
+    w = pd.read_parquet(out / "windows.parquet")
+    assert len(w) == 75 and set(w["status"]) == {"valid"}
+    assert len(pd.read_csv(out / "rows.csv")) == 9
+
+
+def test_history_finds_a_step(tmp_path, capsys):
+    db = tmp_path / "h.db"
+    with Store(db) as st:
+        for i in range(8):
+            _run(st, (Slower if i >= 4 else ScriptedBackend)(noise=0.002, seed=i))
+    assert main(["history", "--device", "scripted", "--metric", "time", "--db", str(db), "--json",
+                 "--no-plot"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    by = {s["model"]: s for s in res["series"]}
+    assert [s["index"] for s in by["L50"]["steps"]] == [4]
+    assert by["L50"]["steps"][0]["change_pct"] == pytest.approx(20.0, abs=1.0)
+    assert by["L0"]["steps"] == []
+
+
+def test_command_errors(tmp_path, capsys):
+    assert main(["runs", "--db", str(tmp_path / "none.db")]) == 2
+    assert "no results database" in capsys.readouterr().err
+    with Store(tmp_path / "h.db"):
+        pass
+    assert main(["show", "nope", "--db", str(tmp_path / "h.db")]) == 2
+    assert main(["history", "--device", "x", "--db", str(tmp_path / "h.db")]) == 2
+    assert main(["export-results", "--format", "xls", "--db", str(tmp_path / "h.db")]) == 2
