@@ -141,6 +141,21 @@ class PhoneState:
         sb.write_text("/sys/class/power_supply/battery/temp", f"{b['temperature_dc']}\n")
         sb.write_text("/sys/class/power_supply/usb/online", f"{int(b['usb'] and not b['unplugged'])}\n")
 
+    def file_written(self, path: str) -> None:
+        """React to a shell write: cpufreq knobs move ``scaling_cur_freq`` as a kernel would."""
+        folder, _, name = path.rpartition("/")
+        if not folder.endswith("/cpufreq") or name not in ("scaling_governor", "scaling_min_freq", "scaling_max_freq"):
+            return
+        sb = self.sandbox
+        try:
+            gov = sb.host_path(f"{folder}/scaling_governor").read_text().strip()
+            lo = int(sb.host_path(f"{folder}/scaling_min_freq").read_text().strip())
+            hi = int(sb.host_path(f"{folder}/scaling_max_freq").read_text().strip())
+        except (OSError, ValueError):
+            return
+        cur = hi if gov == "performance" else (lo if gov == "powersave" else max(lo, min(hi, (lo + hi) // 2)))
+        sb.write_text(f"{folder}/scaling_cur_freq", f"{cur}\n")
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.boot_time_mono_s
 

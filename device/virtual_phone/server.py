@@ -348,12 +348,12 @@ class Connection:
         if cmd.strip():
             status = shell.run(cmd, out)
         else:
-            status = self._interactive(stream, shell, out, v2)
+            status = self._interactive(stream, shell, out, v2, pty)
         if v2:
             stream.write(P.SHELL_V2_HEADER.pack(P.SHELL_EXIT, 1) + bytes([status & 0xFF]))
 
-    def _interactive(self, stream: Stream, shell: Shell, out: Output, v2: bool) -> int:
-        prompt = "# " if self.phone.root_user else "$ "
+    def _interactive(self, stream: Stream, shell: Shell, out: Output, v2: bool, pty: bool) -> int:
+        prompt = ("# " if self.phone.root_user else "$ ") if pty else ""
         out.write(prompt)
         pending = bytearray()
         lines = bytearray()

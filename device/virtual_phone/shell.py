@@ -394,6 +394,7 @@ class Shell:
             argv += self.expand(w)
         out_fn, err_fn = out.out, out.err
         files = []
+        written: list[str] = []
         try:
             for r in cmd.redirects:
                 if r.mode == ">&":
@@ -413,6 +414,7 @@ class Shell:
                     fn = _discard
                 else:
                     host = self.writable(target)
+                    written.append(self.phone.sandbox.normalize(target, self.cwd))
                     if host.is_dir():
                         raise IsADirectoryError(21, "Is a directory", target)
                     fh = open(host, "ab" if r.mode == ">>" else "wb")  # noqa: SIM115
@@ -438,6 +440,8 @@ class Shell:
         finally:
             for fh in files:
                 fh.close()
+            for path in written:
+                self.phone.file_written(path)
         self.status = status
         return status
 
