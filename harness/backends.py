@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
 import os
 import platform
 import time
@@ -133,6 +134,169 @@ class HostBackend(Backend):
         if duration_s > 0:
             time.sleep(duration_s)
         return WindowResult(duration_s=time.monotonic() - t0, busy_s=duration_s)
+
+
+# --------------------------------------------------------------------------- phones (real or virtual)
+
+
+def energy_over(t_s: np.ndarray, power_w: np.ndarray, a_s: float, b_s: float) -> tuple[float, float]:
+    """(energy J, mean power W) of the samples starting in ``[a_s, b_s)``: mean power x span."""
+    sel = (t_s >= a_s) & (t_s < b_s)
+    if not sel.any() or b_s <= a_s:
+        return math.nan, math.nan
+    p = float(np.mean(power_w[sel]))
+    return p * (b_s - a_s), p
+
+
+class PhoneBackend(Backend):
+    """A phone over ADB (``device.base.Device``) measured by a ``device.power.PowerMonitor``.
+
+    An inference window is one shell line: start marker, ``executor_runner`` with N + warm-up
+    executions, end marker (``device/sync.py``); the monitor records from before to after it.  The
+    inference phase runs from the start marker's sync point to the end marker's (found in the
+    current trace; the host clock is the fallback), and its energy is mean power x span.  An idle
+    window is ``sleep`` on the phone.  Both keep their trace (time, power, shaded phases).
+    """
+
+    def __init__(self, device, monitor, profile, plan: RunPlan, *, virtual: bool, name: str,
+                 on_close=None):
+        self.device = device
+        self.monitor = monitor
+        self.profile = profile
+        self.plan = plan
+        self.virtual = virtual
+        self.name = name
+        self.measures_energy = True
+        self.instrument = getattr(monitor, "name", type(monitor).__name__)
+        self._on_close = on_close
+        self._remote: dict[str, str] = {}
+        self._n = 0
+        self._sync = _need("device.sync", f"--device {name}")
+        self._base = _need("device.base", f"--device {name}")
+        self.dd_bytes_per_s = self._sync.VIRTUAL_DD_BYTES_PER_S
+        self.busy_scales = (1.0,) if virtual else self._sync.REAL_PHONE_SCALES
+
+    # -- lifecycle
+    def open(self) -> None:
+        self.monitor.start()
+
+    def close(self) -> None:
+        try:
+            try:
+                self.monitor.stop()
+            finally:
+                self.device.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def fingerprint(self) -> dict[str, Any]:
+        props = self.device.properties()
+        keep = ("ro.product.model", "ro.product.device", "ro.build.fingerprint", "ro.serialno", "ro.hardware")
+        return {"kind": "virtual" if self.virtual else "phone", "profile": self.profile.name,
+                **{k: props.get(k, "") for k in keep}, "monitor": self.instrument}
+
+    def temperature_c(self) -> float | None:
+        temps = []
+        for zone in self.profile.thermal_zones:
+            res = self.device.run(["cat", f"/sys/class/thermal/{zone}/temp"], check=False, timeout_s=10)
+            txt = res.output.strip()
+            if res.ok and txt.lstrip("-").isdigit():
+                v = int(txt)
+                temps.append(v / 1000.0 if abs(v) > 200 else float(v))
+        return max(temps) if temps else None
+
+    # -- models
+    def _runner(self) -> str:
+        spec = self.profile.runner
+        if spec.builtin:
+            return spec.remote_path
+        if not spec.binary:
+            raise InputError(f"profile {self.profile.name} needs an executor_runner binary (runner.binary)")
+        st = self.device.stat(spec.remote_path)
+        if not st.exists or st.size_bytes != Path(spec.binary).stat().st_size:
+            self.device.push(spec.binary, spec.remote_path, mode=0o755)
+        return spec.remote_path
+
+    def prepare(self, model: PreparedModel, warmup: int) -> float:
+        remote = f"{self.profile.work_dir}/models/{model.artifact_hash[:16]}.pte"
+        self.device.run(["mkdir", "-p", f"{self.profile.work_dir}/models"], timeout_s=30)
+        st = self.device.stat(remote)
+        if not st.exists or st.size_bytes != Path(model.artifact_path).stat().st_size:
+            self.device.push(model.artifact_path, remote)
+        self._remote[model.key] = remote
+        work = self._base.InferenceWorkload(self._runner(), remote, iterations=3, warmup=max(1, warmup),
+                                            threads=self.plan.threads)
+        res = self._base.run_inferences(self.device, work, timeout_s=120)
+        return float(np.median(res.latencies_ms))
+
+    def _trace_arrays(self, tr, phases: list[tuple[str, float, float]]) -> dict[str, np.ndarray]:
+        return {"t_s": tr.time_s.astype(np.float32), "power_w": tr.power_w.astype(np.float32),
+                "phase_name": np.array([p[0] for p in phases], dtype="<U16"),
+                "phase_start_s": np.array([p[1] for p in phases], dtype=np.float64),
+                "phase_end_s": np.array([p[2] for p in phases], dtype=np.float64)}
+
+    def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
+        sync = self._sync
+        self._n += 1
+        key = f"inf{self._n}-{model.key}"
+        work = self._base.InferenceWorkload(self._runner(), self._remote[model.key], iterations=n_inferences,
+                                            warmup=warmup, threads=self.plan.threads)
+        cmd = "; ".join([sync.marker_command("start", self.dd_bytes_per_s), self._base.quote_argv(work.argv()),
+                         sync.marker_command("end", self.dd_bytes_per_s)])
+        t_begin = self.monitor.begin(key)
+        t_cmd = time.monotonic()
+        res = self.device.shell(cmd, timeout_s=600, check=False, retry=False)
+        t_done = time.monotonic()
+        tr = self.monitor.end(key, at_mono_s=t_done + 0.02)
+        from device.runner import parse_runner_output
+
+        run = parse_runner_output(res.output, warmup)
+        lat = np.asarray(run.latencies_ms, dtype=np.float64)
+        t0 = tr.start_mono_s
+        idx = tr.sample_index - tr.sample_index[0] if tr.samples else tr.sample_index
+        host_a = t_cmd - t0 + sync.marker_duration_s("start") - sync.GUARD_S
+        host_b = t_done - t0 - sync.marker_duration_s("end") + sync.GUARD_S
+        how = "markers"
+        try:
+            ma = sync.find_marker(tr.current_a, tr.rate_hz, "start", expected_sync_s=host_a, search_s=1.0,
+                                  busy_scales=self.busy_scales, sample_index=idx)
+            mb = sync.find_marker(tr.current_a, tr.rate_hz, "end", expected_sync_s=host_b, search_s=1.0,
+                                  busy_scales=self.busy_scales, sample_index=idx)
+            a, b = ma.sync_point_s, mb.sync_point_s
+            marks = [("sync", ma.marker_start_s, a), ("sync", b, b + (mb.last_burst_end_s - mb.first_burst_s))]
+        except Exception as exc:  # noqa: BLE001 - the host clock is the documented fallback
+            log.warning("sync markers not found in window %s (%s); using host timestamps", key, exc)
+            a, b, how = host_a, host_b, "host"
+            marks = []
+        t = tr.time_s
+        energy, power = energy_over(t, tr.power_w, a, b)
+        valid, reason = True, ""
+        if tr.dropped_samples > 0.01 * max(tr.expected_samples, 1):
+            valid, reason = False, f"{tr.dropped_samples} dropped samples"
+        if not tr.calibrated:
+            valid, reason = False, "monitor not calibrated"
+        phases = [("idle", 0.0, float(t[0]) if t.size else 0.0)] + marks + [("inference", a, b)]
+        return WindowResult(n_inferences=len(lat), duration_s=t_done - t_begin, busy_s=b - a, latencies_ms=lat,
+                            energy_j=energy, mean_power_w=power, valid=valid, reason=reason,
+                            trace=self._trace_arrays(tr, phases),
+                            extra={"sync": how, "dropped_samples": int(tr.dropped_samples)})
+
+    def idle_window(self, duration_s: float) -> WindowResult:
+        self._n += 1
+        key = f"idle{self._n}"
+        t_begin = self.monitor.begin(key)
+        self._base.idle_baseline(self.device, duration_s)
+        tr = self.monitor.end(key)
+        t = tr.time_s
+        span = float(tr.duration_s)
+        energy, power = energy_over(t, tr.power_w, 0.0, span)
+        valid = tr.dropped_samples <= 0.01 * max(tr.expected_samples, 1) and tr.calibrated
+        return WindowResult(duration_s=time.monotonic() - t_begin, busy_s=span, energy_j=energy,
+                            mean_power_w=power, valid=valid,
+                            reason="" if valid else f"{tr.dropped_samples} dropped samples or uncalibrated",
+                            trace=self._trace_arrays(tr, [("idle", 0.0, span)]),
+                            extra={"dropped_samples": int(tr.dropped_samples)})
 
 
 def make_backend(choice: DeviceChoice, plan: RunPlan) -> Backend:
