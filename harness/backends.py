@@ -178,6 +178,14 @@ class PhoneBackend(Backend):
 
     # -- lifecycle
     def open(self) -> None:
+        """Lock the device, run preflight (fatal failures stop here), start the monitor."""
+        lock_mod = _need("device.lock", f"--device {self.name}")
+        pre = _need("device.preflight", f"--device {self.name}")
+        self._lock = lock_mod.DeviceLock(self.device.name).acquire()
+        runner = Path(self.profile.runner.binary).expanduser() if self.profile.runner.binary else None
+        report = pre.preflight(self.device, self.profile, runner)
+        report.raise_for_failures(self.device.name)
+        self.preflight = report.to_dict()
         self.monitor.start()
 
     def close(self) -> None:
@@ -186,6 +194,8 @@ class PhoneBackend(Backend):
                 self.monitor.stop()
             finally:
                 self.device.close()
+                if getattr(self, "_lock", None) is not None:
+                    self._lock.release()
         finally:
             if self._on_close is not None:
                 self._on_close()
@@ -213,17 +223,16 @@ class PhoneBackend(Backend):
             return spec.remote_path
         if not spec.binary:
             raise InputError(f"profile {self.profile.name} needs an executor_runner binary (runner.binary)")
-        st = self.device.stat(spec.remote_path)
-        if not st.exists or st.size_bytes != Path(spec.binary).stat().st_size:
-            self.device.push(spec.binary, spec.remote_path, mode=0o755)
+        if not getattr(self, "_runner_pushed", False):
+            _need("device.push", f"--device {self.name}").checked_push(
+                self.device, Path(spec.binary).expanduser(), spec.remote_path, mode=0o755)
+            self._runner_pushed = True
         return spec.remote_path
 
     def prepare(self, model: PreparedModel, warmup: int) -> float:
         remote = f"{self.profile.work_dir}/models/{model.artifact_hash[:16]}.pte"
         self.device.run(["mkdir", "-p", f"{self.profile.work_dir}/models"], timeout_s=30)
-        st = self.device.stat(remote)
-        if not st.exists or st.size_bytes != Path(model.artifact_path).stat().st_size:
-            self.device.push(model.artifact_path, remote)
+        _need("device.push", f"--device {self.name}").checked_push(self.device, model.artifact_path, remote)
         self._remote[model.key] = remote
         work = self._base.InferenceWorkload(self._runner(), remote, iterations=3, warmup=max(1, warmup),
                                             threads=self.plan.threads)
