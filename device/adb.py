@@ -209,18 +209,27 @@ class AdbDevice(Device):
     def close(self) -> None:
         self._drop()
 
-    def _call(self, what: str, fn: Callable[[_AdbShellDevice], T], retry: bool = True) -> T:
-        """Run ``fn`` on a live link; on transport errors reconnect and retry (bounded)."""
+    def _call(self, what: str, fn: Callable[[_AdbShellDevice], T], retry: bool = True,
+              timeout_s: float | None = None) -> T:
+        """Run ``fn`` on a live link; on transport errors reconnect and retry (bounded).
+
+        With ``timeout_s``, a read that times out after that long is final (the command is slow,
+        not the link): it raises "timed out" without retrying.
+        """
         attempts = self.options.retries + 1 if retry else 1
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             if self._dev is None:
                 self.connect()
+            t0 = time.monotonic()
             try:
                 return fn(self._dev)  # type: ignore[arg-type]
             except _TRANSPORT_ERRORS as exc:
                 last = exc
                 self._drop()
+                timed_out = isinstance(exc, adb_exc.TcpTimeoutException | adb_exc.AdbTimeoutError)
+                if timeout_s is not None and timed_out and time.monotonic() - t0 >= 0.9 * timeout_s:
+                    raise DeviceError(self.name, f"{what} timed out after {timeout_s:g} s") from None
                 log.info("%s: %s failed (attempt %d/%d): %s: %s", self.name, what, attempt, attempts,
                          type(exc).__name__, exc)
                 if attempt < attempts:
@@ -231,14 +240,9 @@ class AdbDevice(Device):
     def shell(self, command: str, timeout_s: float = 60.0, check: bool = True, retry: bool = True) -> ShellResult:
         wrapped = f"sh -c {shlex.quote(command)}; echo {SENTINEL}$?"
         t0 = time.monotonic()
-        try:
-            raw = self._call(f"shell {command!r}", lambda d: d.shell(
-                wrapped, transport_timeout_s=self.options.transport_timeout_s, read_timeout_s=timeout_s,
-                timeout_s=timeout_s, decode=False), retry=retry)
-        except DeviceError as exc:
-            if "AdbTimeoutError" in str(exc):
-                raise DeviceError(self.name, f"command {command!r} timed out after {timeout_s:g} s") from None
-            raise
+        raw = self._call(f"command {command!r}", lambda d: d.shell(
+            wrapped, transport_timeout_s=timeout_s, read_timeout_s=timeout_s, timeout_s=timeout_s, decode=False),
+            retry=retry, timeout_s=timeout_s)
         text = bytes(raw).decode("utf-8", "replace").replace("\r\n", "\n")
         output, sep, status = text.rpartition(SENTINEL)
         if not sep:

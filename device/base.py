@@ -182,7 +182,7 @@ def start_detached(device: Device, command: str, work_dir: str) -> DetachedJob:
     job_dir = posixpath.join(work_dir, f"job-{uuid.uuid4().hex[:10]}")
     q = shlex.quote
     rc, rc_tmp = posixpath.join(job_dir, "rc"), posixpath.join(job_dir, "rc.tmp")
-    inner = (f"{command} > {q(posixpath.join(job_dir, 'stdout'))} 2> {q(posixpath.join(job_dir, 'stderr'))}; "
+    inner = (f"sh -c {q(command)} > {q(posixpath.join(job_dir, 'stdout'))} 2> {q(posixpath.join(job_dir, 'stderr'))}; "
              f"echo $? > {q(rc_tmp)}; mv {q(rc_tmp)} {q(rc)}")
     device.shell(f"mkdir -p {q(job_dir)} && nohup sh -c {q(inner)} > /dev/null 2>&1 &", timeout_s=30, retry=False)
     return DetachedJob(device, job_dir, command, time.monotonic())
