@@ -29,7 +29,8 @@ class FaultConfig:
     ``drop_after_bytes``: close the link once a connection has received this many bytes (mid-push);
     ``drop_mid_run_s``: close every link this long after ``executor_runner`` starts (the run goes on);
     ``delay_s``: wait before every packet the phone sends; ``refuse_auth``: refuse every key;
-    ``drops``: how many times the drop faults fire before the phone behaves again.
+    ``drops``: how many times the drop faults fire before the phone behaves again;
+    ``corrupt_push``: flip one byte of every file received over sync (bad flash, same size).
     """
 
     drop_after_bytes: int | None = None
@@ -37,6 +38,7 @@ class FaultConfig:
     delay_s: float = 0.0
     refuse_auth: bool = False
     drops: int = 1
+    corrupt_push: bool = False
 
 
 class PhoneState:

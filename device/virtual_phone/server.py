@@ -469,6 +469,8 @@ class Connection:
                     if value > P.SYNC_DATA_MAX_BYTES:
                         error = error or "data chunk too large"
                     chunk = stream.read_exact(value)
+                    if self.phone.faults.corrupt_push and fh is not None and fh.tell() == 0 and chunk:
+                        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     if fh is not None and not error:
                         fh.write(chunk)
                 elif sid == P.S_DONE:
