@@ -1,0 +1,523 @@
+"""Monsoon HVPM/LVPM power monitors through the ``monsoon`` package (the only module importing ``Monsoon``).
+
+``MonsoonMonitor`` is a :class:`device.power.PowerMonitor`.  ``start()`` spawns a sampling process that
+
+1. (virtual lab only) installs the virtual USB backend, since it is a fresh interpreter;
+2. connects with ``Monsoon.HVPM.Monsoon().setup_usb(serial, pmapi.USB_protocol())`` (the library prints
+   "Unable to find device" and returns when nothing is there: we check ``Protocol.DEVICE``);
+3. reads status and calibration (``fillStatusPacket``), records serial and firmware, remembers the USB
+   passthrough mode, turns passthrough off, sets the current limits and the output voltage from the device
+   profile (``setVout``), and starts sampling the main channel at the native 5 kHz (``StartSampling``);
+4. reads packets with ``BulkRead`` and decodes them in batches with the arithmetic of ``sampleEngine``
+   (zero/reference calibration from the calibration samples, fine/coarse switch), vectorised; waits until
+   calibrated; numbers every sample from the device's dropped-sample counter (16-bit, rollover unwrapped), so
+   sample times come from the index and one anchor, never from per-packet host time;
+5. streams blocks of ~0.1 s to a ``.ptrc`` file (memory does not grow with run length); on stop, or when
+   the monitor disappears mid-run, stops sampling, restores USB passthrough and writes the trailer.
+
+The vendor's ``sampleEngine`` collection loop is not used for measuring: it stamps samples with per-packet
+host time, keeps no dropped-sample bookkeeping, and is too slow in Python to keep up at 5 kHz (it drops).
+:func:`vendor_csv_capture` still drives it (for cross-checks against the CSVs people already have).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.power import PowerMonitor, Trace, trace_from_reader
+from harness.errors import DataError, DeviceError, MeasurementError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MonsoonOptions:
+    """How to drive a Monsoon (loadable from TOML ``[monsoon]``)."""
+
+    model: str = "HVPM"  # HVPM | LVPM
+    serial: int | None = None
+    voltage_v: float = 4.2  # output voltage: take it from the device profile (battery nominal)
+    runtime_current_limit_a: float = 8.0
+    powerup_current_limit_a: float = 8.0
+    powerup_time_ms: int = 100
+    cal_time_ms: int = 1250
+    calibration_timeout_s: float = 10.0
+    anchor_window_s: float = 0.25
+    block_s: float = 0.1
+    start_timeout_s: float = 30.0
+    rate_hz: float = 5000.0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("HVPM", "LVPM"):
+            raise DataError(f"monsoon model must be HVPM or LVPM, not {self.model!r}")
+        vmax = 13.5 if self.model == "HVPM" else 4.55
+        if not (0.8 <= self.voltage_v <= vmax):
+            raise DataError(f"monsoon voltage {self.voltage_v} V is outside 0.8..{vmax} V for {self.model}")
+        amax = 15.625 if self.model == "HVPM" else 8.0
+        for name in ("runtime_current_limit_a", "powerup_current_limit_a"):
+            if not (0 < getattr(self, name) <= amax):
+                raise DataError(f"monsoon {name} must be in (0, {amax}] A")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> MonsoonOptions:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise DataError(f"monsoon options: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, table: str = "monsoon") -> MonsoonOptions:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DataError(f"monsoon options {path}: {exc}") from None
+        return cls.from_mapping(dict(data.get(table, data)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# packet decoding (vectorised version of Monsoon.HVPM.swizzlePacket + sampleEngine.__vectorProcess)
+# ------------------------------------------------------------------------------------------------------------
+ZERO_CAL = 0x10
+REF_CAL = 0x30
+MEASUREMENT = 0x00
+
+
+def decode_packets(packets: np.ndarray, signed: bool = False) -> dict[str, np.ndarray]:
+    """Split raw 64-byte packets ``(k, 64) uint8`` into header fields and per-slot sample values.
+
+    Returns ``dropped`` (k,), ``count`` (k,), ``values`` (k, 3, 8) channel words, ``type`` (k, 3) sample
+    type (``& 0x30``), ``slot_valid`` (k, 3).
+    """
+    p = np.ascontiguousarray(packets, dtype=np.uint8)
+    dropped = p[:, 0].astype(np.int64) | (p[:, 1].astype(np.int64) << 8)
+    count = p[:, 3].astype(np.int64)
+    words = p[:, 4:58].copy().view(">i2" if signed else ">u2").reshape(-1, 3, 9)
+    values = words[:, :, :8].astype(np.int64)
+    type_ = (words[:, :, 8].astype(np.int64) & 0xFF) & 0x30
+    slot_valid = np.arange(3)[None, :] < count[:, None]
+    return {"dropped": dropped, "count": count, "values": values, "type": type_, "slot_valid": slot_valid}
+
+
+class Calibration:
+    """sampleEngine's rolling calibration: last 5 non-zero zero/ref readings per channel (coarse, fine)."""
+
+    def __init__(self, keep: int = 5):
+        self.keep = keep
+        self.zero = [[] for _ in range(6)]  # main c/f, usb c/f, aux c/f
+        self.ref = [[] for _ in range(6)]
+
+    def add(self, kind: int, values: np.ndarray) -> None:
+        store = self.zero if kind == ZERO_CAL else self.ref
+        for ch in range(6):
+            v = int(values[ch])
+            if v != 0:
+                store[ch].append(v)
+                del store[ch][: -self.keep]
+
+    @property
+    def calibrated(self) -> bool:
+        return all(len(z) >= self.keep for z in self.zero) and all(len(r) >= self.keep for r in self.ref)
+
+    def zero_of(self, ch: int) -> float:
+        return sum(self.zero[ch]) / len(self.zero[ch])
+
+    def ref_of(self, ch: int) -> float:
+        return sum(self.ref[ch]) / len(self.ref[ch])
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Calibration constants from the status packet (and the model's thresholds)."""
+
+    main_fine_scale: float
+    main_coarse_scale: float
+    usb_fine_scale: float
+    usb_coarse_scale: float
+    main_fine_zero: float
+    main_coarse_zero: float
+    usb_fine_zero: float
+    usb_coarse_zero: float
+    fine_threshold: int
+    main_voltage_scale: float
+    adc_ratio: float = 62.5e-6
+
+    @classmethod
+    def from_monsoon(cls, mon) -> Scales:
+        sp = mon.statusPacket
+        return cls(
+            float(sp.mainFineScale), float(sp.mainCoarseScale), float(sp.usbFineScale), float(sp.usbCoarseScale),
+            float(sp.mainFineZeroOffset), float(sp.mainCoarseZeroOffset), float(sp.usbFineZeroOffset),
+            float(sp.usbCoarseZeroOffset), int(mon.fineThreshold), float(mon.mainvoltageScale),
+        )
+
+
+def _channel_ma(raw_c, raw_f, cal: Calibration, ch_c: int, scale_c, zero_c, scale_f, zero_f, thr) -> np.ndarray:
+    zc = zero_c + cal.zero_of(ch_c)
+    zf = zero_f + cal.zero_of(ch_c + 1)
+    den_c = cal.ref_of(ch_c) - zc
+    den_f = cal.ref_of(ch_c + 1) - zf
+    coarse = (raw_c - zc) * (scale_c / den_c if den_c else 0.0)
+    fine = (raw_f - zf) * (scale_f / den_f if den_f else 0.0) / 1000.0
+    return np.where(raw_f < thr, fine, coarse)
+
+
+def convert_samples(values: np.ndarray, cal: Calibration, sc: Scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Measurement words ``(n, 8)`` -> main current (A), main voltage (V), USB current (A)."""
+    v = values.astype(np.float64)
+    main_ma = _channel_ma(v[:, 0], v[:, 1], cal, 0, sc.main_coarse_scale, sc.main_coarse_zero, sc.main_fine_scale,
+                          sc.main_fine_zero, sc.fine_threshold)
+    usb_ma = _channel_ma(v[:, 2], v[:, 3], cal, 2, sc.usb_coarse_scale, sc.usb_coarse_zero, sc.usb_fine_scale,
+                         sc.usb_fine_zero, sc.fine_threshold)
+    volts = v[:, 6] * sc.adc_ratio * sc.main_voltage_scale
+    return main_ma / 1000.0, volts, usb_ma / 1000.0
+
+
+class PacketDecoder:
+    """Stateful batch decoder: calibration, dropped-counter rollover, sample numbering."""
+
+    def __init__(self, scales: Scales, signed: bool = False):
+        self.sc = scales
+        self.signed = signed
+        self.cal = Calibration()
+        self.last_dropped_raw: int | None = None
+        self.dropped_total = 0
+        self.measured = 0  # measurement samples received
+
+    def feed(self, packets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Decode a batch; returns (sample_index, current_a, voltage_v, usb_current_a, calibrated).
+
+        Samples that arrive before the monitor is calibrated are numbered but returned with NaN current.
+        """
+        d = decode_packets(packets, self.signed)
+        raw = d["dropped"]
+        prev = raw[0] if self.last_dropped_raw is None else self.last_dropped_raw
+        steps = np.diff(np.concatenate(([prev], raw))) & 0xFFFF  # rollover of the 16-bit counter
+        cum = self.dropped_total + np.cumsum(steps)
+        self.dropped_total = int(cum[-1])
+        self.last_dropped_raw = int(raw[-1])
+        t = d["type"]
+        valid = d["slot_valid"]
+        for k, s in zip(*np.nonzero(valid & ((t == ZERO_CAL) | (t == REF_CAL))), strict=True):
+            self.cal.add(int(t[k, s]), d["values"][k, s])
+        meas = valid & (t == MEASUREMENT)
+        per_packet = meas.sum(axis=1)
+        before = self.measured + np.concatenate(([0], np.cumsum(per_packet)[:-1]))
+        within = np.cumsum(meas, axis=1) - 1
+        index = (before + cum)[:, None] + within
+        index = index[meas]
+        self.measured += int(per_packet.sum())
+        vals = d["values"][meas]
+        if not self.cal.calibrated or vals.shape[0] == 0:
+            nan = np.full(vals.shape[0], np.nan)
+            return index, nan, nan, nan, False
+        cur, vol, usb = convert_samples(vals, self.cal, self.sc)
+        return index, cur, vol, usb, True
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the sampling process
+# ------------------------------------------------------------------------------------------------------------
+def _connect(opts: MonsoonOptions):
+    """Connect with the vendor library; DeviceError when absent or busy."""
+    import usb.core
+    import usb.util
+    from Monsoon import HVPM, LVPM, pmapi
+
+    mon = HVPM.Monsoon() if opts.model == "HVPM" else LVPM.Monsoon()
+    proto = pmapi.USB_protocol()
+    try:
+        mon.setup_usb(opts.serial, proto)
+    except usb.core.USBError as exc:
+        if getattr(exc, "errno", None) == 16 or "busy" in str(exc).lower():
+            raise DeviceError("monsoon", f"the Monsoon is busy (used by another process): {exc}") from None
+        raise DeviceError("monsoon", f"USB error while connecting: {exc}") from None
+    except usb.core.NoBackendError:
+        raise DeviceError("monsoon", "no USB backend (libusb) available") from None
+    if proto.DEVICE is None:
+        # the library's matcher swallows errors: tell "busy" from "absent" by asking each candidate ourselves
+        for d in usb.core.find(find_all=True, idVendor=0x2AB9, idProduct=0x0001):
+            try:
+                _ = d.serial_number
+            except usb.core.USBError as exc:
+                if getattr(exc, "errno", None) == 16 or "busy" in str(exc).lower():
+                    raise DeviceError("monsoon", "the Monsoon is busy (used by another process)") from None
+            finally:
+                usb.util.dispose_resources(d)
+        which = f"serial {opts.serial}" if opts.serial is not None else "any serial"
+        raise DeviceError("monsoon", f"no Monsoon found on USB ({which}); is it plugged in and powered?")
+    return mon
+
+
+def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtual) -> None:
+    """Body of the sampling process (module-level so that 'spawn' can pickle it)."""
+    logging.basicConfig(level=logging.WARNING)
+    import usb.core
+
+    from device.tracefile import TraceWriter
+
+    if virtual is not None:
+        from device import virtual_monsoon
+
+        virtual_monsoon.install(*virtual)
+    from Monsoon import Operations as op
+
+    mon = None
+    writer = None
+    prev_passthrough = None
+    trailer: dict[str, Any] = {}
+    try:
+        mon = _connect(opts)
+        mon.fillStatusPacket()
+        sp = mon.statusPacket
+        prev_passthrough = int(sp.usbPassthroughMode)
+        mon.setUSBPassthroughMode(op.USB_Passthrough.Off)
+        mon.setPowerUpCurrentLimit(opts.powerup_current_limit_a)
+        mon.setRunTimeCurrentLimit(opts.runtime_current_limit_a)
+        mon.setPowerupTime(opts.powerup_time_ms)
+        mon.setVout(opts.voltage_v)
+        mon.StartSampling(opts.cal_time_ms, 0xFFFFFFFF)  # refreshes the status packet
+        instrument = {
+            "kind": "monsoon", "model": opts.model, "serial": int(sp.serialNumber),
+            "firmware": int(sp.firmwareVersion), "protocol": int(sp.protocolVersion),
+            "hardware_model": int(sp.hardwareModel), "vout_v": opts.voltage_v, "virtual": virtual is not None,
+            "usb_passthrough_before": prev_passthrough, "runtime_current_limit_a": opts.runtime_current_limit_a,
+        }
+        dec = PacketDecoder(Scales.from_monsoon(mon), signed=opts.model == "LVPM")
+        t_start = time.monotonic()
+        batch = bytearray()
+        batch_n = 0
+        anchor_est = float("inf")
+        anchor_until = None
+        buffered: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        pend: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        pend_n = 0
+        block_n = max(int(opts.block_s * opts.rate_hz), 3)
+        per_batch = 48  # packets decoded together (~29 ms)
+        end_reason = "stopped"
+
+        def write(idx, cur, vol, usb_a):
+            # split at index gaps (dropped samples) into contiguous blocks
+            brk = np.flatnonzero(np.diff(idx) != 1) + 1
+            b = np.concatenate(([0], brk, [idx.size]))
+            for s, e in zip(b[:-1], b[1:], strict=True):
+                if e > s:
+                    seg = usb_a[s:e]
+                    u = float(np.nanmax(np.abs(seg))) if np.isfinite(seg).any() else float("nan")
+                    writer.append(int(idx[s]), cur[s:e], vol[s:e], True, u)
+
+        while True:
+            if stop_event.is_set():
+                break
+            try:
+                buf = mon.BulkRead()
+            except usb.core.USBError as exc:
+                if isinstance(exc, usb.core.USBTimeoutError) or getattr(exc, "errno", None) == 110:
+                    if time.monotonic() - t_start > opts.calibration_timeout_s and writer is None:
+                        raise DeviceError("monsoon", "no samples from the Monsoon (read timeouts)") from None
+                    continue
+                end_reason = f"monsoon stopped: {exc}"
+                break
+            t_rx = time.monotonic()
+            batch += bytes(buf)
+            batch_n += 1
+            if batch_n < per_batch:
+                continue
+            pk = np.frombuffer(bytes(batch), dtype=np.uint8).reshape(-1, 64)
+            batch.clear()
+            batch_n = 0
+            idx, cur, vol, usb_a, calibrated = dec.feed(pk)
+            if not calibrated:
+                if time.monotonic() - t_start > opts.calibration_timeout_s:
+                    raise DeviceError("monsoon", f"not calibrated after {opts.calibration_timeout_s:g} s")
+                continue
+            if idx.size == 0:
+                continue
+            # anchor: host time of sample 0 = min over packets of (receive time - samples so far / rate)
+            anchor_est = min(anchor_est, t_rx - (idx[-1] + 1) / opts.rate_hz)
+            if writer is None:
+                if anchor_until is None:
+                    anchor_until = t_rx + opts.anchor_window_s
+                buffered.append((idx, cur, vol, usb_a))
+                if t_rx < anchor_until:
+                    continue
+                writer = TraceWriter(trace_path, {
+                    "rate_hz": opts.rate_hz, "anchor_mono_s": anchor_est, "instrument": instrument,
+                    "anchor_method": "min(receive time - index/rate) over the first packets",
+                    "pid": os.getpid(),
+                })
+                conn.send(("ready", {"anchor_mono_s": anchor_est, "instrument": instrument}))
+                for item in buffered:
+                    write(*item)
+                buffered = []
+                continue
+            pend.append((idx, cur, vol, usb_a))
+            pend_n += idx.size
+            if pend_n >= block_n:
+                write(*(np.concatenate([p[i] for p in pend]) for i in range(4)))
+                pend, pend_n = [], 0
+        if writer is not None and pend:
+            write(*(np.concatenate([p[i] for p in pend]) for i in range(4)))
+        if writer is not None and batch_n:
+            idx, cur, vol, usb_a, calibrated = dec.feed(np.frombuffer(bytes(batch), dtype=np.uint8).reshape(-1, 64))
+            if calibrated and idx.size:
+                write(idx, cur, vol, usb_a)
+        trailer = {"end_reason": end_reason, "dropped_samples_device": dec.dropped_total,
+                   "stop_mono_s": time.monotonic(), "anchor_mono_s_final_estimate": anchor_est}
+        if writer is None:
+            raise DeviceError("monsoon", f"stopped before sampling was anchored ({end_reason})")
+    except DeviceError as exc:
+        trailer = {"end_reason": f"error: {exc}"}
+        conn.send(("error", str(exc)))
+    except Exception as exc:  # the sampler must always report and restore the monitor
+        trailer = {"end_reason": f"error: {type(exc).__name__}: {exc}"}
+        conn.send(("error", f"monsoon sampler failed: {type(exc).__name__}: {exc}"))
+    finally:
+        restored = None
+        if mon is not None and mon.Protocol is not None and mon.Protocol.DEVICE is not None:
+            try:
+                mon.stopSampling()
+                if prev_passthrough is not None:
+                    mon.setUSBPassthroughMode(prev_passthrough)
+                    restored = prev_passthrough
+                mon.closeDevice()
+            except Exception as exc:  # a vanished monitor cannot be restored; say so
+                log.warning("monsoon: could not restore/close the monitor: %s", exc)
+        if writer is not None:
+            writer.close({**trailer, "usb_passthrough_restored": restored})
+        conn.send(("done", {**trailer, "usb_passthrough_restored": restored}))
+        conn.close()
+
+
+class MonsoonMonitor(PowerMonitor):
+    """A Monsoon power monitor sampled by a separate process streaming to ``trace_path``."""
+
+    name = "monsoon"
+
+    def __init__(self, options: MonsoonOptions, trace_path: str | Path, virtual: Any = None):
+        super().__init__()
+        self.options = options
+        self.rate_hz = options.rate_hz
+        self.trace_path = Path(trace_path)
+        if self.trace_path.exists():
+            raise DataError(f"{self.trace_path} exists; a measurement is never overwritten")
+        self._virtual = tuple(virtual) if isinstance(virtual, list | tuple) else ((virtual,) if virtual else None)
+        self.instrument: dict[str, Any] = {}
+        self._proc = None
+        self._conn = None
+        self._stop = None
+        self._reader = None
+        self.final: dict[str, Any] = {}
+
+    def _open(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(
+            target=_sampler_main,
+            args=(self.options, str(self.trace_path), child, self._stop, self._virtual),
+            name="monsoon-sampler", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(self.options.start_timeout_s):
+            self._kill()
+            raise DeviceError("monsoon", f"sampler did not start within {self.options.start_timeout_s:g} s")
+        try:
+            kind, info = parent.recv()
+        except (EOFError, OSError):
+            self._kill()
+            raise DeviceError("monsoon", f"sampler process died at start (exit code {self._proc.exitcode})") from None
+        if kind != "ready":
+            self._drain()
+            self._proc.join(5)
+            raise DeviceError("monsoon", str(info).removeprefix("monsoon: "))
+        self.anchor_mono_s = float(info["anchor_mono_s"])
+        self.instrument = dict(info["instrument"])
+        from device.tracefile import TraceReader
+
+        self._reader = TraceReader(self.trace_path)
+
+    def _drain(self) -> None:
+        try:
+            while self._conn.poll(0.5):
+                kind, info = self._conn.recv()
+                if kind == "done":
+                    self.final = dict(info)
+        except (EOFError, OSError):
+            pass
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
+    def _close(self) -> None:
+        self._stop.set()
+        self._drain()
+        self._proc.join(10)
+        if self._proc.is_alive():
+            log.warning("monsoon sampler did not stop; killing it (the trace so far is kept)")
+            self._kill()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def _wait_for_index(self, index: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._reader.refresh()
+            if self._reader.end_index >= index:
+                return
+            if self._reader.complete or not self.alive:
+                self._drain()
+                reason = (self._reader.trailer or self.final or {}).get("end_reason", "sampler exited")
+                raise MeasurementError(
+                    f"monsoon stopped mid-window at sample {self._reader.end_index} (window needs {index}): "
+                    f"{reason}; samples so far are kept in {self.trace_path}"
+                )
+            if time.monotonic() > deadline:
+                raise MeasurementError(f"monsoon: samples up to {index} did not arrive within {timeout_s:g} s")
+            time.sleep(0.01)
+
+    def _read_window(self, i0: int, i1: int) -> Trace:
+        return trace_from_reader(self._reader, i0, i1, self.instrument)
+
+
+def vendor_csv_capture(opts: MonsoonOptions, csv_path: str | Path, samples: int) -> None:
+    """Capture ``samples`` with the vendor's own ``sampleEngine`` into its CSV (for cross-checks).
+
+    Runs in the calling process; the CSV has the library's quirks (seconds in "Time(ms)", one host time per
+    packet) that :func:`device.tracefile.read_monsoon_csv` undoes.
+    """
+    from Monsoon import Operations as op
+    from Monsoon import sampleEngine
+
+    mon = _connect(opts)
+    mon.fillStatusPacket()
+    prev = int(mon.statusPacket.usbPassthroughMode)
+    try:
+        mon.setUSBPassthroughMode(op.USB_Passthrough.Off)
+        mon.setVout(opts.voltage_v)
+        eng = sampleEngine.SampleEngine(mon)
+        eng.ConsoleOutput(False)
+        eng.enableCSVOutput(str(csv_path))
+        eng.startSampling(samples)
+    finally:
+        mon.setUSBPassthroughMode(prev)
+        mon.closeDevice()
+
+
+def options_dict(opts: MonsoonOptions) -> dict[str, Any]:
+    return asdict(opts)

@@ -1,0 +1,111 @@
+"""The virtual HVPM seen through the UNMODIFIED ``monsoon`` library (its pyusb calls go to our backend)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from device import virtual_monsoon
+from device.monsoon import Calibration, PacketDecoder, Scales, decode_packets
+from device.power_model import PowerModelProfile, write_busy_timeline
+from device.virtual_monsoon.hvpm import REF_CAL_RAW, ZERO_CAL_RAW, VirtualHVPM, VirtualMonsoonConfig
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    tl = tmp_path / "busy_timeline.tsv"
+    write_busy_timeline(tl, [])
+    cfg = VirtualMonsoonConfig(root=str(tmp_path), timeline_path=str(tl),
+                               profile=PowerModelProfile(noise_current_a=0.0))
+    virtual_monsoon.install(cfg)
+    yield cfg
+    virtual_monsoon.uninstall()
+
+
+def _connect():
+    from Monsoon import HVPM, pmapi
+
+    mon = HVPM.Monsoon()
+    mon.setup_usb(None, pmapi.USB_protocol())
+    return mon
+
+
+def test_library_connects_and_reads_status(lab):
+    import usb.core
+
+    assert [d.serial_number for d in usb.core.find(find_all=True, idVendor=0x2AB9, idProduct=1)] == ["20421"]
+    mon = _connect()
+    assert mon.Protocol.DEVICE is not None
+    mon.fillStatusPacket()
+    sp = mon.statusPacket
+    assert (sp.serialNumber, sp.firmwareVersion, sp.hardwareModel) == (20421, 32, 2)
+    assert sp.mainFineScale == 36500 and sp.mainCoarseZeroOffset == 15
+    mon.setVout(4.0)
+    mon.setUSBPassthroughMode(0)
+    assert mon.Protocol.getValue(0x10, 1) == 0
+    mon.closeDevice()
+    # EEPROM settings persist like on hardware (another process sees them)
+    assert lab.eeprom()[0x41] == 4 * 1048576
+
+
+def test_library_prints_and_returns_when_absent(tmp_path, capsys):
+    virtual_monsoon.install(VirtualMonsoonConfig(root=str(tmp_path), timeline_path="", present=False))
+    try:
+        mon = _connect()
+        assert mon.Protocol.DEVICE is None
+        assert "Unable to find device" in capsys.readouterr().out
+    finally:
+        virtual_monsoon.uninstall()
+
+
+def test_decoder_matches_vendor_swizzle_and_sample_engine_math(lab):
+    from Monsoon import sampleEngine
+
+    now = time.monotonic()
+    write_busy_timeline(lab.timeline_path, [(now - 10, 0.0), (now + 60, 2.0)])
+    mon = _connect()
+    mon.setVout(4.0)
+    mon.setUSBPassthroughMode(0)
+    # the vendor's own engine on the virtual device: calibrates and measures the model's current
+    eng = sampleEngine.SampleEngine(mon)
+    eng.ConsoleOutput(False)
+    eng.startSampling(2500)
+    main_ma = np.asarray(eng.getSamples()[sampleEngine.channels.MainCurrent])
+    assert main_ma.size == 2500
+    idle_ma = 1000 * lab.profile.idle_power_w / 4.0
+    assert np.median(main_ma) == pytest.approx(idle_ma, rel=2e-3)
+    # raw packets: our vectorised decoder == the library's swizzlePacket, field by field
+    mon.StartSampling(1250, 0xFFFFFFFF)
+    raw = [bytes(mon.BulkRead()) for _ in range(200)]
+    mon.stopSampling()
+    mon.closeDevice()
+    d = decode_packets(np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, 64))
+    for k, pkt in enumerate(raw):
+        ref = mon.swizzlePacket(list(pkt))
+        assert d["dropped"][k] == ref[0] and d["count"][k] == ref[2]
+        for s in range(ref[2]):
+            assert list(d["values"][k, s]) == ref[3 + 10 * s : 3 + 10 * s + 8]
+            assert d["type"][k, s] == ref[3 + 10 * s + 8] & 0x30
+    assert (d["type"] == 0x10).any() and (d["type"] == 0x30).any()
+
+
+def test_dropped_counter_rollover_and_numbering():
+    z, r = ZERO_CAL_RAW, REF_CAL_RAW
+    cal = VirtualHVPM._packet(65534, [(z,) * 6 + (0, 0, 0x10, 0), (r,) * 6 + (0, 0, 0x30, 0)])
+    meas = (5000, 65535, 100, 100, 100, 100, 16000, 0, 0x00, 0)  # fine saturated: coarse is used
+    pk = [cal] * 5 + [VirtualHVPM._packet(65534, [meas] * 3), VirtualHVPM._packet(1, [meas] * 3),
+                      VirtualHVPM._packet(1, [meas] * 2)]
+    sc = Scales(36500, 6400, 14000, 600, 15, 15, 0, 0, 64000, 4.0)
+    dec = PacketDecoder(sc)
+    idx, cur, vol, usb, ok = dec.feed(np.frombuffer(b"".join(pk), dtype=np.uint8).reshape(-1, 64))
+    assert ok and dec.cal.calibrated
+    # 65534 -> 1 wraps: 3 samples were dropped between the two packets
+    assert list(idx) == [0, 1, 2, 6, 7, 8, 9, 10]
+    assert dec.dropped_total == 3
+    expect_a = (5000 - 115) * 6400 / (r - 115) / 1000
+    np.testing.assert_allclose(cur, expect_a)
+    np.testing.assert_allclose(vol, 16000 * 62.5e-6 * 4)
+    c = Calibration()
+    assert not c.calibrated
