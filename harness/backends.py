@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import HarnessError, InputError
+from harness.errors import DataError, HarnessError, InputError
 from harness.plan import RunPlan
 from harness.runloop import Backend, PreparedModel, WindowResult
 
@@ -308,15 +308,114 @@ class PhoneBackend(Backend):
                             extra={"dropped_samples": int(tr.dropped_samples)})
 
 
-def make_backend(choice: DeviceChoice, plan: RunPlan) -> Backend:
-    """The backend for a resolved device (not yet opened)."""
+def power_model_for(profile) -> Any:
+    """The virtual Monsoon's power model for a device profile (its ``[power]`` table; defaults otherwise)."""
+    pm = _need("device.power_model", "the virtual lab")
+    power = dict(getattr(profile, "power", {}) or {})
+    names = {f for f in pm.PowerModelProfile.__dataclass_fields__}
+    if power and set(power) <= names:
+        return pm.PowerModelProfile.from_mapping(power)
+    v = float(getattr(profile, "monsoon_voltage_v", 0) or pm.PowerModelProfile().supply_voltage_v)
+    kw: dict[str, Any] = {"name": profile.name, "supply_voltage_v": v,
+                          "cores": int(getattr(profile, "cpu_count", 4) or 4)}
+    if "idle_a" in power:
+        kw["idle_power_w"] = float(power["idle_a"]) * v
+    if "busy_thread_a" in power:
+        kw["active_power_per_core_w"] = float(power["busy_thread_a"]) * v
+    kw.update({k: power[k] for k in power if k in names})
+    return pm.PowerModelProfile(**kw)
+
+
+class VirtualLabBackend(PhoneBackend):
+    """The virtual phone (loopback ADB, ADB auth with our key) and the virtual Monsoon, started on open."""
+
+    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str = "virtual"):
+        profiles = _need("device.profiles", "the virtual lab")
+        for mod in ("device.virtual_phone", "device.adb", "device.monsoon", "device.virtual_monsoon"):
+            _need(mod, "the virtual lab")
+        super().__init__(None, None, profiles.load_profile(profile_name), plan, virtual=True, name=name)
+        self.lab_dir = Path(lab_dir)
+        self.instrument = "monsoon (virtual HVPM)"
+        self._phone = None
+
+    def open(self) -> None:
+        from device.adb import AdbDevice, AdbOptions, ensure_adb_key
+        from device.monsoon import MonsoonMonitor, MonsoonOptions
+        from device.virtual_monsoon import VirtualMonsoonConfig
+        from device.virtual_phone import VirtualPhone
+
+        self.lab_dir.mkdir(parents=True, exist_ok=True)
+        key = ensure_adb_key(self.lab_dir / "adbkey")
+        try:
+            self._phone = VirtualPhone(self.lab_dir / "phone", self.profile,
+                                       authorized_keys=(Path(f"{key}.pub"),),
+                                       serial=f"virtual-{self.profile.name}").start()
+            self.device = AdbDevice(self._phone.address, AdbOptions(key_path=str(key))).connect()
+            cfg = VirtualMonsoonConfig(root=str(self.lab_dir), timeline_path=str(self._phone.timeline_path),
+                                       profile=power_model_for(self.profile))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.monitor = MonsoonMonitor(MonsoonOptions(voltage_v=self.profile.monsoon_voltage_v),
+                                          self.lab_dir / f"trace-{stamp}-{os.getpid()}.ptrc", virtual=cfg)
+            super().open()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self.monitor is not None and self.device is not None:
+                super().close()
+            elif self.device is not None:
+                self.device.close()
+        finally:
+            if self._phone is not None:
+                self._phone.stop()
+                self._phone = None
+
+
+class RealPhoneBackend(PhoneBackend):
+    """A real phone over ADB (``--serial``, TCP ``host:port`` or USB serial) and a Monsoon or the fuel gauge."""
+
+    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str):
+        profiles = _need("device.profiles", f"--device {name}")
+        for mod in ("device.adb", "device.monsoon" if plan.monitor == "monsoon" else "device.gauge"):
+            _need(mod, f"--device {name}")
+        super().__init__(None, None, profiles.load_profile(profile_name), plan, virtual=False, name=name)
+        self.lab_dir = Path(lab_dir)
+        self.instrument = plan.monitor
+
+    def open(self) -> None:
+        from device.adb import connect
+
+        if not self.plan.serial:
+            raise InputError(f"--device {self.name}: give the phone with --serial (USB serial or host:port)")
+        self.device = connect(self.plan.serial)
+        try:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            trace = self.lab_dir / f"trace-{stamp}-{os.getpid()}.ptrc"
+            self.lab_dir.mkdir(parents=True, exist_ok=True)
+            if self.plan.monitor == "monsoon":
+                from device.monsoon import MonsoonMonitor, MonsoonOptions
+
+                serial = int(self.plan.monitor_serial) if self.plan.monitor_serial.isdigit() else None
+                self.monitor = MonsoonMonitor(MonsoonOptions(serial=serial, voltage_v=self.profile.monsoon_voltage_v),
+                                              trace)
+            else:
+                gauge = _need("device.gauge", f"--device {self.name} --monitor gauge")
+                self.monitor = gauge.FuelGaugeMonitor(self.device, trace)
+            super().open()
+        except BaseException:
+            self.device.close()
+            raise
+
+
+def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("results")) -> Backend:
+    """The backend for a resolved device (not yet opened); ``work_dir`` holds lab files and raw traces."""
     if choice.kind == "host":
         return HostBackend(threads=plan.threads)
     if choice.kind == "virtual":
-        mod = _need("harness.phonelab", f"--device {choice.name}")
-        return mod.VirtualLabBackend(choice.profile, plan)
-    mod = _need("harness.phonelab", f"--device {choice.name}")
-    return mod.PhoneBackend(choice.profile, plan)
+        return VirtualLabBackend(choice.profile, plan, Path(work_dir) / "virtual-lab", name=choice.name)
+    return RealPhoneBackend(choice.profile, plan, Path(work_dir) / "phone-traces", name=choice.name)
 
 
 # --------------------------------------------------------------------------- models
@@ -334,7 +433,67 @@ def model_key(level_pct: int) -> str:
     return f"L{level_pct}"
 
 
+def export_pte(weights, out_path: Path) -> Path:
+    """Export ``weights`` to an ExecuTorch ``.pte`` at ``out_path`` through the export issue's API."""
+    exp = _need("specialist.export", "exporting models to .pte")
+    fn = getattr(exp, "export_pte", None) or getattr(exp, "export_weights", None)
+    if fn is None:
+        raise MissingPartError("specialist.export has no export_pte(weights, path)")
+    fn(weights, out_path)
+    return out_path
+
+
 def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> list[PreparedModel]:
-    """Build the base model and one specialist per level, export each to ``.pte`` (cached by hash)."""
-    _need("specialist.export", "exporting models for harness run")
-    raise MissingPartError("model preparation is not wired yet")
+    """The base model and one specialist per level, each exported to ``.pte`` (cached by model hash)."""
+    from specialist.model import load_weights
+
+    build = _need("specialist.build", "building specialists")
+    flops_mod = _need("specialist.flops", "building specialists")
+    methods = _need("specialist.methods", "building specialists")
+    method = plan.method or methods.DEFAULT_METHOD
+    base = load_weights(plan.model or None)
+    entries: list[tuple[int, Any, int, float]] = [(0, base, int(flops_mod.BASE_FLOPS), 0.0)]
+    for level in plan.levels:
+        spec = build.build_specialist(list(plan.classes), float(level), method, base=base,
+                                      stats_path=plan.stats or None)
+        entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
+    acc: dict[int, float] = {}
+    if accuracy:
+        acc = _accuracies(entries, plan)
+    out = []
+    cache_dir = Path(cache_dir)
+    for level, weights, flops, pruned in entries:
+        h = weights.content_hash()
+        pte = cache_dir / f"{h[:24]}.pte"
+        if not pte.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = pte.with_name(f".{pte.name}.tmp{os.getpid()}")
+            try:
+                export_pte(weights, tmp)
+                os.replace(tmp, pte)
+            finally:
+                tmp.unlink(missing_ok=True)
+        out.append(PreparedModel(model_key(level), level, tuple(plan.classes), str(method), flops, pruned, h,
+                                 _file_sha256(pte), str(pte), acc.get(level)))
+    return out
+
+
+def _accuracies(entries, plan: RunPlan) -> dict[int, float]:
+    """Top-1 accuracy (%) on the target classes of the test split, restricted to those classes' outputs."""
+    from specialist.data import load_split
+    from specialist.model import build_module, predict_scores
+
+    try:
+        test = load_split("test", plan.data or None).select(plan.classes)
+    except DataError as exc:
+        log.warning("accuracy skipped: %s", exc)
+        return {}
+    cls = np.asarray(sorted(plan.classes))
+    out = {}
+    for level, weights, _, _ in entries:
+        scores = predict_scores(build_module(weights), weights.normalize(test.x))
+        if scores.shape[1] == 10:
+            scores = scores[:, cls]
+        pred = cls[np.argmax(scores, axis=1)]
+        out[level] = float(np.mean(pred == test.y) * 100.0)
+    return out

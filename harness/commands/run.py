@@ -74,7 +74,7 @@ def _overrides(args) -> dict[str, Any]:
 
 def run(args) -> int:
     from harness.backends import make_backend, prepare_models, resolve_device
-    from harness.plan import load_toml, make_plan
+    from harness.plan import RunPlan, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
     from harness.store import Store
@@ -101,14 +101,20 @@ def run(args) -> int:
         raise UsageError(f"--monitor/--serial/--monitor-serial are for real phones, not --device {choice.name}")
     plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
 
-    backend = make_backend(choice, plan)
+    work_dir = Path(args.db).parent
+    if args.resume:
+        with Store(args.db, create=False) as st:  # the stored plan decides what to build
+            plan = RunPlan.from_json(st.get_run(args.resume).plan_json)
+    backend = make_backend(choice, plan, work_dir)
+    models = prepare_models(plan, work_dir / "cache", accuracy=args.accuracy)
+    prep_s = time.monotonic() - t_start
     with Store(args.db) as st:
-        if args.resume:
-            plan = check_resumable(st, args.resume, backend)
-        models = prepare_models(plan, Path(args.db).parent / "cache", accuracy=args.accuracy)
-        prep_s = time.monotonic() - t_start
         with backend:
-            run_id = args.resume or create_run(st, backend, plan)
+            if args.resume:
+                check_resumable(st, args.resume, backend)
+                run_id = st.get_run(args.resume).run_id
+            else:
+                run_id = create_run(st, backend, plan)
             run_rec = st.get_run(run_id)
             print(f"run {run_id} on {choice.name}" + (" (virtual lab)" if backend.virtual else ""),
                   file=sys.stderr)
