@@ -352,3 +352,22 @@ def usb_adb_serials() -> list[dict[str, str]]:
     except usb1.USBError as exc:
         log.info("cannot scan USB: %s", exc)
     return found
+
+
+def start_virtual(root: Path | str, profile: str = "virtual-nexus4", options: AdbOptions | None = None,
+                  port: int = 0):
+    """Start a virtual phone on a free 127.0.0.1 port that knows this harness's key, and connect to it.
+
+    Returns ``(phone, device)``; stop with ``device.close(); phone.stop()`` (what ``harness run --device
+    virtual`` does around a run).
+    """
+    from device.virtual_phone import VirtualPhone
+
+    options = options or AdbOptions()
+    key = ensure_adb_key(options.key_path or None)
+    phone = VirtualPhone(root, profile=profile, port=port, authorized_keys=(f"{key}.pub",)).start()
+    try:
+        return phone, connect(phone.address, options)
+    except BaseException:
+        phone.stop()
+        raise

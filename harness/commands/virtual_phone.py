@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--fault-delay-ms", type=float, default=0.0, metavar="MS",
                    help="fault injection: delay every packet the phone sends")
     p.add_argument("--fault-refuse-auth", action="store_true", help="fault injection: refuse every key")
+    p.add_argument("--fault-corrupt-push", action="store_true",
+                   help="fault injection: flip one byte of every pushed file (same size, wrong hash)")
     p.add_argument("--fault-drops", type=int, default=1, metavar="K", help="how many times drop faults fire (default 1)")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -62,7 +64,7 @@ def run(args) -> int:
                          authorized_keys=tuple(args.authorize_key), serial=args.serial)
     phone.set_faults(FaultConfig(drop_after_bytes=args.fault_drop_after_bytes, drop_mid_run_s=args.fault_drop_mid_run_s,
                                  delay_s=args.fault_delay_ms / 1000.0, refuse_auth=args.fault_refuse_auth,
-                                 drops=args.fault_drops))
+                                 drops=args.fault_drops, corrupt_push=args.fault_corrupt_push))
     phone.start()
     info = {"address": phone.address, "port": phone.port, "profile": profile.name, "serial": phone.state.serial,
             "root": str(phone.root), "timeline": str(phone.timeline_path), "keys": str(phone.state.keys_path),

@@ -172,3 +172,15 @@ def test_speed_round_trip_and_4mb_push(dev, tmp_path):
     t0 = time.perf_counter()
     dev.push(src, "/data/local/tmp/model.bin")
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_start_virtual_pre_authorises_the_harness_key(tmp_path, key):
+    from device.adb import start_virtual
+
+    phone, dev = start_virtual(tmp_path / "v", profile="virtual-pixel6", options=AdbOptions(key_path=str(key)))
+    try:
+        assert phone.address.startswith("127.0.0.1:") and not phone.state.accept_new_keys
+        assert dev.getprop("ro.build.version.sdk") == "34"
+    finally:
+        dev.close()
+        phone.stop()
