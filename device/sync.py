@@ -11,9 +11,11 @@ The virtual phone's ``dd`` spins ``bs*count/1e9`` s ("1 GB/s"); a real phone's `
 the finder also searches a range of burst-length scales (``busy_scales``); the ``sleep`` gaps are exact.
 
 Finding: normalised cross-correlation (Pearson per lag, numerator by FFT, denominator by cumulative sums)
-of the current trace with the 0/1 busy template, best over lags and scales, refined to sub-sample by a
-parabola through the peak.  The window boundary ("sync point") is the end of the start marker's last burst
-and the start of the end marker's first burst.  Host timestamps are only the fallback and the search centre;
+of the current trace with the 0/1 busy template, best over lags and scales (a parabola through the peak
+gives a sub-sample lag).  The template only locates the pattern: the window boundary ("sync point") is then
+measured on the trace itself, at the end of the start marker's last burst and the start of the end marker's
+first burst (a two-level step fit finds the sample, the partly busy samples' level gives the fraction), so
+a phone whose ``sleep``/``dd`` run longer than nominal still syncs to the sample.  Host timestamps are only the fallback and the search centre;
 the difference between found and host-estimated sync points is reported as the sync error.
 """
 
@@ -185,6 +187,48 @@ def find_marker(
     score, lag, scale = best
     t0 = t_offset_s + (lo + lag) / rate_hz
     bursts = marker_busy_intervals(kind, t0, scale)
-    sync = bursts[-1][1] if kind == "start" else bursts[0][0]
+    # the template fixes the pattern; the boundary itself is measured where the trace crosses (a phone's
+    # sleep and dd do not last exactly their nominal time)
+    first = refine_edge(x, (bursts[0][0] - t_offset_s) * rate_hz - lo, rising=True)
+    last = refine_edge(x, (bursts[-1][1] - t_offset_s) * rate_hz - lo, rising=False)
+    first_s = t_offset_s + (lo + first) / rate_hz if first is not None else bursts[0][0]
+    last_s = t_offset_s + (lo + last) / rate_hz if last is not None else bursts[-1][1]
+    sync = last_s if kind == "start" else first_s
     err = None if expected_sync_s is None else sync - expected_sync_s
-    return MarkerMatch(kind, t0, bursts[0][0], bursts[-1][1], sync, score, scale, err)
+    return MarkerMatch(kind, t0, first_s, last_s, sync, score, scale, err)
+
+
+def refine_edge(x: np.ndarray, approx: float, rising: bool, search: int = 40, half: int = 2) -> float | None:
+    """Sub-sample position (in samples) of the step nearest ``approx`` in ``x``.
+
+    A two-level fit (cumulative sums, every split at once) finds the step within ``+- search`` samples; the
+    levels are the medians on each side; the edge is then the integral of the busy fraction over
+    ``+- half`` samples around it (each sample is the mean over its interval, so a partly busy sample
+    counts its fraction).  None when the step is not clear.
+    """
+    a = max(int(round(approx)) - search, 0)
+    b = min(int(round(approx)) + search, x.size)
+    seg = x[a:b]
+    if seg.size < 8:
+        return None
+    n = seg.size
+    c1 = np.cumsum(seg)
+    c2 = float(np.sum(seg * seg))
+    k = np.arange(1, n)
+    left = c1[:-1]
+    right = c1[-1] - left
+    sse = c2 - left**2 / k - right**2 / (n - k)
+    s = int(k[np.argmin(sse)])  # first sample of the new level
+    lo_side, hi_side = (seg[:s], seg[s:]) if rising else (seg[s:], seg[:s])
+    if lo_side.size < 3 or hi_side.size < 3:
+        return None
+    low = float(np.median(lo_side[:-2] if rising else lo_side[2:]))
+    high = float(np.median(hi_side[2:] if rising else hi_side[:-2]))
+    if not high > low:
+        return None
+    g0 = max(a + s - half, 0)
+    g1 = min(a + s + half, x.size)
+    frac = np.clip((x[g0:g1] - low) / (high - low), 0.0, 1.0)
+    if rising:
+        return float(g1 - np.sum(frac))
+    return float(g0 + np.sum(frac))

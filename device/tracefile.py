@@ -334,8 +334,16 @@ def read_monsoon_csv(path: str | Path, rate_hz: float = 5000.0, time_unit: str |
         raise DataError(f"time unit must be 's' or 'ms', not {time_unit!r}")
     if not rate_hz > 0:
         raise DataError(f"rate must be positive, not {rate_hz}")
+    src: Any = p
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+    if b"np.float64(" in head:
+        # the monsoon library writes repr() of numpy scalars: under numpy >= 2 that is "np.float64(0.1)"
+        import io
+
+        src = io.BytesIO(p.read_bytes().replace(b"np.float64(", b"").replace(b")", b""))
     try:
-        df = pd.read_csv(p, index_col=False, skipinitialspace=True, engine="c", low_memory=False)
+        df = pd.read_csv(src, index_col=False, skipinitialspace=True, engine="c", low_memory=False)
     except pd.errors.ParserError as exc:
         msg = str(exc).replace("Error tokenizing data. C error: ", "")
         raise DataError(f"{p}: malformed CSV: {msg.strip()}") from None
