@@ -135,8 +135,8 @@ def runner_problems(profile: DeviceProfile, phone_abis: Sequence[str], phone_api
     if runner_path is None:
         path_text = profile.runner.binary
         if not path_text:
-            return [f"profile {profile.name} names no runner binary: pass --runner PATH (an {profile.abi} build "
-                    "of ExecuTorch's executor_runner; see docs/devices.md for the NDK build)"]
+            return [f"profile {profile.name} names no runner binary: set [runner] binary = PATH in a user profile "
+                    f"(an {profile.abi} build of ExecuTorch's executor_runner; see docs/devices.md for the NDK build)"]
         runner_path = Path(path_text).expanduser()
     if not runner_path.is_file():
         return [f"runner binary {runner_path} does not exist"]

@@ -29,7 +29,7 @@ class RunnerSpec:
     """Which ``executor_runner`` a phone uses.
 
     ``builtin`` runners exist on the (virtual) phone already; otherwise ``binary`` is a host path
-    (may be empty: the user passes ``--runner``) pushed to ``remote_path``.
+    (empty in the shipped real-phone profiles: set it in a user profile) pushed to ``remote_path``.
     """
 
     remote_path: str = "/data/local/tmp/executor_runner"

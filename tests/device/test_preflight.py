@@ -53,7 +53,7 @@ def test_runner_fit_rules(tmp_path):
     assert runner_problems(n4, abis, 22, good) == []
     nopie = make_elf(tmp_path / "nopie", 32, 40, pie=False, api=21)
     assert any("position-independent" in m for m in runner_problems(n4, abis, 22, nopie))
-    assert "pass --runner" in runner_problems(n4, abis, 22, None)[0]
+    assert "names no runner binary" in runner_problems(n4, abis, 22, None)[0]
     assert runner_problems(load_profile("virtual-nexus4"), abis, 22, None) == []  # built-in runner
 
 
