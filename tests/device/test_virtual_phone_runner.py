@@ -76,7 +76,7 @@ def test_detached_run_survives_a_link_drop_mid_run(lab, tiny_pte):
     phone, dev = lab
     remote = "/data/local/tmp/harness/tiny.pte"
     checked_push(dev, tiny_pte, remote)
-    phone.set_faults(FaultConfig(drop_mid_run_s=0.0, drops=1))
+    phone.set_faults(FaultConfig(drop_mid_run_s=0.05, drops=1))
     work = InferenceWorkload("/system/bin/executor_runner", remote, iterations=20, warmup=1)
     res = run_inferences(dev, work, timeout_s=120, detached_work_dir="/data/local/tmp/harness", window_s=0.2)
     assert np.asarray(res.latencies_ms).shape == (20,)
