@@ -98,6 +98,23 @@ def parse_window(text: str, what: str = "--window") -> tuple[float, float]:
     return a, b
 
 
+def _prefix_at(arr: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``sum(arr[:q])`` for every ``q`` in ``pos`` (0 <= q <= len(arr)), in float64, with one reduceat pass."""
+    u, inv = np.unique(pos.ravel(), return_inverse=True)
+    m = arr.size
+    inner = u[u < m]
+    vals = np.empty(u.size, dtype=np.float64)
+    if inner.size:
+        head = float(np.sum(arr[: inner[0]], dtype=np.float64)) if inner[0] > 0 else 0.0
+        seg = np.add.reduceat(arr, inner, dtype=np.float64)
+        cs = head + np.concatenate(([0.0], np.cumsum(seg)))
+        vals[: inner.size] = cs[:-1]
+        vals[inner.size :] = cs[-1]
+    else:
+        vals[:] = float(np.sum(arr, dtype=np.float64))
+    return vals[inv].reshape(pos.shape)
+
+
 class WindowAccumulator:
     """Streams trace chunks once and accumulates prefix sums at every batch boundary of every window."""
 
@@ -132,7 +149,7 @@ class WindowAccumulator:
 
     def feed(self, start_index: int, current_a: np.ndarray, voltage_v: np.ndarray, calibrated: bool = True,
              usb_current_a: float = float("nan")) -> None:
-        """Add one contiguous chunk of samples."""
+        """Add one contiguous chunk of samples (a handful of passes over it; no Python loop over samples)."""
         n = int(current_a.size)
         if n == 0:
             return
@@ -141,36 +158,41 @@ class WindowAccumulator:
         self.last_seen = start_index + n
         self.total_samples += n
         end = start_index + n
-        if not len(self.windows) or not np.any((self.i1 > start_index) & (self.i0 < end)):
+        if not len(self.windows):
             return
-        cur = np.asarray(current_a, dtype=np.float64)
-        vol = np.asarray(voltage_v, dtype=np.float64)
-        ok = np.isfinite(cur) & np.isfinite(vol) & (cur >= 0) & (cur <= self.gate.max_current_a) & (vol > 0)
-        p = np.where(ok, cur * vol, 0.0)
-        pos = np.clip(self.bounds - start_index, 0, n)
-        cs = np.empty(n + 1)
-        cs[0] = 0.0
-        np.cumsum(p, out=cs[1:])
-        self.s_p += cs[pos]
-        cok = np.empty(n + 1)
-        cok[0] = 0.0
-        np.cumsum(ok, out=cok[1:])
-        self.s_n += cok[pos]
-        self.s_bad += np.clip(self.bounds - start_index, 0, n) - cok[pos]
-        np.cumsum(np.where(ok, vol, 0.0), out=cs[1:])
-        self.s_v += cs[pos]
-        # successive differences (pair i = samples i, i+1, both sane), prefix-summed at the pair's first sample
-        okd = ok[1:] & ok[:-1]
-        d2 = np.where(okd, np.diff(p) ** 2, 0.0)
-        cs[0] = 0.0
-        cs[1:n] = np.cumsum(d2)
-        cs[n] = cs[n - 1]
-        pos_d = np.clip(self.bounds - start_index - 1, 0, n - 1)  # pairs fully inside [.., bound)
-        self.s_d2 += cs[pos_d]
-        cok[1:n] = np.cumsum(okd)
-        cok[n] = cok[n - 1]
-        self.s_nd += cok[pos_d]
         overlap = (self.i1 > start_index) & (self.i0 < end)
+        if not overlap.any():
+            return
+        cur = np.asarray(current_a)
+        vol = np.asarray(voltage_v)
+        pos = np.clip(self.bounds - start_index, 0, n)
+        p = np.multiply(cur, vol, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            cmin, cmax, vmin, vmax = cur.min(), cur.max(), vol.min(), vol.max()
+            clean = bool(cmin >= 0 and cmax <= self.gate.max_current_a and vmin > 0 and np.isfinite(vmax))
+        if clean:
+            self.s_n += pos
+            vsum = vol
+        else:
+            ok = np.isfinite(cur) & np.isfinite(vol) & (cur >= 0) & (cur <= self.gate.max_current_a) & (vol > 0)
+            p[~ok] = 0.0
+            n_ok = _prefix_at(ok, pos)
+            self.s_n += n_ok
+            self.s_bad += pos - n_ok
+            vsum = np.where(ok, vol, 0.0)
+        self.s_p += _prefix_at(p, pos)
+        self.s_v += _prefix_at(vsum, pos)
+        # successive differences: pair j = samples (j, j+1); a window [a, b) holds pairs a .. b-2
+        d = np.diff(p)
+        d *= d
+        pos_d = np.clip(pos - 1, 0, n - 1)
+        if clean:
+            self.s_nd += pos_d
+        else:
+            okd = ok[1:] & ok[:-1]
+            d[~okd] = 0.0
+            self.s_nd += _prefix_at(okd, pos_d)
+        self.s_d2 += _prefix_at(d, pos_d)
         if not calibrated:
             self.uncal |= overlap
         if np.isfinite(usb_current_a):

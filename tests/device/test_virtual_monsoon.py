@@ -109,3 +109,16 @@ def test_dropped_counter_rollover_and_numbering():
     np.testing.assert_allclose(vol, 16000 * 62.5e-6 * 4)
     c = Calibration()
     assert not c.calibrated
+
+
+def test_vendor_engine_csv_reads_back(lab, tmp_path):
+    from device.monsoon import MonsoonOptions, vendor_csv_capture
+    from device.tracefile import open_trace
+
+    csv = tmp_path / "vendor.csv"
+    vendor_csv_capture(MonsoonOptions(voltage_v=4.0), csv, 1500)
+    tr = open_trace(csv)
+    assert tr.time_mode == "per-packet-s" and tr.samples >= 1400
+    np.testing.assert_allclose(np.median(tr.current_a), lab.profile.idle_power_w / 4.0, rtol=2e-3)
+    np.testing.assert_allclose(tr.voltage_v, 4.0)
+    assert lab.eeprom()[0x10] == 2  # passthrough restored
