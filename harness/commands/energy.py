@@ -63,9 +63,16 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     if src.samples == 0:
         raise UsageError(f"{args.trace}: the trace holds no samples")
     trace_end_s = (src.end_index - first) / rate
+    trailer = getattr(src, "trailer", None) or {}
+    ended_early = (not src.complete) or not str(trailer.get("end_reason", "stopped")).startswith(
+        ("stopped", "closed", "converted", "bench"))
+    out["trace_complete"] = bool(src.complete)
+    if trailer.get("end_reason"):
+        out["trace_end_reason"] = trailer["end_reason"]
     for name, (a, b) in [("--window", win)] + [("--idle", w) for w in idles]:
-        if b > trace_end_s + 1e-9:
+        if a >= trace_end_s or (b > trace_end_s + 1e-9 and not ended_early):
             raise UsageError(f"{name} {a:g}:{b:g} is outside the trace (0 to {trace_end_s:.4f} s)")
+        # a monitor that stopped mid-window: the window is analysed and marked invalid, not refused
     if args.sync:
         found = {}
         for kind, t_est in (("start", win[0]), ("end", win[1])):
@@ -120,6 +127,10 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
             )
     elif args.inferences:
         raise UsageError("--inferences needs at least one --idle window (net energy = window - idle baseline)")
+    if ended_early and win[1] > trace_end_s:
+        why = trailer.get("end_reason") or "the sampler did not close the file"
+        reasons.append(f"the trace ends at {trace_end_s:.4f} s, inside the window ({why})")
+        valid = False
     out["valid"] = valid
     out["reasons"] = reasons
     return out

@@ -118,3 +118,15 @@ def test_invalid_window_is_reported_not_hidden(tmp_path, capsys):
     write_trace(tmp_path / "nan.ptrc", [TraceChunk(0, cur, np.full(5000, 4.0, np.float32))], {"rate_hz": 5000.0})
     code, res, _ = run_json(capsys, tmp_path / "nan.ptrc", "--window", "0:1")
     assert code == 1 and res["valid"] is False and "NaN" in res["reasons"][0]
+
+
+def test_monitor_stopped_mid_window_is_an_invalid_record(tmp_path, capsys):
+    from device.tracefile import TraceWriter
+
+    w = TraceWriter(tmp_path / "cut.ptrc", {"rate_hz": 5000.0})
+    w.append(0, np.full(5000, 0.5, np.float32), np.full(5000, 4.0, np.float32))
+    w.close({"end_reason": "monsoon stopped: No such device"})
+    code, res, _ = run_json(capsys, tmp_path / "cut.ptrc", "--window", "0.5:3")
+    assert code == 1 and res["valid"] is False and res["trace_end_reason"].startswith("monsoon stopped")
+    assert any("inside the window" in r for r in res["reasons"])
+    assert res["samples"] == 2500 and res["dropped"] == 10000
