@@ -735,6 +735,12 @@ def _gflags(argv: list[str]) -> dict[str, str]:
     return opts
 
 
+def _runner_error(out: Output, msg: str, line: int = 100) -> int:
+    """An error line as the logging build of executor_runner prints it; status 1."""
+    out.error(f"E 00:00:00.000000 executorch:executor_runner.cpp:{line}] {msg}\n")
+    return 1
+
+
 def executor_runner(sh: Shell, argv: list[str], stdin: bytes, out: Output) -> int:
     """ExecuTorch's ``executor_runner``: runs the .pte with the runtime on the host, prints what it prints.
 
@@ -749,24 +755,19 @@ def executor_runner(sh: Shell, argv: list[str], stdin: bytes, out: Output) -> in
         if n < 1 or threads < 1:
             raise ValueError
     except ValueError:
-        out.error("E executor_runner: --num_executions and --cpu_threads must be positive integers\n")
-        return 1
+        return _runner_error(out, "--num_executions and --cpu_threads must be positive integers")
     host_model = sh.host(model)
     if not host_model.is_file():
-        out.error(f"E 00:00:00.000000 executorch:executor_runner.cpp:129] FileDataLoader::from() failed: "
-                  f"0x22 ({model}: No such file or directory)\n")
-        return 1
+        return _runner_error(out, f"FileDataLoader::from() failed: 0x22 ({model}: No such file or directory)", 129)
     host_input = None
     if opts.get("inputs"):
         host_input = sh.host(opts["inputs"].split(",")[0])
         if not host_input.is_file():
-            out.error(f"E executor_runner: input file {opts['inputs']} not found\n")
-            return 1
+            return _runner_error(out, f"input file {opts['inputs']}: No such file or directory")
     try:
         from device.runner import RunSpec, format_runner_output, run_host
     except ImportError as exc:
-        out.error(f"E executor_runner: the ExecuTorch runtime is not available on this host ({exc})\n")
-        return 1
+        return _runner_error(out, f"the ExecuTorch runtime is not available on this host ({exc})")
     phone = sh.phone
     drop = phone.faults.drop_mid_run_s
     if drop is not None and phone.take_drop() and phone.on_drop_all:
@@ -778,9 +779,8 @@ def executor_runner(sh: Shell, argv: list[str], stdin: bytes, out: Output) -> in
     except Cancelled:
         raise
     except Exception as exc:  # the runtime's own failures become the runner's error text
-        out.error(f"E executor_runner: {type(exc).__name__}: {exc}\n")
-        return 1
+        return _runner_error(out, f"{type(exc).__name__}: {exc}")
     if sh.cancel.is_set():
         raise Cancelled()
-    out.write(format_runner_output(result))
+    out.write(format_runner_output(result, model_path=model))
     return 0

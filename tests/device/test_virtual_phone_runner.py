@@ -69,6 +69,27 @@ def test_builtin_runner_runs_the_pte_and_marks_the_phone_busy(lab, tiny_pte):
     assert lat.shape == (6,) and np.all(lat > 0)
     t, busy = read_timeline(phone.timeline_path)
     assert busy.max() == 2 and busy[-1] == 0  # two busy threads while the runner ran, idle after
+    # the phone prints its own paths, never the host sandbox's
+    text = dev.run(work.argv()).output
+    assert f"Model file {remote} is loaded." in text and str(phone.root) not in text
+
+
+@pytest.mark.skipif(not HAVE_RUNNER, reason="device/runner.py (runner contract, export issue) not available yet")
+def test_builtin_runner_reads_the_inputs_file_and_matches_the_host(lab, tiny_pte, tmp_path):
+    from device.runner import RunSpec, run_host, write_input_file
+
+    _phone, dev = lab
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
+    write_input_file(tmp_path / "x.bin", x)
+    checked_push(dev, tiny_pte, "/data/local/tmp/harness/tiny.pte")
+    checked_push(dev, tmp_path / "x.bin", "/data/local/tmp/harness/x.bin")
+    work = InferenceWorkload("/system/bin/executor_runner", "/data/local/tmp/harness/tiny.pte", iterations=2,
+                             input_path="/data/local/tmp/harness/x.bin")
+    res = run_inferences(dev, work, timeout_s=120)
+    host = run_host(RunSpec(tiny_pte, iterations=1, input_path=tmp_path / "x.bin"))
+    np.testing.assert_allclose(res.output, host.output, rtol=1e-4, atol=1e-4)
+    ones = run_host(RunSpec(tiny_pte, iterations=1))
+    assert not np.allclose(res.output, ones.output)  # the inputs file really was used
 
 
 @pytest.mark.skipif(not HAVE_RUNNER, reason="device/runner.py (runner contract, export issue) not available yet")
