@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from device.virtual_phone.sandbox import DEV_NULL, DEV_ZERO, SandboxError
-from device.virtual_phone.shell import RUNNER_NAME, Cancelled, Output, Shell
+from device.virtual_phone.shell import RUNNER_NAME, Cancelled, Output, Shell, ShellExit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _false(sh, argv, stdin, out):
 
 @command("exit")
 def _exit(sh, argv, stdin, out):
-    return int(argv[1]) & 0xFF if len(argv) > 1 and argv[1].lstrip("-").isdigit() else sh.status
+    raise ShellExit(int(argv[1]) & 0xFF if len(argv) > 1 and argv[1].lstrip("-").isdigit() else sh.status)
 
 
 @command("echo")

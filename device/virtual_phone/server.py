@@ -383,6 +383,8 @@ class Connection:
                     return shell.status
                 if text:
                     shell.run(text, out)
+                    if text.split()[0] == "exit":
+                        return shell.status
                 out.write(prompt)
 
     def _reboot(self, stream: Stream) -> None:
@@ -428,11 +430,11 @@ class Connection:
     def _sync_list(self, stream: Stream, path: str) -> None:
         try:
             host = self.phone.sandbox.host_path(path)
-            names = sorted(os.listdir(host)) if host.is_dir() else []
+            names = [".", ".."] + sorted(os.listdir(host)) if host.is_dir() else []
         except (OSError, SandboxError):
             names = []
         buf = bytearray()
-        for name in [".", ".."] + names:
+        for name in names:
             try:
                 st = (host / name).stat()
             except OSError:

@@ -254,6 +254,14 @@ class Cancelled(Exception):
     """The session ended (link dropped or stream closed) while a foreground command ran."""
 
 
+class ShellExit(Exception):
+    """``exit N``: stop this shell (not its parent) with status N."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 @dataclass
 class Output:
     """Where a command's stdout and stderr go (callables taking bytes)."""
@@ -299,17 +307,28 @@ class Shell:
             out.error(f"/system/bin/sh: syntax error: {exc}\n")
             self.status = 2
             return 2
-        for ao in lists:
-            if ao.background:
-                job = Shell(self.phone)  # not tied to this session: survives the link dropping
-                job.cwd, job.env = self.cwd, dict(self.env)
-                sink = Output(lambda b: None, lambda b: None)
-                threading.Thread(target=job._run_andor, args=(ao, sink, b""), daemon=True,
-                                 name="vphone-bg").start()
-                self.status = 0
-            else:
-                self._run_andor(ao, out, stdin)
+        try:
+            for ao in lists:
+                if ao.background:
+                    job = Shell(self.phone)  # not tied to this session: survives the link dropping
+                    job.cwd, job.env = self.cwd, dict(self.env)
+                    sink = Output(lambda b: None, lambda b: None)
+                    threading.Thread(target=job._run_background, args=(ao, sink), daemon=True,
+                                     name="vphone-bg").start()
+                    self.status = 0
+                else:
+                    self._run_andor(ao, out, stdin)
+        except ShellExit as ex:
+            self.status = ex.status
         return self.status
+
+    def _run_background(self, ao: AndOr, sink: Output) -> None:
+        try:
+            self._run_andor(ao, sink, b"")
+        except (ShellExit, Cancelled):
+            pass
+        except Exception:  # a background job must never take the phone down
+            log.exception("virtual phone: background job failed")
 
     def _run_andor(self, ao: AndOr, out: Output, stdin: bytes) -> int:
         status = self._run_pipeline(ao.pipelines[0], out, stdin)
@@ -471,7 +490,7 @@ class Shell:
             return 127
         try:
             return int(fn(self, argv, stdin, out))
-        except Cancelled:
+        except (Cancelled, ShellExit):
             raise
         except SandboxError as exc:
             out.error(f"{name}: {exc.filename}: {exc.strerror}\n")

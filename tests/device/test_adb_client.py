@@ -65,8 +65,8 @@ def test_standard_adb_client_connect_shell_push_pull(tmp_path, adb_env):
         # a missing file and a read-only path fail like on a phone
         assert adb(env, "-s", serial, "pull", "/data/none", str(tmp_path / "x")).returncode != 0
         # stdin-driven shell (no pty): no prompt, just output
-        res = adb(env, "-s", serial, "shell", stdin=b"echo piped\nexit\n")
-        assert res.stdout == b"piped\n"
+        res = adb(env, "-s", serial, "shell", stdin=b"echo piped\nexit 5\necho never\n")
+        assert (res.returncode, res.stdout) == (5, b"piped\n")
         adb(env, "disconnect", serial)
 
 

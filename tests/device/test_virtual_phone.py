@@ -39,6 +39,8 @@ def test_status_sequences_and_expansion(phone):
     assert sh(phone, "echo 'a  b' \"c $? d\" e\\ f") == (0, "a  b c 0 d e f\n", "")
     assert sh(phone, "exit 3")[0] == 3
     assert sh(phone, "sh -c 'exit 5'; echo rc=$?")[1] == "rc=5\n"
+    assert sh(phone, "exit 6; echo not-reached") == (6, "", "")
+    assert sh(phone, "echo a && exit 2 || echo b") == (2, "a\n", "")
 
 
 def test_unknown_command_is_127_like_a_phone(phone):
