@@ -184,3 +184,17 @@ def test_start_virtual_pre_authorises_the_harness_key(tmp_path, key):
     finally:
         dev.close()
         phone.stop()
+
+
+@pytest.mark.hardware
+def test_real_phone(key):
+    """With HARNESS_HARDWARE=1 and HARNESS_PHONE=host:port or a USB serial: the same calls on a real phone."""
+    address = os.environ.get("HARNESS_PHONE")
+    if not address:
+        pytest.skip("set HARNESS_PHONE to the phone's host:port or USB serial")
+    dev = connect(address, AdbOptions(key_path=os.environ.get("HARNESS_ADB_KEY", "")))
+    try:
+        assert int(dev.getprop("ro.build.version.sdk")) >= 14
+        assert dev.shell("exit 3", check=False).exit_code == 3
+    finally:
+        dev.close()

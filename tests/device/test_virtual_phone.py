@@ -67,6 +67,12 @@ def test_redirects_pipes_and_files(phone):
     assert sh(phone, "rm /data/local/tmp/b.txt; ls /data/local/tmp/b.txt")[0] == 1
 
 
+def test_taskset_runs_the_command_on_valid_masks_only(phone):
+    assert sh(phone, "taskset f echo pinned") == (0, "pinned\n", "")
+    status, _, err = sh(phone, "taskset 10 echo no")  # cpu4 does not exist on a 4-core phone
+    assert status == 1 and "Invalid argument" in err
+
+
 def test_parse_errors_are_status_2(phone):
     with pytest.raises(ShellSyntaxError):
         parse("echo 'unterminated")
