@@ -174,7 +174,7 @@ class DetachedJob:
 
 
 def start_detached(device: Device, command: str, work_dir: str) -> DetachedJob:
-    """Start shell text on the phone with ``nohup ... &`` so it survives the link dropping.
+    """Start shell text on the phone in the background, ignoring SIGHUP, so it survives the link dropping.
 
     Output goes to ``<job_dir>/stdout``/``stderr``; the exit status is written to ``rc`` last
     (via a rename, so a half-written status is never read).
@@ -184,7 +184,9 @@ def start_detached(device: Device, command: str, work_dir: str) -> DetachedJob:
     rc, rc_tmp = posixpath.join(job_dir, "rc"), posixpath.join(job_dir, "rc.tmp")
     inner = (f"sh -c {q(command)} > {q(posixpath.join(job_dir, 'stdout'))} 2> {q(posixpath.join(job_dir, 'stderr'))}; "
              f"echo $? > {q(rc_tmp)}; mv {q(rc_tmp)} {q(rc)}")
-    device.shell(f"mkdir -p {q(job_dir)} && nohup sh -c {q(inner)} > /dev/null 2>&1 &", timeout_s=30, retry=False)
+    # `trap '' HUP` rather than nohup: Android 5.1's toolbox has no nohup; an ignored SIGHUP is inherited.
+    detached = q("trap '' HUP; " + inner)
+    device.shell(f"mkdir -p {q(job_dir)} && sh -c {detached} > /dev/null 2>&1 &", timeout_s=30, retry=False)
     return DetachedJob(device, job_dir, command, time.monotonic())
 
 

@@ -135,6 +135,11 @@ def _sh(sh, argv, stdin, out):
     return 2
 
 
+@command("trap")
+def _trap(sh, argv, stdin, out):
+    return 0  # signals do not reach the virtual phone's commands; detached jobs survive regardless
+
+
 @command("nohup")
 def _nohup(sh, argv, stdin, out):
     if len(argv) < 2:
