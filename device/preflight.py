@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import shlex
 import struct
 import time
 from collections.abc import Sequence
@@ -338,10 +339,12 @@ def _pin_governor(device: Device, profile: DeviceProfile, opts: PreflightOptions
     for c in cpus:
         d = base.format(c)
         if opts.apply:
-            _sh(device, _as_root(root, f"echo {profile.governor} > {d}scaling_governor"))
+            gov, q = shlex.quote(profile.governor), shlex.quote
+            _sh(device, _as_root(root, f"echo {gov} > {q(d + 'scaling_governor')}"))
             if profile.pin_freq_khz:
-                f = profile.pin_freq_khz
-                _sh(device, _as_root(root, f"echo {f} > {d}scaling_max_freq; echo {f} > {d}scaling_min_freq"))
+                f = int(profile.pin_freq_khz)
+                _sh(device, _as_root(root, f"echo {f} > {q(d + 'scaling_max_freq')}; "
+                                           f"echo {f} > {q(d + 'scaling_min_freq')}"))
         gov = _read(device, d + "scaling_governor")
         if gov != profile.governor:
             wrong.append(f"cpu{c} governor {gov!r}")

@@ -11,6 +11,7 @@ name raises :class:`~harness.errors.InputError` listing the known ones.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,14 @@ class _Fields:
         return tuple(v)
 
 
+def _zones(thermal: _Fields) -> tuple[str, ...]:
+    zones = thermal.str_list("zones")
+    bad = [z for z in zones if not re.fullmatch(r"[A-Za-z0-9_.-]+", z)]
+    if bad:
+        raise DataError(f"{thermal.path}: field 'thermal.zones': {bad} are not sysfs names like thermal_zone0")
+    return zones
+
+
 def parse_profile(data: dict, source: str) -> DeviceProfile:
     """Validate a parsed TOML document into a :class:`DeviceProfile`."""
     f = _Fields(data, source)
@@ -159,9 +168,10 @@ def parse_profile(data: dict, source: str) -> DeviceProfile:
         monsoon_voltage_v=monsoon.get("voltage_v", float, check=lambda v: 0.8 <= v <= 13.5, what="0.8..13.5 volts"),
         cpu_count=cpu_count,
         big_cores=big,
-        governor=cpu.get("governor", str, "performance") or None,
+        governor=cpu.get("governor", str, "performance", check=lambda v: re.fullmatch(r"[a-z0-9_]*", v) is not None,
+                         what="a governor name like performance") or None,
         pin_freq_khz=cpu.get("pin_freq_khz", int, None, check=lambda v: v > 0, what="a positive frequency"),
-        thermal_zones=thermal.str_list("zones"),
+        thermal_zones=_zones(thermal),
         max_start_temp_c=thermal.get("max_start_c", float, 40.0, check=lambda v: 0 < v < 120, what="0..120 C"),
         cool_down_timeout_s=thermal.get("cool_down_timeout_s", float, 300.0, check=lambda v: v >= 0, what=">= 0"),
         prepare=steps,

@@ -44,6 +44,8 @@ GOOD = (SHIPPED_DIR / "nexus4.toml").read_text()
     ('steps = ["battery_unplug",', 'steps = ["dance",', "prepare.steps"),
     ("voltage_v = 3.8 ", "voltage_v = true ", "monsoon.voltage_v"),
     ("schema_version = 1", "schema_version = 7", "schema_version"),
+    ('governor = "performance"', 'governor = "x; reboot"', "cpu.governor"),
+    ('zones = ["thermal_zone0",', 'zones = ["../../etc",', "thermal.zones"),
 ])
 def test_malformed_profile_names_file_and_field(tmp_path, old, new, field):
     assert old in GOOD
