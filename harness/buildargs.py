@@ -1,0 +1,55 @@
+"""Flags shared by every command that builds a specialist (build, accuracy, sweep, export, run)."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cliutil import parse_int_list
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
+    p.add_argument("--stats", metavar="FILE", help="statistics artifact (default: the one shipped for the default model)")
+
+
+def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, level: bool = True) -> None:
+    from specialist.methods import COMPENSATION_NAMES, DEFAULT_METHOD, PRESETS
+
+    p.add_argument("--classes", required=classes_required, metavar="LIST",
+                   help="target classes, e.g. 0,1,2 (CIFAR-10 indices 0-9)")
+    if level:
+        p.add_argument("--level", type=float, required=True, metavar="PCT",
+                       help="percent of channels removed from CCCP2..CCCP5 (0 = the unpruned model)")
+    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
+                   help=f"method preset ({', '.join(PRESETS)}) or a .toml file (default {DEFAULT_METHOD})")
+    p.add_argument("--compensation", choices=COMPENSATION_NAMES, help="override the preset's compensation")
+    p.add_argument("--impact", choices=("fd", "grad"), help="override the preset's impact (finite difference or autograd)")
+    p.add_argument("--fold", choices=("exact", "bias"),
+                   help="mean constants: exact per-position add node, or folded into the bias")
+    add_model_args(p)
+
+
+def parse_classes(text: str) -> list[int]:
+    from specialist.select import check_classes
+
+    return check_classes(parse_int_list(text, "--classes", 0, 9))
+
+
+def load_base(args):
+    from specialist.model import load_weights
+
+    return load_weights(getattr(args, "model", None))
+
+
+def build_from_args(args, level: float | None = None, base=None):
+    """Build the specialist the flags describe (level 0 still goes through the builder)."""
+    from specialist.build import build_specialist
+    from specialist.stats import load_stats
+
+    base = base if base is not None else load_base(args)
+    stats = None
+    if getattr(args, "stats", None):
+        stats = load_stats(args.stats, expect_model_hash=base.content_hash())
+    return build_specialist(parse_classes(args.classes), args.level if level is None else level, args.method,
+                            compensation=args.compensation, impact=args.impact, fold=args.fold,
+                            stats=stats, base=base)

@@ -1,0 +1,37 @@
+"""harness build: a specialist from the statistics artifact, with its Table 1 layer table."""
+
+from __future__ import annotations
+
+import sys
+
+from harness.buildargs import add_build_args, build_from_args
+from harness.cliutil import add_json_flag, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build", help="build a specialist (prune + compensate) and print its layer table")
+    add_build_args(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write the specialist here (.pt)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from specialist.flops import flops_table_markdown, layer_costs
+    from specialist.specialist_io import save_specialist
+
+    spec = build_from_args(args)
+    if args.output:
+        save_specialist(spec, args.output)
+    if args.json:
+        out = spec.summary()
+        out["output"] = args.output
+        print_json(out)
+    else:
+        print(f"specialist for classes {spec.classes}, level {spec.level:g}% ({spec.method.name}: "
+              f"{spec.method.compensation} compensation, {spec.method.impact} impacts)")
+        print(flops_table_markdown(layer_costs(spec.weights.channels())))
+        print(f"FLOPs {spec.flops:.3g} of {spec.flops_base:.3g}: {spec.flops_pruned_pct:.1f}% pruned; "
+              f"built in {spec.build_ms:.0f} ms" + (f"; saved to {args.output}" if args.output else ""))
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,153 @@
+"""Build a specialist: select channels per layer, compensate, and cut a physically smaller network."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.errors import ArtifactError
+from specialist import select
+from specialist.compensate import COMPENSATIONS
+from specialist.flops import BASE_FLOPS, layer_costs
+from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
+from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights
+from specialist.stats import CalibStats, SubsetStats, default_stats_path, load_stats
+
+
+@dataclass
+class Specialist:
+    """A physically smaller NIN for a class subset, with the plan that made it."""
+
+    weights: NinWeights
+    classes: list[int]
+    level: float
+    method: Method
+    kept: dict[str, list[int]]  # kept output channel indices per layer (CCCP6: the target classes)
+    flops_base: int
+    flops: int
+    layers: list[dict]
+    hashes: dict[str, str] = field(default_factory=dict)
+    build_ms: float = 0.0
+
+    @property
+    def flops_pruned_pct(self) -> float:
+        return 100.0 * (1.0 - self.flops / self.flops_base)
+
+    def summary(self) -> dict:
+        return {
+            "classes": self.classes, "level": self.level, "method": self.method.name,
+            "compensation": self.method.compensation, "impact": self.method.impact, "fold": self.method.fold,
+            "flops_base": self.flops_base, "flops": self.flops,
+            "flops_pruned_pct": round(self.flops_pruned_pct, 3),
+            "layers": self.layers, "build_ms": round(self.build_ms, 3), "hashes": self.hashes,
+            "extra_nodes": len(self.weights.consts),
+        }
+
+
+def channel_scores(method: Method, base: NinWeights, st: SubsetStats) -> dict[str, np.ndarray]:
+    """Per prunable layer, one score per output channel (higher = keep)."""
+    out = {}
+    for L in PRUNABLE:
+        if method.score == "impact":
+            out[L] = select.paper_scores(st.impacts(method.impact)[L])
+        elif method.score == "impact_abs":
+            out[L] = select.abs_scores(st.impacts(method.impact)[L])
+        elif method.score == "l1":
+            out[L] = select.l1_scores(base.weights[L])
+        elif method.score == "variance":
+            out[L] = select.variance_scores(st.gram[L], st.mean[L])
+        else:
+            raise ArtifactError(f"unknown score {method.score!r}")
+    return out
+
+
+def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int = 1) -> dict[str, np.ndarray]:
+    """Paper 4.2.2: in every prunable layer, prune the level's share of lowest-scoring channels."""
+    return {L: select.select_prune(s, select.n_remove(len(s), level, multiple_of)) for L, s in scores.items()}
+
+
+def subset_arrays(st: SubsetStats, L: str) -> dict[str, np.ndarray]:
+    return {"mean": st.mean[L], "corr": st.corr[L], "gram": st.gram[L], "cand": st.cand.get(L),
+            "xcorr": st.xcorr.get(L), "acorr": st.acorr.get(L)}
+
+
+def apply_plan(base: NinWeights, classes: list[int], pruned: dict[str, np.ndarray], st: SubsetStats,
+               method: Method) -> tuple[NinWeights, dict[str, list[int]]]:
+    """Model surgery: compensate each pruned layer into its successor and slice every layer."""
+    comp = COMPENSATIONS[method.compensation]
+    kept = {L: select.kept_from_pruned(base.weights[L].shape[0], pruned.get(L, np.zeros(0, int)))
+            for L in LAYER_NAMES}
+    kept["CCCP6"] = np.asarray(classes)
+    new_w, new_b, consts = {}, {}, {}
+    for i, spec in enumerate(NIN_LAYERS):
+        w = base.weights[spec.name].astype(np.float64)
+        b = base.biases[spec.name].astype(np.float64).copy()
+        const = None
+        prev = NIN_LAYERS[i - 1].name if i > 0 else None
+        if prev in PRUNABLE:
+            w, delta, const = comp(w, kept[prev], pruned[prev], subset_arrays(st, prev), spec.padding,
+                                   fold=method.fold, threshold=method.corr_threshold, ridge=method.ridge)
+            b = b + delta
+        rows = kept[spec.name]
+        new_w[spec.name] = np.ascontiguousarray(w[rows], dtype=np.float32)
+        new_b[spec.name] = b[rows].astype(np.float32)
+        if const is not None:
+            consts[spec.name] = np.ascontiguousarray(const[rows], dtype=np.float32)
+    w_out = NinWeights(new_w, new_b, base.input_mean.copy(), base.input_std.copy(), consts, base.source)
+    return w_out, {L: [int(v) for v in kept[L]] for L in LAYER_NAMES}
+
+
+_STATS_CACHE: dict[str, CalibStats] = {}
+
+
+def load_default_stats(base: NinWeights, stats_path=None) -> CalibStats:
+    """The artifact for ``base``: the given path, or the one shipped for the default model (cached)."""
+    path = str(stats_path or default_stats_path())
+    key = f"{path}:{base.content_hash()}"
+    if key not in _STATS_CACHE:
+        _STATS_CACHE[key] = load_stats(path, expect_model_hash=base.content_hash())
+    return _STATS_CACHE[key]
+
+
+def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
+                     compensation: str | None = None, impact: str | None = None, fold: str | None = None,
+                     stats: CalibStats | SubsetStats | None = None, base: NinWeights | None = None,
+                     stats_path=None) -> Specialist:
+    """Build a specialist for ``classes`` with ``level`` percent of channels removed (paper sections 4-5).
+
+    Needs only the statistics artifact (``stats``/``stats_path``, default: shipped for the default model).
+    """
+    t0 = time.perf_counter()
+    classes = select.check_classes(classes)
+    level = select.check_level(level)
+    m = get_method(method) if isinstance(method, str) else method
+    m = m.replace(compensation=compensation, impact=impact, fold=fold)
+    validate_method(m)
+    base = base if base is not None else load_weights()
+    if stats is None:
+        stats = load_default_stats(base, stats_path)
+    if isinstance(stats, CalibStats):
+        if stats.model_hash != base.content_hash():
+            raise ArtifactError("the statistics artifact was made from another base model; "
+                                "run 'harness stats --model M' for this model")
+        sub = stats.subset(classes)
+    else:
+        sub = stats
+    scores = channel_scores(m, base, sub)
+    pruned = plan_uniform(scores, level, m.multiple_of)
+    weights, kept = apply_plan(base, classes, pruned, sub, m)
+    costs = layer_costs(weights.channels())
+    spec = Specialist(
+        weights=weights, classes=classes, level=level, method=m, kept=kept, flops_base=BASE_FLOPS,
+        flops=sum(c.flops_after for c in costs),
+        layers=[{"name": c.name, "maps_before": c.maps_before, "maps_after": c.maps_after,
+                 "flops_before": c.flops_before, "flops_after": c.flops_after,
+                 "params_after": c.params_after} for c in costs],
+        hashes={"base_model": base.content_hash(),
+                "stats": (stats.meta.get("sha256", "") if isinstance(stats, CalibStats) else "")},
+    )
+    spec.hashes["specialist"] = weights.content_hash()
+    spec.build_ms = 1000 * (time.perf_counter() - t0)
+    return spec

@@ -1,0 +1,91 @@
+"""Named method presets: what scores channels, how many per layer, and how pruned channels are compensated."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A specialist-building recipe.  Loadable from TOML (``[method]`` table with these field names)."""
+
+    name: str
+    description: str
+    impact: str = "fd"  # fd | grad: which stored impact table the impact scores use
+    score: str = "impact"  # impact (paper: max signed impact) | impact_abs | l1 | variance
+    compensation: str = "auto"  # none | mean | correlated | auto | lsq
+    fold: str = "exact"  # exact (per-position constant, one add node) | bias (folded into the bias)
+    corr_threshold: float = 0.5  # paper 4.3.3 heuristic threshold
+    ridge: float = 1e-2
+    allocation: str = "uniform"  # uniform: the level's share in every prunable layer
+    multiple_of: int = 1  # round kept channel counts to a multiple (XNNPACK-friendly widths)
+
+    def replace(self, **changes) -> Method:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **clean) if clean else self
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("paper", "Guo & Potkonjak 2017 as published: finite-difference impacts, max over target classes, "
+               "uniform per-layer percentile, correlated-or-mean heuristic with per-position mean constants"),
+        Method("paper-grad", "the paper's method with exact autograd impacts instead of finite differences",
+               impact="grad"),
+        Method("mean", "paper selection, every pruned channel compensated by its mean (bias-folded)",
+               compensation="mean", fold="bias"),
+        Method("lsq", "paper selection; pruned channels reconstructed from all kept channels by ridge least "
+               "squares plus per-position means, folded into the next layer", impact="grad",
+               compensation="lsq", fold="exact"),
+        Method("l1", "Li et al.: smallest filter L1 norms pruned, mean compensation", score="l1",
+               compensation="mean", fold="bias"),
+        Method("variance", "Polyak & Wolf: lowest activation variance pruned, mean compensation",
+               score="variance", compensation="mean", fold="bias"),
+    )
+}
+DEFAULT_METHOD = "paper"
+IMPACTS = ("fd", "grad")
+COMPENSATION_NAMES = ("none", "mean", "correlated", "auto", "lsq")
+
+
+def get_method(name: str) -> Method:
+    """A preset by name, or a TOML file path; unknown names list the known ones."""
+    if name in PRESETS:
+        return PRESETS[name]
+    p = Path(name)
+    if p.suffix == ".toml" and p.is_file():
+        return load_method_toml(p)
+    raise UsageError(f"unknown method {name!r}; known: {', '.join(PRESETS)} (or a .toml file)")
+
+
+def load_method_toml(path: Path) -> Method:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"method file {path}: not valid TOML ({exc})") from None
+    table = data.get("method", data)
+    base = PRESETS.get(table.get("base", DEFAULT_METHOD), PRESETS[DEFAULT_METHOD])
+    fields = {f.name for f in dataclasses.fields(Method)}
+    unknown = [k for k in table if k not in fields and k != "base"]
+    if unknown:
+        raise UsageError(f"method file {path}: unknown field {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    m = dataclasses.replace(base, **{k: v for k, v in table.items() if k in fields})
+    validate_method(m, str(path))
+    return m
+
+
+def validate_method(m: Method, where: str = "method") -> None:
+    if m.impact not in IMPACTS:
+        raise UsageError(f"{where}: impact {m.impact!r} is not one of {', '.join(IMPACTS)}")
+    if m.compensation not in COMPENSATION_NAMES:
+        raise UsageError(f"{where}: compensation {m.compensation!r} is not one of {', '.join(COMPENSATION_NAMES)}")
+    if m.fold not in ("exact", "bias"):
+        raise UsageError(f"{where}: fold {m.fold!r} is not exact or bias")
