@@ -42,6 +42,29 @@ class PreflightOptions:
     cool_timeout_s: float | None = None
     cool_poll_s: float = 2.0
 
+    @classmethod
+    def from_toml(cls, path: Path | str, table: str = "preflight") -> PreflightOptions:
+        """Options from a ``[preflight]`` table; unknown keys or wrong types name the file and the field."""
+        import tomllib
+
+        from harness.errors import DataError
+
+        try:
+            data = tomllib.loads(Path(path).read_text()).get(table, {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DataError(f"{path}: cannot read [{table}]: {exc}") from None
+        kinds = {"apply": bool, "wait_cool": bool, "max_temp_c": float, "cool_timeout_s": float, "cool_poll_s": float}
+        out = {}
+        for k, v in data.items():
+            if k not in kinds:
+                raise DataError(f"{path}: field '{table}.{k}': unknown; known: {', '.join(kinds)}")
+            if kinds[k] is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, kinds[k]) or (kinds[k] is float and v < 0):
+                raise DataError(f"{path}: field '{table}.{k}': expected {kinds[k].__name__} >= 0, got {v!r}")
+            out[k] = v
+        return cls(**out)
+
 
 @dataclass(frozen=True)
 class Check:
