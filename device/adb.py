@@ -64,11 +64,17 @@ class AdbOptions:
             data = tomllib.loads(Path(path).read_text()).get(table, {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise DataError(f"{path}: cannot read [{table}]: {exc}") from None
-        known = {f.name: f.type for f in fields(cls)}
-        for k in data:
-            if k not in known:
-                raise DataError(f"{path}: field '{table}.{k}': unknown; known: {', '.join(known)}")
-        return cls(**data)
+        kinds = {f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in fields(cls)}
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in kinds:
+                raise DataError(f"{path}: field '{table}.{k}': unknown; known: {', '.join(kinds)}")
+            if kinds[k] is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if isinstance(v, bool) or not isinstance(v, kinds[k]) or (kinds[k] is not str and v < 0):
+                raise DataError(f"{path}: field '{table}.{k}': expected {kinds[k].__name__} >= 0, got {v!r}")
+            out[k] = v
+        return cls(**out)
 
 
 def ensure_adb_key(path: Path | str | None = None) -> Path:

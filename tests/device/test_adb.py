@@ -198,3 +198,14 @@ def test_real_phone(key):
         assert dev.shell("exit 3", check=False).exit_code == 3
     finally:
         dev.close()
+
+
+def test_adb_options_from_toml(tmp_path):
+    from harness.errors import DataError
+
+    p = tmp_path / "lab.toml"
+    p.write_text("[adb]\nkey_path = '/keys/adbkey'\nretries = 5\nauth_timeout_s = 60\n")
+    assert AdbOptions.from_toml(p) == AdbOptions(key_path="/keys/adbkey", retries=5, auth_timeout_s=60.0)
+    p.write_text("[adb]\nretries = 'many'\n")
+    with pytest.raises(DataError, match=r"lab.toml: field 'adb.retries'"):
+        AdbOptions.from_toml(p)
