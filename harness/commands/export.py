@@ -1,0 +1,125 @@
+"""``harness export``: a specialist (file, or built on the fly) to a verified ExecuTorch ``.pte`` + manifest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.cliutil import add_json_flag, print_json
+from harness.errors import UsageError
+
+
+def register(sub) -> None:
+    from harness.buildargs import add_build_args
+
+    p = sub.add_parser(
+        "export", help="export a specialist (or the base model) to an ExecuTorch .pte with a manifest",
+        description="Export SPEC (a specialist file from 'harness build -o', or --classes/--level to build one; "
+                    "--level 0 exports the base model) to an ExecuTorch program (XNNPACK delegate by default), "
+                    "check it with the ExecuTorch runtime against PyTorch (max abs diff <= 1e-4) and write "
+                    "OUT.pte plus OUT.manifest.json.")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="specialist file (.pt from 'harness build -o')")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pte", help="program to write")
+    add_build_args(p, classes_required=False, level=False)
+    p.add_argument("--level", type=float, default=None, metavar="PCT",
+                   help="build on the fly: percent of channels removed (0 = the base model)")
+    p.add_argument("--multiple-of", type=int, default=None, metavar="N",
+                   help="round kept channel counts to a multiple of N (XNNPACK-friendly widths)")
+    p.add_argument("--backend", choices=("xnnpack", "portable"), default=None,
+                   help="XNNPACK delegate (default) or ExecuTorch's portable kernels")
+    p.add_argument("--quantize", choices=("none", "int8"), default=None,
+                   help="int8: post-training quantization with the XNNPACK quantizer on calibration images")
+    p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (calibration and test images)")
+    p.add_argument("--options", metavar="TOML", help="export options file ([export] table); flags win")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _options(args):
+    import dataclasses
+
+    from specialist.export import ExportOptions
+
+    opts = ExportOptions.from_toml(args.options) if args.options else ExportOptions()
+    changes = {}
+    if args.backend:
+        changes["backend"] = args.backend
+    if args.quantize:
+        changes["quantize"] = args.quantize
+    if args.fold:
+        changes["fold"] = args.fold
+    return dataclasses.replace(opts, **changes) if changes else opts
+
+
+def _resolve(args):
+    """(weights, classes, level, method name, flops, flops_base, base hash, stats hash)."""
+    from harness.buildargs import load_base, parse_classes
+    from specialist.flops import BASE_FLOPS
+
+    if args.spec and args.level is not None:
+        raise UsageError("give either SPEC or --classes/--level, not both")
+    if args.spec:
+        from specialist.specialist_io import load_specialist
+
+        s = load_specialist(args.spec)
+        return (s.weights, list(s.classes), float(s.level), s.method.name, int(s.flops), int(s.flops_base),
+                s.hashes.get("base_model", ""), s.hashes.get("stats", ""))
+    if args.level is None:
+        raise UsageError("give a specialist file SPEC, or --classes and --level (--level 0: the base model)")
+    base = load_base(args)
+    if args.level == 0:
+        classes = parse_classes(args.classes) if args.classes else list(range(10))
+        return base, classes, 0.0, "base", BASE_FLOPS, BASE_FLOPS, base.content_hash(), ""
+    if not args.classes:
+        raise UsageError("--level needs --classes (e.g. --classes 0,1,2)")
+    from specialist.build import build_specialist
+    from specialist.methods import get_method
+    from specialist.stats import load_stats
+
+    method = get_method(args.method).replace(compensation=args.compensation, impact=args.impact,
+                                             multiple_of=args.multiple_of)
+    stats = load_stats(args.stats, expect_model_hash=base.content_hash()) if args.stats else None
+    # Built with exact constants, so the export can fold them itself and measure the border error.
+    s = build_specialist(parse_classes(args.classes), float(args.level), method, fold="exact", stats=stats,
+                         base=base)
+    return (s.weights, list(s.classes), float(s.level), s.method.name, int(s.flops), int(s.flops_base),
+            s.hashes.get("base_model", ""), s.hashes.get("stats", ""))
+
+
+def run(args) -> int:
+    from specialist.export import ExportCheckError, export_weights, write_manifest_for
+
+    out = Path(args.output)
+    if out.suffix != ".pte":
+        raise UsageError(f"-o {out}: the output must end in .pte")
+    opts = _options(args)
+    weights, classes, level, method, flops, flops_base, base_hash, stats_hash = _resolve(args)
+    try:
+        report, exported = export_weights(weights, out, opts, classes=classes, data=args.data)
+    except ExportCheckError as exc:
+        if args.json:
+            d = exc.report.to_dict()
+            d["error"] = str(exc)
+            print_json(d)
+        raise
+    write_manifest_for(report, exported, base_hash=base_hash, stats_hash=stats_hash, classes=classes, level=level,
+                       method=method, flops=flops, flops_base=flops_base)
+    d = report.to_dict()
+    d.update({"classes": classes, "level": level, "method": method, "flops": flops,
+              "flops_pruned_pct": round(100.0 * (1 - flops / flops_base), 3), "channels": exported.channels()})
+    if args.json:
+        print_json(d)
+    else:
+        print(f"wrote {out} ({report.pte_bytes} bytes, {report.backend}, quantize {report.quantize}) and "
+              f"{report.manifest}")
+        print(f"check: max abs diff {report.max_abs_diff:.3g} <= {report.atol:g} on {report.verify_images} "
+              f"{report.verify_input}; portable ops {report.portable_ops}; extra nodes {report.extra_nodes}")
+        if report.border_error:
+            print(f"compensation folded into biases: border error max {report.border_error['max_abs_scores']:.3g} "
+                  f"(scores), top-1 agreement {report.border_error['top1_agreement_pct']:.1f}%")
+        if report.accuracy and "float_pct" in report.accuracy:
+            a = report.accuracy
+            print(f"accuracy on {a['images']} test images: float {a['float_pct']:.2f}%, int8 {a['int8_pct']:.2f}% "
+                  f"({a['change_pct']:+.2f})")
+        sys.stdout.flush()
+    return 0
