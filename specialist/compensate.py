@@ -17,10 +17,13 @@ from specialist.stats import offsets
 
 def contribution_map(maps: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:
     """Next-layer output caused by constant input maps ``maps`` [C, H, W] through ``w`` [O, C, k, k]."""
+    if w.shape[2] == 1:
+        c, h, wd = maps.shape
+        return (w[:, :, 0, 0].astype(np.float64) @ maps.reshape(c, -1).astype(np.float64)).reshape(-1, h, wd)
     with torch.no_grad():
-        out = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(maps, np.float64))[None],
-                                         torch.from_numpy(np.ascontiguousarray(w, np.float64)), padding=padding)
-    return out[0].numpy()
+        out = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None],
+                                         torch.from_numpy(np.ascontiguousarray(w, np.float32)), padding=padding)
+    return out[0].numpy().astype(np.float64)
 
 
 def _finish(w_new: np.ndarray, kept: np.ndarray, const_maps: np.ndarray | None, w_orig: np.ndarray,
@@ -136,7 +139,9 @@ def compensate_lsq(w, kept, pruned, st, padding, fold="bias", ridge: float = 1e-
     a = lsq_coefficients(cov, kept, pruned, ridge)
     w64 = w.astype(np.float64)
     w_new = w64.copy()
-    w_new[:, kept] += np.einsum("ojab,jk->okab", w64[:, pruned], a)
+    o, _, kh, kw = w64.shape
+    wp = w64[:, pruned].reshape(o, len(pruned), kh * kw).transpose(0, 2, 1)  # [O, k2, P]
+    w_new[:, kept] += (wp @ a).transpose(0, 2, 1).reshape(o, len(kept), kh, kw)
     m = st["mean"].astype(np.float64)
     resid = m[pruned] - np.einsum("jk,khw->jhw", a, m[kept])
     return _finish(w_new, kept, resid, w64, pruned, padding, fold)

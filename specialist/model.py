@@ -72,6 +72,7 @@ class NinWeights:
     input_std: np.ndarray
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""
+    _hash: str | None = field(default=None, repr=False, compare=False)
 
     def channels(self) -> dict[str, int]:
         return {n: int(self.weights[n].shape[0]) for n in LAYER_NAMES}
@@ -87,7 +88,10 @@ class NinWeights:
         )
 
     def content_hash(self) -> str:
-        """sha256 over names, shapes and bytes of every array (container-independent)."""
+        """sha256 over names, shapes and bytes of every array (container-independent; cached: treat the
+        arrays as immutable once hashed)."""
+        if self._hash is not None:
+            return self._hash
         h = hashlib.sha256()
         arrays = {f"{n}.weight": self.weights[n] for n in LAYER_NAMES}
         arrays.update({f"{n}.bias": self.biases[n] for n in LAYER_NAMES})
@@ -99,7 +103,8 @@ class NinWeights:
             h.update(key.encode())
             h.update(str(a.shape).encode())
             h.update(a.tobytes())
-        return h.hexdigest()
+        self._hash = h.hexdigest()
+        return self._hash
 
     def normalize(self, images_nhwc_u8: np.ndarray) -> np.ndarray:
         """uint8 NHWC RGB -> float32 NCHW normalised as the model expects."""
