@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,10 @@ class PhoneBackend(Backend):
 
     An inference window is one shell line: start marker, ``executor_runner`` with N + warm-up
     executions, end marker (``device/sync.py``); the monitor records from before to after it.  The
-    inference phase runs from the start marker's sync point to the end marker's (found in the
-    current trace; the host clock is the fallback), and its energy is mean power x span.  An idle
+    runner runs between the start marker's sync point and the end marker's guard (sync points found
+    in the current trace; the host clock is the fallback); its N timed inferences are the last
+    ``sum(latencies)`` seconds of that span (program load and warm-up come first and are left out),
+    and their energy is mean power x that span.  An idle
     window is ``sleep`` on the phone.  Both keep their trace (time, power, shaded phases).
     """
 
@@ -278,15 +281,19 @@ class PhoneBackend(Backend):
             log.warning("sync markers not found in window %s (%s); using host timestamps", key, exc)
             a, b, how = host_a, host_b, "host"
             marks = []
+        # the timed inferences are the last part of the runner's run, just before the end marker's guard:
+        # the span [end - sum(latencies), end] excludes program load and warm-up
+        b_inf = b - sync.GUARD_S
+        a_inf = min(max(a, b_inf - float(lat.sum()) / 1000.0), b_inf)
         t = tr.time_s
-        energy, power = energy_over(t, tr.power_w, a, b)
+        energy, power = energy_over(t, tr.power_w, a_inf, b_inf)
         valid, reason = True, ""
         if tr.dropped_samples > 0.01 * max(tr.expected_samples, 1):
             valid, reason = False, f"{tr.dropped_samples} dropped samples"
         if not tr.calibrated:
             valid, reason = False, "monitor not calibrated"
-        phases = [("idle", 0.0, float(t[0]) if t.size else 0.0)] + marks + [("inference", a, b)]
-        return WindowResult(n_inferences=len(lat), duration_s=t_done - t_begin, busy_s=b - a, latencies_ms=lat,
+        phases = marks + [("warmup", a, a_inf), ("inference", a_inf, b_inf)]
+        return WindowResult(n_inferences=len(lat), duration_s=t_done - t_begin, busy_s=b_inf - a_inf, latencies_ms=lat,
                             energy_j=energy, mean_power_w=power, valid=valid, reason=reason,
                             trace=self._trace_arrays(tr, phases),
                             extra={"sync": how, "dropped_samples": int(tr.dropped_samples)})
@@ -338,6 +345,11 @@ class VirtualLabBackend(PhoneBackend):
         self.instrument = "monsoon (virtual HVPM)"
         self._phone = None
 
+    @property
+    def phone(self):
+        """The running ``VirtualPhone`` (None before open / after close), e.g. to inject faults."""
+        return self._phone
+
     def open(self) -> None:
         from device.adb import AdbDevice, AdbOptions, ensure_adb_key
         from device.monsoon import MonsoonMonitor, MonsoonOptions
@@ -355,7 +367,8 @@ class VirtualLabBackend(PhoneBackend):
                                        profile=power_model_for(self.profile))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.monitor = MonsoonMonitor(MonsoonOptions(voltage_v=self.profile.monsoon_voltage_v),
-                                          self.lab_dir / f"trace-{stamp}-{os.getpid()}.ptrc", virtual=cfg)
+                                          self.lab_dir / f"trace-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.ptrc",
+                                          virtual=cfg)
             super().open()
         except BaseException:
             self.close()
@@ -392,7 +405,7 @@ class RealPhoneBackend(PhoneBackend):
         self.device = connect(self.plan.serial)
         try:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            trace = self.lab_dir / f"trace-{stamp}-{os.getpid()}.ptrc"
+            trace = self.lab_dir / f"trace-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.ptrc"
             self.lab_dir.mkdir(parents=True, exist_ok=True)
             if self.plan.monitor == "monsoon":
                 from device.monsoon import MonsoonMonitor, MonsoonOptions

@@ -31,8 +31,8 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "real": dict(window_s=15.0, min_reps=4, max_reps=20, target_ci_pct=2.0, warmup_inferences=10,
                  min_inference_s_per_model=60.0, min_inferences_per_model=1024, cooldown_temp_c=40.0,
                  cooldown_timeout_s=120.0, cooldown_pause_s=30.0),
-    "virtual": dict(window_s=1.6, min_reps=3, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
-                    min_inference_s_per_model=4.8, min_inferences_per_model=64, cooldown_temp_c=None,
+    "virtual": dict(window_s=2.0, min_reps=4, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
+                    min_inference_s_per_model=8.0, min_inferences_per_model=64, cooldown_temp_c=None,
                     cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
     "host": dict(window_s=1.0, idle_s=0.0, min_reps=3, max_reps=8, target_ci_pct=3.0, warmup_inferences=3,
                  min_inference_s_per_model=3.0, min_inferences_per_model=64, cooldown_temp_c=None,
@@ -52,13 +52,13 @@ class RunPlan:
     monitor: str = "monsoon"  # monsoon | gauge (real phones)
     serial: str = ""  # phone serial (real phones)
     monitor_serial: str = ""  # power monitor serial (real phones)
-    window_s: float = 1.6  # target length of one inference window
+    window_s: float = 2.0  # target length of one inference window
     idle_s: float | None = None  # idle window length (None: same as window_s)
     warmup_inferences: int = 3
-    min_reps: int = 3
+    min_reps: int = 4
     max_reps: int = 6
     target_ci_pct: float = 5.0  # stop when every model's 95% CI half-width / mean is below this
-    min_inference_s_per_model: float = 4.8
+    min_inference_s_per_model: float = 8.0
     min_inferences_per_model: int = 64
     cooldown_temp_c: float | None = None  # wait until the device is below this before a window
     cooldown_timeout_s: float = 0.0
