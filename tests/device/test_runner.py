@@ -1,0 +1,190 @@
+"""The runner contract: executor_runner text (format and parser), input files, the host runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.runner import (
+    RunResult,
+    RunSpec,
+    check_output,
+    executor_runner_command,
+    format_runner_output,
+    format_tensor,
+    parse_runner_output,
+    read_input_file,
+    run_host,
+    write_input_file,
+)
+from harness.errors import DataError, InputError, MeasurementError
+
+# What ExecuTorch 1.x's examples/portable/executor_runner prints (logging build, ET_LOG to stderr merged
+# into the adb shell output), for --num_executions=4: load lines, one line per iteration, the total, and
+# the output tensor on stdout (print_evalue format).
+REAL_RUNNER_TEXT = """\
+I 00:00:00.000655 executorch:executor_runner.cpp:264] Resetting threadpool with num threads = 1
+I 00:00:00.002031 executorch:executor_runner.cpp:384] Model file /data/local/tmp/harness/L30.pte is loaded.
+I 00:00:00.002065 executorch:executor_runner.cpp:394] Using method forward
+I 00:00:00.002082 executorch:executor_runner.cpp:445] Setting up CPU planned buffer 0, size 458752.
+I 00:00:00.010433 executorch:executor_runner.cpp:520] Model loaded in 8.351000 ms.
+I 00:00:00.024991 executorch:executor_runner.cpp:700] Iteration 1 of 4: 14.512000 ms
+I 00:00:00.033102 executorch:executor_runner.cpp:700] Iteration 2 of 4: 8.101000 ms
+I 00:00:00.041150 executorch:executor_runner.cpp:700] Iteration 3 of 4: 8.040000 ms
+I 00:00:00.049260 executorch:executor_runner.cpp:700] Iteration 4 of 4: 8.100000 ms
+I 00:00:00.049300 executorch:executor_runner.cpp:712] Model executed successfully 4 time(s) in 38.753000 ms.
+I 00:00:00.049310 executorch:executor_runner.cpp:716] 1 outputs:
+OutputX 0: tensor(sizes=[1, 3], [0., 2.5, 13.0371])
+"""
+
+
+def test_parses_the_real_runner_text_and_drops_warmup():
+    r = parse_runner_output(REAL_RUNNER_TEXT, warmup=1)
+    np.testing.assert_allclose(r.latencies_ms, [8.101, 8.04, 8.1])
+    np.testing.assert_allclose(r.warmup_latencies_ms, [14.512])
+    assert r.total_ms == pytest.approx(24.241)
+    np.testing.assert_allclose(r.output, [0.0, 2.5, 13.0371], rtol=1e-6)
+    assert r.output_shape == (1, 3)
+
+
+def test_old_output_label_and_logcat_prefix_parse_too():
+    text = ("11-22 07:00:00.000  123  123 I ExecuTorch: Iteration 1 of 2: 5.000000 ms\n"
+            "11-22 07:00:00.005  123  123 I ExecuTorch: Iteration 2 of 2: 4.000000 ms\n"
+            "Output 0: tensor(sizes=[2], [1., -1.5])\n")
+    r = parse_runner_output(text, warmup=0)
+    np.testing.assert_allclose(r.latencies_ms, [5.0, 4.0])
+    np.testing.assert_allclose(r.output, [1.0, -1.5])
+
+
+def test_format_then_parse_round_trips():
+    lat = np.array([3.25, 3.125, 2.0625, 4.5, 3.0])
+    out = np.array([0.0, 1e-5, 123456.7, -2.5, 7.0], dtype=np.float32)
+    res = RunResult(latencies_ms=lat[2:], total_ms=float(lat[2:].sum()), output=out, warmup_latencies_ms=lat[:2],
+                    output_shape=(1, 5), model_path="/data/local/tmp/m.pte")
+    text = format_runner_output(res)
+    assert "Iteration 5 of 5: 3.000000 ms" in text and "Model file /data/local/tmp/m.pte is loaded." in text
+    assert "Model executed successfully 5 time(s) in 15.937500 ms." in text
+    assert "OutputX 0: tensor(sizes=[1, 5], [0., 1e-05, 123457., -2.5, 7.])" in text
+    back = parse_runner_output(text, warmup=2)
+    np.testing.assert_allclose(back.latencies_ms, lat[2:])
+    np.testing.assert_allclose(back.output, out, rtol=1e-5)
+
+
+def test_tensor_printing_wraps_and_elides_like_print_evalue():
+    wrapped = format_tensor(np.arange(12.0), (12,))
+    assert wrapped == ("tensor(sizes=[12], [\n  0., 1., 2., 3., 4., 5., 6., 7., 8., 9., \n  10., 11., \n])")
+    assert format_tensor(np.arange(8.0), (8,), edge_items=3) == "tensor(sizes=[8], [0., 1., 2., ..., 5., 6., 7.])"
+    r = parse_runner_output("Iteration 1 of 1: 1.0 ms\nOutputX 0: " + wrapped + "\n", 0)
+    np.testing.assert_allclose(r.output, np.arange(12.0))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("I 00:00:00.000 executorch:x.cpp:1] Model file m.pte is loaded.\nOutputX 0: tensor(sizes=[1], [1.])\n",
+     "logging"),
+    ("E 00:00:00.000100 executorch:executor_runner.cpp:129] Failed to parse model file m.pte\n", "Failed to parse"),
+    ("Iteration 1 of 3: 1.0 ms\nIteration 3 of 3: 1.0 ms\n", "incomplete"),
+    ("Iteration 1 of 2: 1.0 ms\nIteration 2 of 2: 1.0 ms\n", "warm-up"),
+    ("Iteration 1 of 3: 1.0 ms\nIteration 2 of 3: 1.0 ms\nIteration 3 of 3: 1.0 ms\n"
+     "Model executed successfully 4 time(s) in 3.0 ms.\n", "executed 4 times"),
+])
+def test_parser_refuses_what_cannot_be_trusted(text, match):
+    with pytest.raises(MeasurementError, match=match):
+        parse_runner_output(text, warmup=2 if match == "warm-up" else 0)
+
+
+def test_output_check_catches_a_broken_build():
+    res = parse_runner_output(REAL_RUNNER_TEXT, 0)
+    assert check_output(res, [0.0, 2.5, 13.0371]) < 1e-6
+    with pytest.raises(MeasurementError, match="differs from the host reference"):
+        check_output(res, [0.0, 2.5, 14.0])
+    with pytest.raises(MeasurementError, match="3 values"):
+        check_output(res, [0.0, 2.5])
+
+
+def test_command_quotes_every_argument():
+    spec = RunSpec("/data/local/tmp/a b;rm -rf x.pte", iterations=10, warmup=5, threads=2,
+                   input_path="/data/local/tmp/in put.bin")
+    cmd = executor_runner_command("/data/local/tmp/executor_runner", spec)
+    assert cmd == ("/data/local/tmp/executor_runner '--model_path=/data/local/tmp/a b;rm -rf x.pte' "
+                   "--num_executions=15 --cpu_threads=2 '--inputs=/data/local/tmp/in put.bin'")
+
+
+def test_spec_refuses_nonsense():
+    with pytest.raises(InputError):
+        RunSpec("m.pte", iterations=0)
+    with pytest.raises(InputError):
+        RunSpec("m.pte", iterations=1, threads=0)
+
+
+# ------------------------------------------------------------------------ the host runner, real runtime
+
+
+def _tiny_weights(width: int = 16):
+    from specialist.model import NIN_LAYERS, NinWeights, load_weights
+
+    base = load_weights()
+    ws, bs, prev = {}, {}, 3
+    for s in NIN_LAYERS:
+        o = s.out_ch if s.name == "CCCP6" else width
+        ws[s.name] = base.weights[s.name][:o, :prev].copy()
+        bs[s.name] = base.biases[s.name][:o].copy()
+        prev = o
+    return NinWeights(ws, bs, base.input_mean, base.input_std)
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(tmp_path_factory):
+    """A verified XNNPACK program of a 16-wide NIN (shared with other test modules through basetemp)."""
+    from specialist.export import ExportOptions, export_weights
+
+    root = tmp_path_factory.getbasetemp() / "export-cache"
+    root.mkdir(exist_ok=True)
+    p = root / "tiny16-xnnpack.pte"
+    if not p.exists():
+        export_weights(_tiny_weights(16), p, ExportOptions(verify_images=2))
+    return p
+
+
+def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
+    import torch
+
+    from specialist.model import build_module
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    write_input_file(tmp_path / "x.bin", x)
+    res = run_host(RunSpec(tiny_pte, iterations=7, warmup=3, input_path=tmp_path / "x.bin"))
+    assert res.latencies_ms.shape == (7,) and res.warmup_latencies_ms.shape == (3,)
+    assert np.all(res.latencies_ms > 0) and res.total_ms == pytest.approx(res.latencies_ms.sum())
+    with torch.no_grad():
+        want = build_module(_tiny_weights(16))(torch.from_numpy(x)).numpy().ravel()
+    np.testing.assert_allclose(res.output, want, atol=1e-4)
+    back = parse_runner_output(res.raw_text, warmup=3)  # the host's text parses like the phone's
+    np.testing.assert_allclose(back.latencies_ms, res.latencies_ms, atol=1e-6)
+    np.testing.assert_allclose(back.output, res.output, rtol=1e-5, atol=1e-6)
+    ones = run_host(RunSpec(tiny_pte, iterations=1))
+    assert not np.allclose(ones.output, res.output)  # the input file was used
+
+
+def test_npy_inputs_are_checked_for_dtype_and_shape(tiny_pte, tmp_path):
+    np.save(tmp_path / "f64.npy", np.zeros((1, 3, 32, 32)))
+    with pytest.raises(InputError, match="float64"):
+        run_host(RunSpec(tiny_pte, iterations=1, input_path=tmp_path / "f64.npy"))
+    np.save(tmp_path / "shape.npy", np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(InputError, match=r"shape \[1, 3, 16, 16\]"):
+        run_host(RunSpec(tiny_pte, iterations=1, input_path=tmp_path / "shape.npy"))
+    (tmp_path / "short.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(InputError, match="short.bin has 100 bytes"):
+        read_input_file(tmp_path / "short.bin", (1, 3, 32, 32))
+    with pytest.raises(InputError, match="float32"):
+        write_input_file(tmp_path / "x.bin", np.zeros((1, 3, 32, 32)))
+
+
+def test_corrupt_truncated_and_foreign_files_are_named(tiny_pte, tmp_path):
+    blob = tiny_pte.read_bytes()
+    cases = {"trunc.pte": blob[: len(blob) // 2], "junk.pte": b"PK\x03\x04 not a program" * 10, "empty.pte": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=name):
+            run_host(RunSpec(tmp_path / name, iterations=1))
+    with pytest.raises(DataError, match="not found"):
+        run_host(RunSpec(tmp_path / "missing.pte", iterations=1))
