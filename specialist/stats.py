@@ -204,13 +204,15 @@ def _capture(net: NinNet, x: torch.Tensor, grad: bool = False) -> tuple[torch.Te
 
 def compute_stats(weights: NinWeights, images_u8: np.ndarray, labels: np.ndarray, *, impact: str = "grad",
                   fd_per_class: int | None = None, fd_delta: float = 1e-2, batch: int = 100,
-                  progress=None, n_candidates: int = N_CANDIDATES, shift_per_class: int = 100) -> CalibStats:
+                  progress=None, n_candidates: int = N_CANDIDATES, shift_per_class: int = 100,
+                  candidates: dict[str, np.ndarray] | None = None) -> CalibStats:
     """Compute the per-class calibration statistics from images (uint8 NHWC) and labels.
 
     ``impact``: "grad" (autograd only), "fd" (finite differences only) or "both".  Finite differences cost
     one partial forward pass per channel and image; ``fd_per_class`` bounds the images they use.
     ``shift_per_class`` bounds the images used for the spatial cross-correlations (second moments
-    converge fast; they cost a lot).
+    converge fast; they cost a lot).  ``candidates`` fixes the partner candidates (else: the most correlated
+    channels over all given images).
     ``progress``: optional callable(done_images, total_images, phase).
     """
     t0 = time.perf_counter()
@@ -255,6 +257,9 @@ def compute_stats(weights: NinWeights, images_u8: np.ndarray, labels: np.ndarray
     # Candidate partners from the all-class correlation, then shift correlations for k x k next layers.
     cand: dict[str, np.ndarray] = {}
     for L, acc in accs.items():
+        if candidates is not None:
+            cand[L] = np.asarray(candidates[L], dtype=np.int16)
+            continue
         corr_all = acc.corr.sum(0) / max(n, 1)
         np.fill_diagonal(corr_all, -np.inf)
         kk = min(n_candidates, acc.c - 1)
