@@ -1,6 +1,6 @@
 """Devices for ``harness run``: name resolution, the backends, and model preparation.
 
-``--device host``: real host timing through ExecuTorch's runtime (no energy).
+``--device host``: real host timing through ExecuTorch's runtime (no energy), as ``harness.hostrun``.
 ``--device virtual`` (default) or ``virtual-<profile>``: the virtual phone over loopback ADB and the
 virtual Monsoon on a virtual USB bus, the same code paths as a real phone.
 ``--device <profile>`` (``nexus4``...): a real phone over ADB and a Monsoon (or the fuel gauge).
@@ -16,7 +16,6 @@ import importlib
 import logging
 import math
 import os
-import platform
 import time
 import uuid
 from dataclasses import dataclass
@@ -90,7 +89,12 @@ def resolve_device(name: str) -> DeviceChoice:
 
 
 class HostBackend(Backend):
-    """This machine, timed with ExecuTorch's runtime (device/runner.py ``run_host``); no energy."""
+    """This machine, timed with ExecuTorch's runtime (``device.runner.HostProgram``, as ``harness.hostrun``).
+
+    Each model is loaded once in :meth:`prepare`; a window is ``warmup`` untimed then N timed
+    ``run_once`` calls on the runner's default input.  No energy: idle windows only keep the
+    schedule's shape.
+    """
 
     name = "host"
     virtual = False
@@ -100,35 +104,35 @@ class HostBackend(Backend):
     def __init__(self, threads: int = 1):
         self.threads = threads
         self._runner = _need("device.runner", "--device host")
+        self._progs: dict[str, Any] = {}
 
     def fingerprint(self) -> dict[str, Any]:
-        import executorch  # noqa: F401  (version below)
-        import torch
-
-        try:
-            from importlib.metadata import version
-
-            et = version("executorch")
-        except Exception:  # noqa: BLE001
-            et = "?"
-        return {"kind": "host", "node": platform.node(), "machine": platform.machine(),
-                "processor": platform.processor(), "cpus": os.cpu_count(), "system": platform.system(),
-                "torch": torch.__version__, "executorch": et, "threads": self.threads}
-
-    def _run(self, model: PreparedModel, n: int, warmup: int):
-        spec = self._runner.RunSpec(model_path=model.artifact_path, iterations=n, warmup=warmup, threads=self.threads)
-        return self._runner.run_host(spec)
+        hostrun = _need("harness.hostrun", "--device host")
+        fp = dict(hostrun.host_fingerprint(self.threads))
+        fp.pop("load_avg_1min", None)  # not part of what the device is
+        return {"kind": "host", **fp}
 
     def prepare(self, model: PreparedModel, warmup: int) -> float:
-        res = self._run(model, 5, max(1, warmup))
-        return float(np.median(res.latencies_ms))
+        r = self._runner
+        prog = r.HostProgram(model.artifact_path)
+        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
+        r.set_host_threads(self.threads)
+        self._progs[model.key] = prog
+        for _ in range(max(1, warmup)):
+            prog.run_once()
+        return float(np.median([prog.run_once() for _ in range(5)]))
 
     def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
+        prog = self._progs[model.key]
         t0 = time.monotonic()
-        res = self._run(model, n_inferences, warmup)
-        lat = np.asarray(res.latencies_ms, dtype=np.float64)
-        return WindowResult(n_inferences=len(lat), duration_s=time.monotonic() - t0, busy_s=float(lat.sum()) / 1000.0,
-                            latencies_ms=lat)
+        for _ in range(warmup):
+            prog.run_once()
+        lat = np.fromiter((prog.run_once() for _ in range(n_inferences)), dtype=np.float64, count=n_inferences)
+        if not np.all(np.isfinite(prog.output())):
+            return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0, valid=False,
+                                reason="model produced NaN/inf", latencies_ms=lat)
+        return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0,
+                            busy_s=float(lat.sum()) / 1000.0, latencies_ms=lat)
 
     def idle_window(self, duration_s: float) -> WindowResult:
         t0 = time.monotonic()
