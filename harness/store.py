@@ -135,7 +135,7 @@ _CODE_VERSION: str | None = None
 
 
 def code_version() -> str:
-    """``harness <version>`` plus the git commit (and ``+dirty``) when run from a checkout."""
+    """``harness <version>`` plus the git commit when run from a checkout."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
         ver = f"harness {__version__}"
