@@ -9,11 +9,20 @@ import numpy as np
 
 from harness.errors import ArtifactError
 from specialist import select
-from specialist.compensate import COMPENSATIONS
+from specialist.allocation import (
+    allocate_global,
+    elimination_path,
+    next_layer_matrix,
+    plan_flops,
+    uniform_counts,
+)
+from specialist.captor import captor_scores
+from specialist.compensate import COMPENSATIONS, position_covariance
 from specialist.flops import BASE_FLOPS, layer_costs
 from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights
 from specialist.stats import CalibStats, SubsetStats, default_stats_path, load_stats
+from specialist.thinet import contribution_gram, greedy_order
 
 
 @dataclass
@@ -46,8 +55,31 @@ class Specialist:
         }
 
 
-def channel_scores(method: Method, base: NinWeights, st: SubsetStats) -> dict[str, np.ndarray]:
-    """Per prunable layer, one score per output channel (higher = keep)."""
+def next_weights(base: NinWeights, L: str, classes) -> tuple[np.ndarray, np.ndarray | None]:
+    """The next layer's full weights after L and the weight of each of its outputs in reconstruction
+    objectives (CCCP6: only the target classes count; elsewhere all outputs equally)."""
+    nxt = LAYER_NAMES[LAYER_NAMES.index(L) + 1]
+    w = base.weights[nxt]
+    if nxt == LAYER_NAMES[-1]:
+        ow = np.zeros(w.shape[0])
+        ow[np.asarray(classes, np.int64)] = 1.0
+        return w, ow
+    return w, None
+
+
+def layer_cov(st: SubsetStats, L: str) -> np.ndarray:
+    """Covariance of layer L's output around its per-position mean (target classes)."""
+    return position_covariance(st.gram[L], st.mean[L])
+
+
+def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=None,
+                   impact_all: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per prunable layer, one score per output channel (higher = keep).
+
+    ``impact_all``: gradient impacts on all ten classes per layer (CAPTOR's class preferences; without
+    them CAPTOR clusters by preference over the target classes only).
+    """
+    classes = st.classes if classes is None else classes
     out = {}
     for L in PRUNABLE:
         if method.score == "impact":
@@ -58,6 +90,21 @@ def channel_scores(method: Method, base: NinWeights, st: SubsetStats) -> dict[st
             out[L] = select.l1_scores(base.weights[L])
         elif method.score == "variance":
             out[L] = select.variance_scores(st.gram[L], st.mean[L])
+        elif method.score == "captor":
+            imp = impact_all.get(L) if impact_all else None
+            if imp is None:  # statistics of one subset only: preferences over the target classes
+                imp = st.impact_grad[L]
+                out[L] = captor_scores(imp, range(imp.shape[1]))
+            else:
+                out[L] = captor_scores(imp, classes)
+        elif method.score in ("thinet", "recon"):
+            w, ow = next_weights(base, L, classes)
+            wf = next_layer_matrix(w, ow)
+            if method.score == "thinet":
+                order = greedy_order(contribution_gram(st.gram[L], wf))
+            else:
+                order, _ = elimination_path(layer_cov(st, L), wf, method.ridge)
+            out[L] = select.scores_from_order(order)
         else:
             raise ArtifactError(f"unknown score {method.score!r}")
     return out
@@ -68,9 +115,33 @@ def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int =
     return {L: select.select_prune(s, select.n_remove(len(s), level, multiple_of)) for L, s in scores.items()}
 
 
-def subset_arrays(st: SubsetStats, L: str) -> dict[str, np.ndarray]:
-    return {"mean": st.mean[L], "corr": st.corr[L], "gram": st.gram[L], "cand": st.cand.get(L),
-            "xcorr": st.xcorr.get(L), "acorr": st.acorr.get(L)}
+def plan_global(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
+                level: float, classes) -> dict[str, np.ndarray]:
+    """Global allocation: the uniform plan's FLOPs budget spent where the normalised next-layer
+    reconstruction error (see :mod:`specialist.allocation`) grows least per FLOP saved; inside each
+    layer the method's scores still decide which channels go."""
+    orders, curves = {}, {}
+    for L in PRUNABLE:
+        orders[L] = select.order_from_scores(scores[L])
+        w, ow = next_weights(base, L, classes)
+        _, curves[L] = elimination_path(layer_cov(st, L), next_layer_matrix(w, ow), method.ridge, order=orders[L])
+    target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
+    counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
+                             dict(method.layer_weights) if method.layer_weights else None)
+    return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}
+
+
+def subset_arrays(st: SubsetStats, L: str, base: NinWeights | None = None, classes=None,
+                  method: Method | None = None) -> dict:
+    """What a compensation function may read about layer L (statistics; own filters; output weights)."""
+    out = {"mean": st.mean[L], "corr": st.corr[L], "gram": st.gram[L], "cand": st.cand.get(L),
+           "xcorr": st.xcorr.get(L), "acorr": st.acorr.get(L)}
+    if base is not None:
+        out["w_self"], out["b_self"] = base.weights[L], base.biases[L]
+        out["out_weight"] = next_weights(base, L, st.classes if classes is None else classes)[1]
+    if method is not None:
+        out["merge_threshold"] = method.merge_threshold
+    return out
 
 
 def apply_plan(base: NinWeights, classes: list[int], pruned: dict[str, np.ndarray], st: SubsetStats,
@@ -87,7 +158,7 @@ def apply_plan(base: NinWeights, classes: list[int], pruned: dict[str, np.ndarra
         const = None
         prev = NIN_LAYERS[i - 1].name if i > 0 else None
         if prev in PRUNABLE:
-            w, delta, const = comp(w, kept[prev], pruned[prev], subset_arrays(st, prev), spec.padding,
+            w, delta, const = comp(w, kept[prev], pruned[prev], subset_arrays(st, prev, base, classes, method), spec.padding,
                                    fold=method.fold, threshold=method.corr_threshold, ridge=method.ridge)
             b = b + delta
         rows = kept[spec.name]
@@ -135,8 +206,12 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
         sub = stats.subset(classes)
     else:
         sub = stats
-    scores = channel_scores(m, base, sub)
-    pruned = plan_uniform(scores, level, m.multiple_of)
+    scores = channel_scores(m, base, sub, classes,
+                            stats.impact_grad if isinstance(stats, CalibStats) else None)
+    if m.allocation == "global" and level > 0:
+        pruned = plan_global(m, base, sub, scores, level, classes)
+    else:
+        pruned = plan_uniform(scores, level, m.multiple_of)
     weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())
     spec = Specialist(

@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from specialist.allocation import next_layer_matrix
+from specialist.merge import merge_partners
 from specialist.stats import offsets
+from specialist.thinet import contribution_gram, least_squares_scales
 
 
 def contribution_map(maps: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:
@@ -147,8 +150,35 @@ def compensate_lsq(w, kept, pruned, st, padding, fold="bias", ridge: float = 1e-
     return _finish(w_new, kept, resid, w64, pruned, padding, fold)
 
 
+def compensate_scale(w, kept, pruned, st, padding, fold="bias", **_):
+    """ThiNet: the kept channels' next-layer weights rescaled by least squares so the kept contributions
+    best reproduce the full next-layer output (raw second moments, no constant term)."""
+    if len(pruned) == 0:
+        return compensate_none(w, kept, pruned, st, padding)
+    q = contribution_gram(st["gram"], next_layer_matrix(w, st.get("out_weight")))
+    s = least_squares_scales(q, kept)
+    w_new = w.astype(np.float64)[:, kept] * s[None, :, None, None]
+    return w_new, np.zeros(w.shape[0]), None
+
+
+def compensate_merge(w, kept, pruned, st, padding, fold="bias", threshold: float | None = None, **_):
+    """Neuron Merging (data-free): each pruned channel's next-layer weights, times its scale, are added to
+    its most similar kept filter's (needs the pruned layer's own filters ``st["w_self"]``/``["b_self"]``)."""
+    w_new = w.astype(np.float64).copy()
+    if len(pruned):
+        partner, scale, _cos = merge_partners(st["w_self"], st["b_self"], kept, pruned,
+                                              threshold=st.get("merge_threshold", 0.0))
+        ok = partner >= 0
+        # several pruned channels may share a partner: accumulate with np.add.at (no Python loop)
+        contrib = w_new[:, pruned[ok]] * scale[ok][None, :, None, None]
+        np.add.at(w_new.transpose(1, 0, 2, 3), partner[ok], contrib.transpose(1, 0, 2, 3))
+    return w_new[:, kept], np.zeros(w.shape[0]), None
+
+
 COMPENSATIONS = {
     "none": compensate_none,
+    "scale": compensate_scale,
+    "merge": compensate_merge,
     "mean": compensate_mean,
     "correlated": compensate_correlated,
     "auto": compensate_auto,

@@ -17,13 +17,18 @@ class Method:
     name: str
     description: str
     impact: str = "fd"  # fd | grad: which stored impact table the impact scores use
-    score: str = "impact"  # impact (paper: max signed impact) | impact_abs | l1 | variance
-    compensation: str = "auto"  # none | mean | correlated | auto | lsq
+    # impact (paper: max signed impact) | impact_abs | l1 | variance | thinet | captor | recon
+    score: str = "impact"
+    compensation: str = "auto"  # none | mean | correlated | auto | lsq | scale | merge
     fold: str = "exact"  # exact (per-position constant, one add node) | bias (folded into the bias)
     corr_threshold: float = 0.5  # paper 4.3.3 heuristic threshold
     ridge: float = 1e-2
-    allocation: str = "uniform"  # uniform: the level's share in every prunable layer
+    # uniform: the level's share in every prunable layer; global: the same FLOPs spent across layers
+    allocation: str = "uniform"
     multiple_of: int = 1  # round kept channel counts to a multiple (XNNPACK-friendly widths)
+    max_remove_pct: float = 90.0  # global allocation: at most this share of any one layer
+    layer_weights: tuple = ()  # global allocation: ((layer, weight), ...) on the layers' error curves
+    merge_threshold: float = 0.0  # merge: cosine similarity below which a pruned filter is just dropped
 
     def replace(self, **changes) -> Method:
         clean = {k: v for k, v in changes.items() if v is not None}
@@ -49,11 +54,26 @@ PRESETS: dict[str, Method] = {
                compensation="mean", fold="bias"),
         Method("variance", "Polyak & Wolf: lowest activation variance pruned, mean compensation",
                score="variance", compensation="mean", fold="bias"),
+        Method("thinet", "ThiNet seed: greedy selection minimising the next layer's reconstruction error, "
+               "least-squares scales of the kept channels (both from the artifact's second moments)",
+               impact="grad", score="thinet", compensation="scale", fold="bias"),
+        Method("captor", "CAPTOR seed: filters clustered by class preference (gradient x activation per "
+               "class); clusters that prefer other classes pruned first; mean compensation",
+               impact="grad", score="captor", compensation="mean", fold="bias"),
+        Method("merge", "Neuron Merging (data-free): smallest L1 filters pruned, each merged into its most "
+               "similar kept filter (cosine), scale folded into the next layer", impact="grad", score="l1",
+               compensation="merge", fold="bias"),
+        Method("best", "reconstruction-greedy selection, least squares from all kept channels with "
+               "per-position means (exact fold), global allocation of the uniform plan's FLOPs by "
+               "normalised reconstruction error; artifact only", impact="grad", score="recon",
+               compensation="lsq", fold="exact", allocation="global"),
     )
 }
 DEFAULT_METHOD = "paper"
 IMPACTS = ("fd", "grad")
-COMPENSATION_NAMES = ("none", "mean", "correlated", "auto", "lsq")
+COMPENSATION_NAMES = ("none", "mean", "correlated", "auto", "lsq", "scale", "merge")
+SCORES = ("impact", "impact_abs", "l1", "variance", "thinet", "captor", "recon")
+ALLOCATIONS = ("uniform", "global")
 
 
 def get_method(name: str) -> Method:
@@ -77,7 +97,10 @@ def load_method_toml(path: Path) -> Method:
     unknown = [k for k in table if k not in fields and k != "base"]
     if unknown:
         raise UsageError(f"method file {path}: unknown field {unknown[0]!r}; known: {', '.join(sorted(fields))}")
-    m = dataclasses.replace(base, **{k: v for k, v in table.items() if k in fields})
+    vals = {k: v for k, v in table.items() if k in fields}
+    if isinstance(vals.get("layer_weights"), dict):
+        vals["layer_weights"] = tuple(sorted((str(k), float(v)) for k, v in vals["layer_weights"].items()))
+    m = dataclasses.replace(base, **vals)
     validate_method(m, str(path))
     return m
 
@@ -89,3 +112,13 @@ def validate_method(m: Method, where: str = "method") -> None:
         raise UsageError(f"{where}: compensation {m.compensation!r} is not one of {', '.join(COMPENSATION_NAMES)}")
     if m.fold not in ("exact", "bias"):
         raise UsageError(f"{where}: fold {m.fold!r} is not exact or bias")
+    if m.score not in SCORES:
+        raise UsageError(f"{where}: score {m.score!r} is not one of {', '.join(SCORES)}")
+    if m.allocation not in ALLOCATIONS:
+        raise UsageError(f"{where}: allocation {m.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+    if not (isinstance(m.multiple_of, int) and m.multiple_of >= 1):
+        raise UsageError(f"{where}: multiple_of must be a positive integer")
+    if not (0 < m.max_remove_pct < 100):
+        raise UsageError(f"{where}: max_remove_pct must be above 0 and below 100")
+    if m.ridge < 0:
+        raise UsageError(f"{where}: ridge must not be negative")

@@ -50,6 +50,18 @@ def select_prune(scores: np.ndarray, n_prune: int) -> np.ndarray:
     return np.sort(order[:n_prune])
 
 
+def order_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Channels in pruning order: lowest score first, ties by index (as :func:`select_prune`)."""
+    return np.lexsort((np.arange(len(scores)), scores)).astype(np.int64)
+
+
+def scores_from_order(order: np.ndarray) -> np.ndarray:
+    """Scores that reproduce a pruning order (the first channel removed scores 0, the last C-1)."""
+    s = np.empty(len(order), np.float64)
+    s[np.asarray(order, np.int64)] = np.arange(len(order), dtype=np.float64)
+    return s
+
+
 def kept_from_pruned(channels: int, pruned: np.ndarray) -> np.ndarray:
     mask = np.ones(channels, bool)
     mask[pruned] = False

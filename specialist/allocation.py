@@ -1,0 +1,132 @@
+"""Reconstruction-error selection and global (non-uniform) allocation of a FLOPs budget across layers.
+
+The paper prunes the same share of every layer because its impacts cannot be compared across layers.
+Here every layer gets the same, comparable currency: the *relative* error with which the next layer's
+pre-activations can still be reconstructed (by least squares from the kept channels, plus per-position
+means) once some of its input channels are gone.  It comes from the statistics artifact alone:
+
+    residual(K) = tr(Wf^T S Wf) - tr(Bk^T (S_KK + lam I)^-1 Bk),   B = S Wf,
+
+with ``S`` the position covariance of the layer's output (target classes), ``Wf`` [C, O*k*k] the next
+layer's weights with one column per (output channel, kernel position) and ``K`` the kept channels.
+Backward elimination removes, one at a time, the channel whose removal costs least; the down-date of
+the inverse is exact, so a whole path (order and error for every count) costs O(C^3).
+
+:func:`allocate_global` then spends the FLOPs budget of the paper's uniform plan greedily where the
+normalised error grows least per FLOP saved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from specialist.flops import total_flops
+from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE
+from specialist.select import n_remove
+
+
+def next_layer_matrix(w_next: np.ndarray, out_weight: np.ndarray | None = None) -> np.ndarray:
+    """The next layer's weights [O, C, k, k] as Wf [C, O*k*k], columns scaled by sqrt(out_weight[o])."""
+    o, c = w_next.shape[:2]
+    w = w_next.astype(np.float64)
+    if out_weight is not None:
+        w = w * np.sqrt(np.maximum(np.asarray(out_weight, np.float64), 0.0))[:, None, None, None]
+    return w.transpose(1, 0, 2, 3).reshape(c, -1)
+
+
+def ridge_lambda(cov: np.ndarray, ridge: float) -> float:
+    """Ridge added to the diagonal: ``ridge`` times the mean variance (never zero)."""
+    return float(ridge * np.trace(cov) / max(len(cov), 1) + 1e-12)
+
+
+def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
+                     order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Backward elimination under least-squares reconstruction of the next layer.
+
+    Returns ``(order, rel_error)``: ``order`` [C] the channels in the order they are removed (greedy:
+    cheapest first, unless ``order`` is given, then its error path), ``rel_error`` [C] the relative
+    reconstruction error of the next layer's pre-activations after removing ``order[:n+1]``
+    (``rel_error[n]``); ``rel_error[-1]`` (everything removed) is 1 up to the ridge.
+    """
+    c = len(cov)
+    cov = np.asarray(cov, np.float64)
+    lam = ridge_lambda(cov, ridge)
+    p = np.linalg.inv(cov + lam * np.eye(c))
+    b = cov @ wf
+    pb = p @ b
+    total = float(np.sum(wf * b))
+    if total <= 0:
+        return (np.arange(c) if order is None else np.asarray(order)), np.zeros(c)
+    explained = float(np.sum(b * pb))
+    alive = np.arange(c)
+    removed, errs = [], []
+    for step in range(c):
+        diag = np.maximum(np.diag(p), 1e-300)
+        drop = np.sum(pb * pb, axis=1) / diag
+        if order is None:
+            i = int(np.argmin(drop))
+        else:
+            i = int(np.flatnonzero(alive == order[step])[0])
+        explained -= float(drop[i])
+        removed.append(int(alive[i]))
+        errs.append(max(0.0, 1.0 - explained / total))
+        keep = np.ones(len(alive), bool)
+        keep[i] = False
+        col = p[keep, i]
+        pb = pb[keep] - np.outer(col, pb[i]) / diag[i]
+        p = p[np.ix_(keep, keep)] - np.outer(col, col) / diag[i]
+        alive = alive[keep]
+    return np.asarray(removed, np.int64), np.asarray(errs)
+
+
+def uniform_counts(level: float, multiple_of: int = 1, widths: dict[str, int] | None = None) -> dict[str, int]:
+    """Channels removed per prunable layer by the paper's uniform plan at ``level`` percent."""
+    widths = widths or {s.name: s.out_ch for s in NIN_LAYERS}
+    return {L: n_remove(widths[L], level, multiple_of) for L in PRUNABLE}
+
+
+def plan_flops(removed: dict[str, int], n_classes: int) -> int:
+    """Total FLOPs of the NIN with ``removed[L]`` channels gone from each prunable layer."""
+    ch = {s.name: s.out_ch - int(removed.get(s.name, 0)) for s in NIN_LAYERS}
+    ch[LAYER_NAMES[-1]] = n_classes
+    return total_flops(ch)
+
+
+def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes: int, multiple_of: int = 1,
+                    max_remove_pct: float = 90.0, layer_weight: dict[str, float] | None = None) -> dict[str, int]:
+    """Greedy allocation: channels removed per layer so total FLOPs <= ``target_flops``.
+
+    ``curves[L][n]`` is the (normalised) cost of removing ``n+1`` channels of L (cost 0 at none).  Each
+    step removes ``multiple_of`` channels from the layer with the least cost increase per FLOP saved;
+    at most ``max_remove_pct`` percent of a layer goes.  Overshoot is at most one step's FLOPs.
+    """
+    step = max(1, int(multiple_of))
+    widths = {s.name: s.out_ch for s in NIN_LAYERS}
+    layer_weight = layer_weight or {}
+    removed = {L: 0 for L in curves}
+    cap = {L: min(widths[L] - step, int(widths[L] * max_remove_pct / 100.0)) for L in curves}
+
+    def cost(L: str, n: int) -> float:
+        return 0.0 if n <= 0 else float(curves[L][n - 1]) * float(layer_weight.get(L, 1.0))
+
+    flops = plan_flops(removed, n_classes)
+    while flops > target_flops:
+        best, best_ratio, best_flops = None, np.inf, flops
+        for L in curves:
+            n = removed[L]
+            if n + step > cap[L]:
+                continue
+            trial = dict(removed)
+            trial[L] = n + step
+            f = plan_flops(trial, n_classes)
+            saved = flops - f
+            if saved <= 0:
+                continue
+            ratio = (cost(L, n + step) - cost(L, n)) / saved
+            if ratio < best_ratio:
+                best, best_ratio, best_flops = L, ratio, f
+        if best is None:
+            break
+        removed[best] += step
+        flops = best_flops
+    return removed

@@ -1,0 +1,102 @@
+"""Reconstruction-error elimination paths and global FLOPs allocation (synthetic data, exact answers)."""
+
+import numpy as np
+import pytest
+
+from specialist.allocation import (
+    allocate_global,
+    elimination_path,
+    next_layer_matrix,
+    plan_flops,
+    uniform_counts,
+)
+from specialist.flops import BASE_FLOPS
+from specialist.model import PRUNABLE
+
+
+def lsq_residual(x, wf, kept, ridge):
+    """Explicit ridge least squares: error of reconstructing x @ wf from the kept columns of x."""
+    y = x @ wf
+    xk = x[:, kept]
+    cov = x.T @ x / len(x)
+    lam = ridge * np.trace(cov) / cov.shape[0] + 1e-12
+    a = np.linalg.solve(xk.T @ xk / len(x) + lam * np.eye(len(kept)), xk.T @ y / len(x))
+    return float(((y - xk @ a) ** 2).sum() / len(x)), float((y**2).sum() / len(x))
+
+
+def synthetic(seed=0, n=4000, c=12, m=7):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, c)) @ rng.normal(size=(c, c)) * 0.5
+    x[:, 3] = 2.0 * x[:, 5]  # channel 3 is an exact multiple of channel 5: removing it costs nothing
+    x -= x.mean(axis=0)
+    return x, rng.normal(size=(c, m))
+
+
+def test_path_matches_explicit_least_squares():
+    x, wf = synthetic()
+    cov = x.T @ x / len(x)
+    order, err = elimination_path(cov, wf, ridge=1e-9)
+    assert sorted(order.tolist()) == list(range(12))
+    assert np.all(np.diff(err) >= -1e-9)  # removing more never helps
+    for n in (1, 4, 9):
+        kept = np.setdiff1d(np.arange(12), order[:n])
+        r, tot = lsq_residual(x, wf, kept, 1e-9)
+        assert err[n - 1] == pytest.approx(r / tot, rel=1e-5, abs=1e-9)
+    assert order[0] in (3, 5)  # the duplicated pair: one of them goes first, for free
+    assert err[0] < 1e-6
+    assert err[-1] == pytest.approx(1.0, abs=1e-4)  # nothing left: nothing reconstructed
+
+
+def test_greedy_first_step_is_the_cheapest():
+    x, wf = synthetic(seed=1)
+    x[:, 3] += 0.3 * np.random.default_rng(5).normal(size=len(x))  # no exact duplicate now
+    cov = x.T @ x / len(x)
+    order, err = elimination_path(cov, wf, ridge=1e-9)
+    brute = [lsq_residual(x, wf, np.setdiff1d(np.arange(12), [j]), 1e-9)[0] for j in range(12)]
+    assert order[0] == int(np.argmin(brute))
+
+
+def test_given_order_is_followed():
+    x, wf = synthetic(seed=2)
+    cov = x.T @ x / len(x)
+    order = np.arange(12)[::-1]
+    got, err = elimination_path(cov, wf, ridge=1e-6, order=order)
+    np.testing.assert_array_equal(got, order)
+    greedy, err_g = elimination_path(cov, wf, ridge=1e-6)
+    assert err_g[2] <= err[2] + 1e-12  # greedy is at least as good after three removals here
+
+
+def test_next_layer_matrix_weights_outputs():
+    w = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
+    wf = next_layer_matrix(w, np.array([1.0, 0.0]))
+    assert wf.shape == (3, 8)
+    np.testing.assert_array_equal(wf[:, 4:], 0)
+    np.testing.assert_array_equal(wf[1, :4], w[0, 1].ravel())
+
+
+@pytest.mark.parametrize("level", [10, 20, 30, 40, 50])
+@pytest.mark.parametrize("n_classes", [2, 10])
+def test_global_allocation_meets_budget(level, n_classes):
+    rng = np.random.default_rng(level)
+    curves = {L: np.sort(rng.random(c)) ** 2 for L, c in
+              zip(PRUNABLE, (96, 192, 192, 192, 192, 192), strict=True)}
+    target = plan_flops(uniform_counts(level), n_classes)
+    removed = allocate_global(curves, target, n_classes)
+    got = plan_flops(removed, n_classes)
+    assert got <= target
+    assert 100 * (target - got) / BASE_FLOPS < 0.5
+    assert removed != uniform_counts(level)  # random curves: not the uniform plan
+
+
+def test_global_allocation_prefers_cheap_layers():
+    # every layer costs the same per channel except CCCP4, which is free: it is emptied first (up to the cap)
+    curves = {L: np.linspace(0.01, 1, c) for L, c in zip(PRUNABLE, (96, 192, 192, 192, 192, 192), strict=True)}
+    curves["CCCP4"] = np.zeros(192)
+    removed = allocate_global(curves, plan_flops(uniform_counts(10), 10), 10, max_remove_pct=50)
+    assert removed["CCCP4"] == 96
+
+
+def test_multiple_of_keeps_widths_aligned():
+    curves = {L: np.linspace(0.01, 1, c) for L, c in zip(PRUNABLE, (96, 192, 192, 192, 192, 192), strict=True)}
+    removed = allocate_global(curves, plan_flops(uniform_counts(30, 8), 5), 5, multiple_of=8)
+    assert all(v % 8 == 0 for v in removed.values())
