@@ -54,7 +54,7 @@ def _options(args):
 def _resolve(args):
     """(weights, classes, level, method name, flops, flops_base, base hash, stats hash)."""
     from harness.buildargs import load_base, parse_classes
-    from specialist.flops import BASE_FLOPS
+    from specialist.flops import BASE_FLOPS, total_flops
 
     if args.spec and args.level is not None:
         raise UsageError("give either SPEC or --classes/--level, not both")
@@ -69,7 +69,7 @@ def _resolve(args):
     base = load_base(args)
     if args.level == 0:
         classes = parse_classes(args.classes) if args.classes else list(range(10))
-        return base, classes, 0.0, "base", BASE_FLOPS, BASE_FLOPS, base.content_hash(), ""
+        return base, classes, 0.0, "base", total_flops(base.channels()), BASE_FLOPS, base.content_hash(), ""
     if not args.classes:
         raise UsageError("--level needs --classes (e.g. --classes 0,1,2)")
     from specialist.build import build_specialist
