@@ -1,0 +1,92 @@
+"""The builder end to end on the real model: level 0, artifact vs raw statistics, save/load."""
+
+import numpy as np
+import pytest
+
+from harness.errors import ArtifactError
+from specialist.build import build_specialist
+from specialist.model import build_module, predict_scores
+from specialist.specialist_io import load_specialist, save_specialist
+
+
+@pytest.fixture(scope="module")
+def test_images(base_weights, data_dir):
+    from specialist.data import load_split
+
+    t = load_split("test", data_dir).select(range(10), per_class=8)
+    return base_weights.normalize(t.x)
+
+
+def test_level0_no_compensation_reproduces_target_logits(base_weights, small_stats, test_images):
+    classes = [1, 4, 7]
+    spec = build_specialist(classes, 0, "paper", compensation="none", impact="grad", stats=small_stats,
+                            base=base_weights)
+    full = predict_scores(build_module(base_weights), test_images)
+    mine = predict_scores(build_module(spec.weights), test_images)
+    assert mine.shape == (len(test_images), 3)
+    assert np.abs(mine - full[:, classes]).max() <= 1e-5
+    assert spec.kept["CCCP6"] == classes
+
+
+@pytest.mark.parametrize("comp", ["none", "mean", "correlated", "auto", "lsq"])
+def test_specialist_is_physically_smaller(base_weights, small_stats, test_images, comp):
+    spec = build_specialist([0, 1, 2, 3, 4], 30, "paper", compensation=comp, impact="grad", stats=small_stats,
+                            base=base_weights)
+    ch = spec.weights.channels()
+    assert ch["CCCP2"] == 67 and ch["CONV2"] == 134 and ch["CCCP6"] == 5
+    assert abs(spec.flops_pruned_pct - 38.9) < 1.0
+    out = predict_scores(build_module(spec.weights), test_images)
+    assert out.shape == (len(test_images), 5) and np.all(np.isfinite(out))
+    assert len(spec.weights.consts) == (0 if comp == "none" else len(spec.weights.consts))
+
+
+def test_bias_fold_adds_no_nodes(base_weights, small_stats):
+    spec = build_specialist([0, 1], 30, "paper", compensation="mean", fold="bias", stats=small_stats, impact="grad",
+                            base=base_weights)
+    assert spec.weights.consts == {}
+    exact = build_specialist([0, 1], 30, "paper", compensation="mean", fold="exact", stats=small_stats,
+                             impact="grad", base=base_weights)
+    assert set(exact.weights.consts) == {"CONV2", "CCCP3", "CCCP4", "CONV3", "CCCP5", "CCCP6"}
+
+
+def test_artifact_equals_raw_statistics(base_weights, calib, small_stats):
+    """Per-class sums combined for a subset == statistics computed on the subset's images alone."""
+    from specialist.stats import compute_stats
+
+    classes = [2, 5, 8]
+    sub = calib.select(classes, per_class=12)
+    raw = compute_stats(base_weights, sub.x, sub.y, impact="grad", shift_per_class=4,
+                        candidates=small_stats.cand)
+    for comp in ("mean", "correlated", "lsq"):
+        a = build_specialist(classes, 40, "paper", compensation=comp, impact="grad", stats=small_stats,
+                             base=base_weights)
+        b = build_specialist(classes, 40, "paper", compensation=comp, impact="grad", stats=raw,
+                             base=base_weights)
+        assert a.kept == b.kept
+        for name in a.weights.weights:
+            np.testing.assert_allclose(a.weights.weights[name], b.weights.weights[name], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(a.weights.biases[name], b.weights.biases[name], atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_roundtrip(tmp_path, base_weights, small_stats, test_images):
+    spec = build_specialist([3, 5], 20, "paper", impact="grad", stats=small_stats, base=base_weights)
+    p = save_specialist(spec, tmp_path / "s.pt")
+    back = load_specialist(p)
+    assert back.classes == [3, 5] and back.level == 20 and back.kept == spec.kept
+    assert back.weights.content_hash() == spec.weights.content_hash()
+    np.testing.assert_array_equal(predict_scores(build_module(back.weights), test_images),
+                                  predict_scores(build_module(spec.weights), test_images))
+
+
+def test_corrupt_specialist_file(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_specialist(p)
+
+
+def test_stats_from_other_model_refused(base_weights, small_stats):
+    other = base_weights.copy()
+    other.biases["CONV1"] = other.biases["CONV1"] + 1.0
+    with pytest.raises(ArtifactError, match="another base model"):
+        build_specialist([0, 1], 10, stats=small_stats, base=other)
