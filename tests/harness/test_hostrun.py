@@ -1,0 +1,127 @@
+"""Host measurement: rows with the shared keys, Table 4 writers, interleaved timing of real programs."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from harness.errors import UsageError
+from harness.hostrun import (
+    HostRunOptions,
+    ModelEntry,
+    measure_host,
+    summarize_rows,
+    table4_csv,
+    table4_markdown,
+    write_tables,
+)
+
+SEAM_KEYS = {"level", "flops_pruned_pct", "time_ms", "time_ms_ci", "time_saved_pct", "energy_mj", "energy_mj_ci",
+             "energy_saved_pct", "valid_windows", "invalid_windows"}
+
+
+def _models():
+    return [ModelEntry(0, "base.pte", 1000, 0.0), ModelEntry(10, "l10.pte", 850, 15.0),
+            ModelEntry(50, "l50.pte", 400, 60.0)]
+
+
+def test_rows_from_synthetic_latencies_have_exact_answers():
+    lat = np.vstack([np.full(100, 10.0), np.full(100, 9.0), np.full(100, 4.0)])
+    lat[:, 0] = 1000.0  # one outlier per model, trimmed away
+    rows = summarize_rows(_models(), lat)
+    assert [r["level"] for r in rows] == [0, 10, 50] and all(SEAM_KEYS <= set(r) for r in rows)
+    assert [r["time_ms"] for r in rows] == [10.0, 9.0, 4.0]
+    assert [r["time_saved_pct"] for r in rows] == pytest.approx([0.0, 10.0, 60.0])
+    assert rows[2]["time_saved_per_flops_saved"] == pytest.approx(1.0)
+    assert rows[1]["time_saved_per_flops_saved"] == pytest.approx(10.0 / 15.0)
+    assert all(r["energy_mj"] is None and r["energy_saved_pct"] is None for r in rows)
+    assert rows[1]["time_ms_mean"] == pytest.approx((99 * 9.0 + 1000.0) / 100)
+
+
+def test_ci_propagates_into_time_saved():
+    rng = np.random.default_rng(0)
+    lat = np.vstack([10 + rng.normal(0, 0.5, 400), 5 + rng.normal(0, 0.25, 400)])
+    rows = summarize_rows(_models()[:2], lat)
+    assert rows[0]["time_ms_ci"] == pytest.approx(0.05, rel=0.3)  # ~ 1.98 * 0.5 / sqrt(400) / ...
+    assert rows[1]["time_saved_pct"] == pytest.approx(50.0, abs=0.5)
+    assert 0 < rows[1]["time_saved_pct_ci"] < 1.0 and rows[0]["time_saved_pct_ci"] == 0.0
+
+
+def test_without_a_base_model_nothing_is_saved():
+    rows = summarize_rows(_models()[1:], np.ones((2, 10)))
+    assert rows[0]["time_saved_pct"] is None and rows[0]["time_saved_per_flops_saved"] is None
+
+
+def test_table4_layout_markdown_and_csv(tmp_path):
+    lat = np.vstack([np.full(20, 10.0), np.full(20, 9.0), np.full(20, 4.0)])
+    rows = summarize_rows(_models(), lat)
+    text = table4_csv(rows)
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [r["channels_removed_pct"] for r in table] == ["50", "10", "0"]  # paper order: base last
+    assert table[0]["flops_pruned_pct"] == "60.00" and table[0]["time_ms"] == "4.000"
+    assert table[0]["time_saved_pct"] == "60.00" and table[2]["time_saved_pct"] == "0.00"
+    assert {table[0]["energy_mj"], table[0]["energy_saved_pct"]} == {"not measured"}
+    md = table4_markdown(rows, "host")
+    lines = md.splitlines()
+    assert lines[0] == "**host**" and lines[2].startswith("| FLOPs pruned (%) | channels removed (%) | time (ms)")
+    assert lines[4] == "| 60.0 | 50 | 4.000 ± 0.000 | 60.0 ± 0.0 | 1.00 | not measured | not measured |"
+    assert lines[-1].startswith("| 0.0 | 0 | 10.000 ± 0.000 |  |")
+    md_p, csv_p = write_tables(rows, tmp_path / "results", "t4")
+    assert md_p.read_text() == table4_markdown(rows) and csv_p.read_text() == text
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["t4.csv", "t4.md"]
+
+
+def test_options_validate_and_load_from_toml(tmp_path):
+    with pytest.raises(UsageError):
+        HostRunOptions(iterations=1)
+    with pytest.raises(UsageError):
+        HostRunOptions(order="random")
+    (tmp_path / "h.toml").write_text("[hostrun]\niterations = 300\nthreads = 2\norder = 'abba'\n")
+    o = HostRunOptions.from_toml(tmp_path / "h.toml")
+    assert (o.iterations, o.threads, o.order, o.warmup) == (300, 2, "abba", 20)
+    (tmp_path / "bad.toml").write_text("[hostrun]\niterationz = 3\n")
+    with pytest.raises(UsageError, match="iterationz"):
+        HostRunOptions.from_toml(tmp_path / "bad.toml")
+
+
+def _tiny(width: int):
+    from specialist.model import NIN_LAYERS, NinWeights, load_weights
+
+    base = load_weights()
+    ws, bs, prev = {}, {}, 3
+    for s in NIN_LAYERS:
+        o = s.out_ch if s.name == "CCCP6" else width
+        ws[s.name] = base.weights[s.name][:o, :prev].copy()
+        bs[s.name] = base.biases[s.name][:o].copy()
+        prev = o
+    return NinWeights(ws, bs, base.input_mean, base.input_std)
+
+
+@pytest.fixture(scope="module")
+def two_programs(tmp_path_factory):
+    """A 16-wide XNNPACK program (shared cache with the runner tests) and an 8-wide portable one."""
+    from specialist.export import ExportOptions, export_weights
+
+    root = tmp_path_factory.getbasetemp() / "export-cache"
+    root.mkdir(exist_ok=True)
+    a, b = root / "tiny16-xnnpack.pte", root / "tiny8-portable.pte"
+    if not a.exists():
+        export_weights(_tiny(16), a, ExportOptions(verify_images=2))
+    if not b.exists():
+        export_weights(_tiny(8), b, ExportOptions(backend="portable", verify_images=1))
+    return a, b
+
+
+@pytest.mark.parametrize("order", ["abab", "abba"])
+def test_measure_host_times_real_programs_interleaved(two_programs, order):
+    a, b = two_programs
+    models = [ModelEntry(0, str(a), 1000, 0.0), ModelEntry(30, str(b), 500, 50.0)]
+    res = measure_host(models, options=HostRunOptions(iterations=12, warmup=2, order=order))
+    assert res.latencies_ms.shape == (2, 12) and np.all(res.latencies_ms > 0)
+    assert [r["level"] for r in res.rows] == [0, 30] and all(SEAM_KEYS <= set(r) for r in res.rows)
+    assert res.rows[0]["time_saved_pct"] == 0.0 and res.rows[1]["n_inferences"] == 12
+    j = res.to_json()
+    assert j["device"] == "host" and j["energy"] == "not measured" and j["fingerprint"]["threads"] == 1
