@@ -53,30 +53,34 @@ def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
     lam = ridge_lambda(cov, ridge)
     p = np.linalg.inv(cov + lam * np.eye(c))
     b = cov @ wf
-    pb = p @ b
     total = float(np.sum(wf * b))
     if total <= 0:
-        return (np.arange(c) if order is None else np.asarray(order)), np.zeros(c)
+        return (np.arange(c) if order is None else np.asarray(order, np.int64)), np.zeros(c)
+    if b.shape[1] > c:  # only B B^T matters: replace B by a C-column factor of it (exact)
+        vals, vecs = np.linalg.eigh(b @ b.T)
+        b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
+    pb = p @ b
     explained = float(np.sum(b * pb))
-    alive = np.arange(c)
-    removed, errs = [], []
+    alive = np.ones(c, bool)
+    removed = np.empty(c, np.int64)
+    errs = np.empty(c)
     for step in range(c):
-        diag = np.maximum(np.diag(p), 1e-300)
-        drop = np.sum(pb * pb, axis=1) / diag
+        diag = np.diag(p)
         if order is None:
-            i = int(np.argmin(drop))
+            drop = np.where(alive, np.sum(pb * pb, axis=1) / np.where(alive, diag, 1.0), np.inf)
+            j = int(np.argmin(drop))
         else:
-            i = int(np.flatnonzero(alive == order[step])[0])
-        explained -= float(drop[i])
-        removed.append(int(alive[i]))
-        errs.append(max(0.0, 1.0 - explained / total))
-        keep = np.ones(len(alive), bool)
-        keep[i] = False
-        col = p[keep, i]
-        pb = pb[keep] - np.outer(col, pb[i]) / diag[i]
-        p = p[np.ix_(keep, keep)] - np.outer(col, col) / diag[i]
-        alive = alive[keep]
-    return np.asarray(removed, np.int64), np.asarray(errs)
+            j = int(order[step])
+        pj = diag[j]
+        dj = float(pb[j] @ pb[j]) / pj
+        explained -= dj
+        removed[step] = j
+        errs[step] = max(0.0, 1.0 - explained / total)
+        col = p[:, j].copy()
+        pb -= np.outer(col, pb[j] / pj)  # row j becomes exactly 0
+        p -= np.outer(col, col / pj)  # row and column j become exactly 0
+        alive[j] = False
+    return removed, errs
 
 
 def uniform_counts(level: float, multiple_of: int = 1, widths: dict[str, int] | None = None) -> dict[str, int]:

@@ -73,11 +73,13 @@ def layer_cov(st: SubsetStats, L: str) -> np.ndarray:
 
 
 def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=None,
-                   impact_all: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   impact_all: dict[str, np.ndarray] | None = None,
+                   curves_out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per prunable layer, one score per output channel (higher = keep).
 
     ``impact_all``: gradient impacts on all ten classes per layer (CAPTOR's class preferences; without
-    them CAPTOR clusters by preference over the target classes only).
+    them CAPTOR clusters by preference over the target classes only).  ``curves_out``: filled with the
+    reconstruction-error curves the ``recon`` score computes anyway (reused by global allocation).
     """
     classes = st.classes if classes is None else classes
     out = {}
@@ -103,7 +105,9 @@ def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=No
             if method.score == "thinet":
                 order = greedy_order(contribution_gram(st.gram[L], wf))
             else:
-                order, _ = elimination_path(layer_cov(st, L), wf, method.ridge)
+                order, curve = elimination_path(layer_cov(st, L), wf, method.ridge)
+                if curves_out is not None:
+                    curves_out[L] = curve
             out[L] = select.scores_from_order(order)
         else:
             raise ArtifactError(f"unknown score {method.score!r}")
@@ -116,13 +120,15 @@ def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int =
 
 
 def plan_global(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
-                level: float, classes) -> dict[str, np.ndarray]:
+                level: float, classes, curves: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Global allocation: the uniform plan's FLOPs budget spent where the normalised next-layer
     reconstruction error (see :mod:`specialist.allocation`) grows least per FLOP saved; inside each
     layer the method's scores still decide which channels go."""
-    orders, curves = {}, {}
+    orders, curves = {}, dict(curves or {})
     for L in PRUNABLE:
         orders[L] = select.order_from_scores(scores[L])
+        if L in curves:
+            continue
         w, ow = next_weights(base, L, classes)
         _, curves[L] = elimination_path(layer_cov(st, L), next_layer_matrix(w, ow), method.ridge, order=orders[L])
     target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
@@ -206,10 +212,11 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
         sub = stats.subset(classes)
     else:
         sub = stats
+    curves: dict[str, np.ndarray] = {}
     scores = channel_scores(m, base, sub, classes,
-                            stats.impact_grad if isinstance(stats, CalibStats) else None)
+                            stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
     if m.allocation == "global" and level > 0:
-        pruned = plan_global(m, base, sub, scores, level, classes)
+        pruned = plan_global(m, base, sub, scores, level, classes, curves)
     else:
         pruned = plan_uniform(scores, level, m.multiple_of)
     weights, kept = apply_plan(base, classes, pruned, sub, m)
