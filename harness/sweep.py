@@ -167,12 +167,12 @@ class SweepOptions:
         for name, lo in (("subsets", 1), ("workers", 1), ("chunk_images", 1), ("task_jobs", 1), ("threads", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise UsageError(f"{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"seed must be a whole number >= 0, got {self.seed!r}")
+            raise UsageError(f"--seed must be a whole number >= 0, got {self.seed!r}")
         if self.per_class is not None and (isinstance(self.per_class, bool) or not isinstance(self.per_class, int)
                                            or self.per_class < 1):
-            raise UsageError(f"per-class must be a whole number >= 1, got {self.per_class!r}")
+            raise UsageError(f"--per-class must be a whole number >= 1, got {self.per_class!r}")
         if self.engine not in ENGINES:
             raise UsageError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
 

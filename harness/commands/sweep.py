@@ -1,0 +1,112 @@
+"""harness sweep: the paper's Table 2 (accuracy by subset size and level, mean and 95% CI) for any method."""
+
+from __future__ import annotations
+
+import logging
+
+from harness.cliutil import add_json_flag, print_json
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    from specialist.evaluate import ENGINES
+    from specialist.methods import DEFAULT_METHOD
+
+    p = sub.add_parser(
+        "sweep", help="accuracy sweep over subset sizes and levels (Table 2), resumable",
+        description="For each subset size, --subsets seeded random class subsets; for each level, build the "
+                    "specialist and measure its accuracy on the test images of its classes.  Cells: mean and "
+                    "95%% CI half-width over the subsets, plus the unpruned 'None' column.  Writes Markdown, "
+                    "CSV, PNG and JSON under --out; finished work is kept in --out/sweep.sqlite, so an "
+                    "interrupted sweep continues where it stopped.")
+    p.add_argument("--sizes", metavar="LIST", help="subset sizes, e.g. 2-10 or 2,5,10 (default 2-10)")
+    p.add_argument("--levels", metavar="LIST", help="percent of channels removed, e.g. 10,20,30,40,50 (default)")
+    p.add_argument("--subsets", type=int, metavar="N", help="random class subsets per size (default 10)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the subset draw (default 0)")
+    p.add_argument("--method", metavar="NAME[,NAME]",
+                   help=f"method preset(s) or .toml file(s), comma-separated (default {DEFAULT_METHOD}); "
+                        "see 'harness methods'")
+    p.add_argument("--per-class", type=int, metavar="N", help="at most N test images per class (default all)")
+    p.add_argument("--exact-only", action="store_true", default=None, help="only the bit-exact test images")
+    p.add_argument("--quick", action="store_true", help="3 subsets and 200 test images per class")
+    p.add_argument("--compare-paper", action="store_true", help="put the measured cells beside the paper's")
+    p.add_argument("--paper-table", metavar="CSV",
+                   help="the paper's Table 2 in table2_accuracy.csv layout (default: the published numbers)")
+    p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
+    p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
+    p.add_argument("--stats", metavar="FILE", help="statistics artifact (default: the one shipped for the default model)")
+    p.add_argument("--out", metavar="DIR", default="results/sweep", help="output directory (default results/sweep)")
+    p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
+    p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
+    p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 200)")
+    p.add_argument("--config", metavar="TOML", help="sweep options from a TOML file ([sweep] table); flags override")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _options(args):
+    from harness.sweep import SweepOptions, parse_levels, parse_sizes
+
+    opts = SweepOptions.from_toml(args.config) if args.config else SweepOptions()
+    if args.quick:
+        opts = opts.quick()
+    methods = None
+    if args.method is not None:
+        methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+    return opts.replace(
+        sizes=parse_sizes(args.sizes) if args.sizes is not None else None,
+        levels=parse_levels(args.levels) if args.levels is not None else None,
+        subsets=args.subsets, seed=args.seed, methods=methods, per_class=args.per_class,
+        exact_only=args.exact_only, engine=args.engine, workers=args.workers, threads=args.threads,
+        chunk_images=args.chunk,
+    )
+
+
+def run(args) -> int:
+    from harness import sweep as sw
+    from harness.cliutil import progress
+    from harness.errors import HarnessError
+    from specialist.methods import get_method
+
+    opts = _options(args)
+    for name in opts.methods:  # unknown names: one line listing the known ones, before any work
+        get_method(name)
+    paper = None
+    if args.compare_paper:
+        paper = sw.load_paper_table(args.paper_table) if args.paper_table else sw.PAPER_TABLE2
+    bar: dict = {}
+
+    def on_progress(done: int, total: int) -> None:
+        if "it" not in bar:
+            bar["it"] = iter(progress(range(total), total=total, desc="sweep tasks", unit="task"))
+        next(bar["it"], None)
+
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        res = sw.run_sweep(opts, model_path=args.model, stats_path=args.stats, data_dir=args.data,
+                           out_dir=args.out, fresh=args.fresh, progress=on_progress)
+    except BrokenProcessPool as exc:
+        raise HarnessError(f"a sweep worker died ({exc}); finished tasks are saved in {args.out}/sweep.sqlite: "
+                           "run the same command again to continue") from None
+    files = sw.write_outputs(res, args.out, paper)
+    if args.json:
+        print_json(sw.result_json(res, paper, files))
+        return 0
+    for t in res.tables:
+        print(f"## method {t.method}\n")
+        print(sw.compare_paper_markdown(t, paper) if paper is not None else sw.table2_markdown(t))
+    if len(res.tables) > 1:
+        print("## methods side by side (paired differences to the first)\n")
+        print(sw.methods_markdown(res.tables))
+    for note in res.notes:
+        print(f"note: {note}")
+    tm = sw.result_json(res)["timing"]
+    print(f"wall {tm['wall_s']} s: {tm['jobs_run']} jobs run, {tm['jobs_resumed']} resumed, "
+          f"{tm['image_evals']} image evaluations ({tm['image_evals_per_worker_s']} per worker-second), "
+          f"builds {tm['build_ms_total'] / 1000:.1f} s")
+    print("files: " + ", ".join(files.values()))
+    return 0
