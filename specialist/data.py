@@ -135,8 +135,7 @@ def _unpickle_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data), labels
 
 
-def _official_batches(p: Path, layout: str) -> dict[str, bytes]:
-    names = ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
+def _official_batches(p: Path, layout: str, names: list[str]) -> dict[str, bytes]:
     if layout == "official-tar":
         tar_path = p / CIFAR10_TARBALL
         out = {}
@@ -172,7 +171,8 @@ def load_split(split: str, data: str | Path | None = None) -> Split:
                         f"{CIFAR10_TARBALL} / {CIFAR10_DIR}/; pass --data DIR with one of them")
     if layout == "npz":
         return _load_npz_split(p / f"{split}.npz")
-    raw = _official_batches(p, layout)
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    raw = _official_batches(p, layout, names)
     if split == "test":
         x, y = _unpickle_batch(raw["test_batch"], "test_batch")
         return Split(x, y, np.ones(len(y), bool), str(p))

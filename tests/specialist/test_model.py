@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from harness.errors import DataError
-from specialist.model import LAYER_NAMES, NIN_LAYERS, build_module, load_weights, predict_scores, weights_npz_bytes
+from specialist.model import (
+    LAYER_NAMES,
+    NIN_LAYERS,
+    build_module,
+    load_weights,
+    predict_scores,
+    weights_npz_bytes,
+)
 
 
 def test_shipped_weights_match_architecture(base_weights):
