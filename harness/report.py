@@ -25,6 +25,7 @@ from harness.store import Store, WindowRecord
 from harness.tables import (
     PAPER_NEXUS4,
     _paper_ref,
+    device_label,
     model_rows,
     rows_csv,
     table3_markdown,
@@ -187,8 +188,9 @@ def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
         atomic_write_bytes(out / name, data)
         files[name] = out / name
 
-    t3 = table3_markdown(rows, run.device, run.virtual, run.measures_energy) if run.measures_energy else ""
-    t4 = table4_markdown(rows, run.device, run.virtual, run.measures_energy)
+    label = device_label(run)
+    t3 = table3_markdown(rows, label, run.virtual, run.measures_energy) if run.measures_energy else ""
+    t4 = table4_markdown(rows, label, run.virtual, run.measures_energy)
     if t3:
         put("table3.md", t3.encode())
     put("table4.md", t4.encode())
@@ -197,7 +199,7 @@ def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
                                         "rows": rows}), indent=2).encode())
     images: list[tuple[str, str]] = []
     if any(r["valid_windows"] for r in rows):
-        put("energy_time_vs_flops.png", plot_vs_flops(rows, run.device, run.virtual, run.measures_energy))
+        put("energy_time_vs_flops.png", plot_vs_flops(rows, label, run.virtual, run.measures_energy))
         images.append(("energy_time_vs_flops.png", "Energy and time per inference against FLOPs pruned"))
     tw = _pick_trace_window(windows)
     if tw is not None:
@@ -228,7 +230,7 @@ def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
         f"<h1>Run {html.escape(run.run_id)}</h1>",
         *[f"<p class='note'>{html.escape(n)}</p>" for n in notes],
         "<p>" + "<br>".join(html.escape(x) for x in [
-            f"device: {run.device} (fingerprint {run.device_fingerprint})",
+            f"device: {label} (fingerprint {run.device_fingerprint})",
             f"instrument: {run.instrument}", f"code: {run.code_version}", f"created: {run.created_utc}",
             f"status: {status}"]) + "</p>",
         "<h2>Tables 3 and 4</h2>", _html_table(rows, run.measures_energy, run.virtual),

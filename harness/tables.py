@@ -164,6 +164,17 @@ def _notes(virtual: bool, measures_energy: bool, device: str) -> list[str]:
     return notes
 
 
+def device_label(run: Any) -> str:
+    """A run's device name plus its profile when they differ (``virtual (virtual-nexus4)``)."""
+    import json
+
+    try:
+        profile = json.loads(run.fingerprint_json).get("profile", "")
+    except (ValueError, AttributeError):
+        profile = ""
+    return f"{run.device} ({profile})" if profile and profile != run.device else run.device
+
+
 def _paper_ref(device: str) -> bool:
     return "nexus4" in device.lower().replace(" ", "").replace("_", "")
 

@@ -78,7 +78,7 @@ def run(args) -> int:
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
     from harness.store import Store
-    from harness.tables import model_rows, table3_markdown, table4_markdown
+    from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
 
     t_start = time.monotonic()
     # ---- everything about the input is checked before anything is written
@@ -139,8 +139,8 @@ def run(args) -> int:
                         "report": str(report_path) if report_path else None})
         else:
             if run_rec.measures_energy:
-                print(table3_markdown(rows, choice.name, backend.virtual))
-            print(table4_markdown(rows, choice.name, backend.virtual, run_rec.measures_energy))
+                print(table3_markdown(rows, device_label(run_rec), backend.virtual))
+            print(table4_markdown(rows, device_label(run_rec), backend.virtual, run_rec.measures_energy))
             print(f"run {run_id}: {outcome.status}; wall {wall_s:.1f} s, in windows {outcome.measured_s:.1f} s, "
                   f"overhead {overhead_pct:.1f}%" + (f"; report {report_path}" if report_path else ""))
     return 0

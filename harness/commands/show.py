@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from harness.store import Store
-    from harness.tables import model_rows, table3_markdown, table4_markdown
+    from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
 
     with Store(args.db, create=False) as st:
         r = st.get_run(args.run_id)
@@ -48,6 +48,6 @@ def run(args) -> int:
         print(f"  {t[:19]}  {e}  {d}")
     print(f"{len(windows)} windows, {sum(1 for w in windows if not w.valid)} invalid")
     if r.measures_energy:
-        print(table3_markdown(rows, r.device, r.virtual))
-    print(table4_markdown(rows, r.device, r.virtual, r.measures_energy))
+        print(table3_markdown(rows, device_label(r), r.virtual))
+    print(table4_markdown(rows, device_label(r), r.virtual, r.measures_energy))
     return 0
