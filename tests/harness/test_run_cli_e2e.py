@@ -16,8 +16,8 @@ FAST = ["--levels", "50", "--window-s", "0.3", "--idle-s", "0.3", "--min-reps", 
 
 
 def _stats_flags():
-    p = os.environ.get("HARNESS_TEST_STATS")
-    return ["--stats", p] if p else []
+    """Extra flags, e.g. HARNESS_TEST_RUN_FLAGS="--stats my.stats.npz --method paper-grad"."""
+    return os.environ.get("HARNESS_TEST_RUN_FLAGS", "").split()
 
 
 @pytest.mark.parametrize("device", ["virtual", "host"])
