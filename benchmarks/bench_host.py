@@ -53,7 +53,8 @@ def sliced_specialist(base: NinWeights, classes: list[int], level: float, multip
     return NinWeights(ws, bs, base.input_mean.copy(), base.input_std.copy())
 
 
-def build_models(levels, classes, multiple_of, backend, cache: Path, builder: bool, method: str) -> list[ModelEntry]:
+def build_models(levels, classes, multiple_of, backend, cache: Path, builder: bool, method: str,
+                 fold: str = "bias") -> list[ModelEntry]:
     from specialist.export import ExportOptions, export_weights
 
     base = load_weights()
@@ -69,14 +70,15 @@ def build_models(levels, classes, multiple_of, backend, cache: Path, builder: bo
             w = build_specialist(classes, float(level), m, fold="exact", base=base).weights
         else:
             w = sliced_specialist(base, classes, level, multiple_of)
-        key = f"{w.content_hash()[:16]}-{backend}"
+        key = f"{w.content_hash()[:16]}-{backend}" + ("-exact" if fold == "exact" and w.consts else "")
         pte = cache / f"{key}.pte"
         if not pte.exists():
             t0 = time.perf_counter()
-            rep, w = export_weights(w, pte, ExportOptions(backend=backend, verify_images=4), classes=classes)
+            rep, w = export_weights(w, pte, ExportOptions(backend=backend, verify_images=4, fold=fold),
+                                    classes=classes)
             print(f"  exported L{level} m{multiple_of} {backend}: {w.channels()} in {time.perf_counter() - t0:.0f} s, "
                   f"max abs diff {rep.max_abs_diff:.2g}, portable ops {rep.portable_ops}", file=sys.stderr, flush=True)
-        elif w.consts:
+        elif w.consts and fold == "bias":
             from specialist.export import fold_consts
 
             w, _ = fold_consts(w)
@@ -99,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--portable-iterations", type=int, default=5)
     ap.add_argument("--builder", action="store_true", help="widths from the specialist builder (needs stats)")
     ap.add_argument("--method", default="paper")
+    ap.add_argument("--fold", default="bias", choices=("bias", "exact"),
+                    help="builder specialists: fold mean constants into biases (default) or keep the add nodes")
     ap.add_argument("--cache", default="results/bench_host_cache", help="exported programs are kept here")
     ap.add_argument("--out", default="results", help="tables are written here")
     ap.add_argument("--json", metavar="FILE", help="also write every row to this JSON file")
@@ -114,18 +118,18 @@ def main(argv=None) -> int:
                         a.portable_iterations, 1))
     everything = {}
     for backend, mult, threads, iters, warm in configs:
-        models = build_models(levels, classes, mult, backend, cache, a.builder, a.method)
+        models = build_models(levels, classes, mult, backend, cache, a.builder, a.method, a.fold)
         t0 = time.perf_counter()
         res = measure_host(models, options=HostRunOptions(iterations=iters, warmup=warm, threads=threads,
                                                           order=a.order))
-        title = (f"{backend}, {threads} thread(s), kept widths multiple of {mult}, {iters} interleaved rounds "
+        title = (f"{backend}, {threads} thread(s), kept widths multiple of {mult}, "
+                 f"{'builder ' + a.method + ' fold ' + a.fold if a.builder else 'L1-sliced'}, {iters} interleaved rounds "
                  f"(load avg {res.fingerprint.get('load_avg_1min')}, {time.perf_counter() - t0:.0f} s)")
         print(table4_markdown(res.rows, title))
-        widths = {m.key: None for m in models}
-        stem = f"host_table4_{backend}_t{threads}_m{mult}"
+        stem = f"host_table4_{backend}_t{threads}_m{mult}" + ("_exact" if a.fold == "exact" else "")
         md, cs = write_tables(res.rows, a.out, stem, title)
         print(f"(written {md} and {cs})\n", flush=True)
-        everything[stem] = {"title": title, "rows": res.rows, "widths": widths, "fingerprint": res.fingerprint}
+        everything[stem] = {"title": title, "rows": res.rows, "fingerprint": res.fingerprint}
     if a.json:
         Path(a.json).write_text(json.dumps(everything, indent=2, default=str))
     return 0
