@@ -495,22 +495,19 @@ def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> li
     return out
 
 
-def _accuracies(entries, plan: RunPlan) -> dict[int, float]:
-    """Top-1 accuracy (%) on the target classes of the test split, restricted to those classes' outputs."""
-    from specialist.data import load_split
-    from specialist.model import build_module, predict_scores
+ACCURACY_IMAGES_PER_CLASS = 200
 
+
+def _accuracies(entries, plan: RunPlan) -> dict[int, float]:
+    """Top-1 accuracy (%) on the first 200 test images of each target class (``specialist.accuracy``)."""
+    from specialist.accuracy import subset_accuracy
+    from specialist.data import load_split
+
+    cls = sorted(plan.classes)
     try:
-        test = load_split("test", plan.data or None).select(plan.classes)
+        test = load_split("test", plan.data or None).select(cls, per_class=ACCURACY_IMAGES_PER_CLASS)
     except DataError as exc:
         log.warning("accuracy skipped: %s", exc)
         return {}
-    cls = np.asarray(sorted(plan.classes))
-    out = {}
-    for level, weights, _, _ in entries:
-        scores = predict_scores(build_module(weights), weights.normalize(test.x))
-        if scores.shape[1] == 10:
-            scores = scores[:, cls]
-        pred = cls[np.argmax(scores, axis=1)]
-        out[level] = float(np.mean(pred == test.y) * 100.0)
-    return out
+    return {level: 100.0 * float(subset_accuracy(weights, cls, test, None if level == 0 else cls).accuracy)
+            for level, weights, _, _ in entries}
