@@ -19,6 +19,8 @@ def run(args) -> int:
         return 0
     for m in PRESETS.values():
         star = " (default)" if m.name == DEFAULT_METHOD else ""
-        print(f"{m.name}{star}: {m.description}\n    score={m.score} impact={m.impact} allocation={m.allocation} "
-              f"compensation={m.compensation} fold={m.fold}")
+        alloc = m.allocation + (f" (max {m.max_remove_pct:g}% of a layer)" if m.allocation == "global" else "")
+        extra = f" multiple_of={m.multiple_of}" if m.multiple_of > 1 else ""
+        print(f"{m.name}{star}: {m.description}\n    score={m.score} impact={m.impact} allocation={alloc} "
+              f"compensation={m.compensation} fold={m.fold} ridge={m.ridge:g}{extra}")
     return 0
