@@ -101,6 +101,12 @@ def load_paper_table(path: str | Path) -> dict[int, dict[float, tuple[float, flo
 # --------------------------------------------------------------------------- options
 
 
+def _default_method() -> str:
+    from specialist.methods import DEFAULT_METHOD
+
+    return DEFAULT_METHOD
+
+
 def _parse_levels(text: str) -> tuple[float, ...]:
     out = []
     for part in str(text).split(","):
@@ -138,7 +144,7 @@ class SweepOptions:
     levels: tuple[float, ...] = DEFAULT_LEVELS
     subsets: int = 10
     seed: int = 0
-    methods: tuple[str, ...] = ("paper",)
+    methods: tuple[str, ...] = field(default_factory=lambda: (_default_method(),))
     per_class: int | None = None  # test images per class (None: all)
     exact_only: bool = False
     engine: str = "torch-cl"
