@@ -133,4 +133,24 @@ def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes:
             break
         removed[best] += step
         flops = best_flops
+    # Fill: the last step may have overshot the budget (by up to one step of the most expensive layer, ~10
+    # points for 16 CCCP2 channels); give channels back where they help most while staying within it.
+    while True:
+        best, best_gain, best_flops = None, 0.0, flops
+        for L in curves:
+            n = removed[L]
+            if n < step:
+                continue
+            trial = dict(removed)
+            trial[L] = n - step
+            f = plan_flops(trial, n_classes)
+            if f > target_flops or f <= flops:
+                continue
+            gain = (cost(L, n) - cost(L, n - step)) / (f - flops)
+            if gain > best_gain:
+                best, best_gain, best_flops = L, gain, f
+        if best is None:
+            break
+        removed[best] -= step
+        flops = best_flops
     return removed

@@ -100,3 +100,16 @@ def test_multiple_of_keeps_widths_aligned():
     curves = {L: np.linspace(0.01, 1, c) for L, c in zip(PRUNABLE, (96, 192, 192, 192, 192, 192), strict=True)}
     removed = allocate_global(curves, plan_flops(uniform_counts(30, 8), 5), 5, multiple_of=8)
     assert all(v % 8 == 0 for v in removed.values())
+
+
+@pytest.mark.parametrize("level", [10, 30, 50])
+def test_multiple_of_16_lands_close_to_the_budget(level):
+    # steps of 16 channels (one step of CONV2 is ~5 points of FLOPs): the fill phase gives channels back so the
+    # plan ends near the budget, never above it
+    curves = {L: np.linspace(0.01, 1, c) ** 2 for L, c in zip(PRUNABLE, (96, 192, 192, 192, 192, 192), strict=True)}
+    target = plan_flops(uniform_counts(level), 10)
+    removed = allocate_global(curves, target, 10, multiple_of=16)
+    got = plan_flops(removed, 10)
+    assert got <= target
+    assert all(v % 16 == 0 for v in removed.values())
+    assert 100 * (target - got) / BASE_FLOPS < 4.0
