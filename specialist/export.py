@@ -20,6 +20,8 @@ and reported.  ``fold="exact"`` keeps the constants (one add node per compensate
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -159,12 +161,12 @@ def fold_consts(w: NinWeights) -> tuple[NinWeights, dict[str, float]]:
 # --------------------------------------------------------------------------- lowering
 
 
+@contextlib.contextmanager
 def _quiet():
-    """Silence the exporter's deprecation/experimental warnings (they go to the log at debug level)."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("ignore")
-    return ctx
+    """Silence the exporter's deprecation/experimental warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _example() -> torch.Tensor:
@@ -193,8 +195,7 @@ def lower(module: nn.Module, backend: str = "xnnpack") -> bytes:
     """``torch.export`` + ExecuTorch lowering of a module taking ``[1, 3, 32, 32]``; the ``.pte`` bytes."""
     from executorch.exir import to_edge_transform_and_lower
 
-    ctx = _quiet()
-    try:
+    with _quiet():
         ep = torch.export.export(module, (_example(),))
         part = []
         if backend == "xnnpack":
@@ -203,20 +204,15 @@ def lower(module: nn.Module, backend: str = "xnnpack") -> bytes:
             part = [XnnpackPartitioner()]
         edge = to_edge_transform_and_lower(ep, partitioner=part)
         return bytes(edge.to_executorch().buffer)
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def edge_op_counts(w: NinWeights) -> dict[str, int]:
     """Operators of the exported graph before any delegation (edge dialect), name -> count."""
     from executorch.exir import to_edge
 
-    ctx = _quiet()
-    try:
+    with _quiet():
         ep = torch.export.export(ExportNet(w), (_example(),))
         g = to_edge(ep).exported_program().graph
-    finally:
-        ctx.__exit__(None, None, None)
     counts: dict[str, int] = {}
     for n in g.nodes:
         if n.op == "call_function":
@@ -225,8 +221,8 @@ def edge_op_counts(w: NinWeights) -> dict[str, int]:
     return counts
 
 
-def delegated_fraction(pte_bytes: bytes) -> int:
-    """Number of non-delegated operator calls left in a program (0: XNNPACK runs everything)."""
+def portable_op_count(pte_bytes: bytes) -> int:
+    """Number of operator calls a program leaves to the portable kernels (0: the delegate runs everything)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     prog = deserialize_pte_binary(pte_bytes)
@@ -323,14 +319,14 @@ def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOpt
             "top1_agreement_pct": float(100 * np.mean(exact_scores.argmax(1) == ref.argmax(1))),
             "max_const_deviation": dev,
         }
+        acc = float_accuracy({"exact": exact, "folded": folded}, classes, options, data)
+        if acc:
+            report.border_error["accuracy"] = acc
     module: nn.Module = ExportNet(folded)
     if options.quantize == "int8":
         cx, _ = verify_input(weights, classes, options.quant_calib_images, data, options.seed + 1)
-        ctx = _quiet()
-        try:
+        with _quiet():
             module = quantize_int8(module, cx)
-        finally:
-            ctx.__exit__(None, None, None)
         ref = _torch_scores(module, x)
     blob = lower(module, options.backend)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,10 +344,8 @@ def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOpt
         report.atol = tol
         report.verified = bool(diff <= tol)
         report.pte_bytes = len(blob)
-        import hashlib
-
         report.pte_sha256 = hashlib.sha256(blob).hexdigest()
-        report.portable_ops = delegated_fraction(blob)
+        report.portable_ops = portable_op_count(blob)
         if options.quantize == "int8":
             report.accuracy = int8_accuracy(folded, tmp, classes, options, data)
         if not report.verified:
@@ -376,27 +370,50 @@ class ExportCheckError(MeasurementError):
 
 def int8_accuracy(weights: NinWeights, pte: Path, classes, options: ExportOptions, data=None) -> dict[str, Any]:
     """Top-1 accuracy (%) on the target classes' test images: float PyTorch model vs the int8 program."""
-    from specialist.data import load_split
     from specialist.model import predict_scores
+
+    sub = _test_subset(classes, options, data)
+    if sub is None:
+        return {"skipped": "no CIFAR-10 test images found"}
+    x_u8, y = sub
+    x = weights.normalize(x_u8)
+    fa = _top1_pct(predict_scores(build_module(weights), x), y, classes)
+    qa = _top1_pct(run_pte(pte, x), y, classes)
+    return {"images": int(len(y)), "float_pct": fa, "int8_pct": qa, "change_pct": qa - fa}
+
+
+def _test_subset(classes, options: ExportOptions, data=None):
+    """(images u8, labels) of the target classes from the test split (a fixed random subset), or None."""
+    from specialist.data import load_split
 
     try:
         test = load_split("test", data).select(list(classes))
-    except DataError as exc:
-        return {"skipped": str(exc)}
+    except DataError:
+        return None
     n = min(len(test), options.accuracy_images)
     idx = np.random.default_rng(options.seed).permutation(len(test))[:n]
-    x, y = weights.normalize(test.x[idx]), test.y[idx].astype(int)
+    return test.x[idx], test.y[idx].astype(int)
+
+
+def _top1_pct(scores: np.ndarray, y: np.ndarray, classes) -> float:
     cls = np.asarray(sorted(classes))
-    f_scores = predict_scores(build_module(weights), x)
-    q_scores = run_pte(pte, x)
+    if scores.shape[1] == 10 and len(cls) < 10:
+        scores = scores[:, cls]
+    return float(100 * np.mean(cls[scores.argmax(1)] == y))
 
-    def acc(s: np.ndarray) -> float:
-        if s.shape[1] == 10 and len(cls) < 10:
-            s = s[:, cls]
-        return float(100 * np.mean(cls[s.argmax(1)] == y))
 
-    fa, qa = acc(f_scores), acc(q_scores)
-    return {"images": int(n), "float_pct": fa, "int8_pct": qa, "change_pct": qa - fa}
+def float_accuracy(variants: dict[str, NinWeights], classes, options: ExportOptions, data=None) -> dict[str, Any]:
+    """Top-1 accuracy (%) of PyTorch models on the target classes' test images ({} without CIFAR-10)."""
+    from specialist.model import predict_scores
+
+    sub = _test_subset(classes, options, data)
+    if sub is None:
+        return {}
+    x_u8, y = sub
+    out: dict[str, Any] = {"images": int(len(y))}
+    for name, w in variants.items():
+        out[f"{name}_pct"] = _top1_pct(predict_scores(build_module(w), w.normalize(x_u8)), y, classes)
+    return out
 
 
 def export_pte(weights: NinWeights, out_path: str | Path, options: ExportOptions | None = None) -> ExportReport:
