@@ -312,6 +312,7 @@ class JobRecord:
     flops_pruned_pct: float
     build_ms: float
     eval_s: float
+    cpu_s: float = 0.0  # this job's share of its worker's CPU time (build + evaluation)
 
     @property
     def accuracy_pct(self) -> float:
@@ -341,7 +342,10 @@ class CellStore:
             "CREATE TABLE IF NOT EXISTS jobs (context TEXT NOT NULL, subset TEXT NOT NULL, level REAL NOT NULL, "
             "correct INTEGER NOT NULL, n INTEGER NOT NULL, flops INTEGER NOT NULL, flops_pruned_pct REAL NOT NULL, "
             "build_ms REAL NOT NULL, eval_s REAL NOT NULL, finished_at TEXT NOT NULL, "
-            "PRIMARY KEY (context, subset, level))")
+            "cpu_s REAL NOT NULL DEFAULT 0, PRIMARY KEY (context, subset, level))")
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+        if "cpu_s" not in cols:  # stores written before CPU time was recorded
+            self.db.execute("ALTER TABLE jobs ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
         self.db.commit()
 
     @staticmethod
@@ -351,13 +355,13 @@ class CellStore:
     def load(self, context: str) -> dict[tuple[tuple[int, ...], float], JobRecord]:
         """Every finished job of a context, by ``(subset, level)``."""
         rows = self.db.execute(
-            "SELECT subset, level, correct, n, flops, flops_pruned_pct, build_ms, eval_s FROM jobs "
+            "SELECT subset, level, correct, n, flops, flops_pruned_pct, build_ms, eval_s, cpu_s FROM jobs "
             "WHERE context = ?", (context,)).fetchall()
         out = {}
-        for subset, level, correct, n, flops, pct, build_ms, eval_s in rows:
+        for subset, level, correct, n, flops, pct, build_ms, eval_s, cpu_s in rows:
             key = tuple(int(c) for c in subset.split(","))
             out[(key, float(level))] = JobRecord(context, key, float(level), int(correct), int(n), int(flops),
-                                                 float(pct), float(build_ms), float(eval_s))
+                                                 float(pct), float(build_ms), float(eval_s), float(cpu_s))
         return out
 
     def put(self, records: Sequence[JobRecord]) -> None:
@@ -365,9 +369,10 @@ class CellStore:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.db.executemany(
             "INSERT OR REPLACE INTO jobs (context, subset, level, correct, n, flops, flops_pruned_pct, build_ms, "
-            "eval_s, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "eval_s, finished_at, cpu_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(r.context, self._subset_text(r.subset), float(r.level), int(r.correct), int(r.n), int(r.flops),
-              float(r.flops_pruned_pct), float(r.build_ms), float(r.eval_s), now) for r in records])
+              float(r.flops_pruned_pct), float(r.build_ms), float(r.eval_s), now, float(r.cpu_s))
+             for r in records])
         self.db.commit()
 
     def forget(self, context: str) -> int:
@@ -438,8 +443,12 @@ def load_test_images(setup: WorkerSetup):
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C goes to the whole process group: the parent handles it (and stops the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(max(1, threads))
 
 
@@ -449,6 +458,7 @@ def run_task(setup: WorkerSetup, jobs: Sequence[Job]) -> list[JobRecord]:
     from specialist.evaluate import EvalModel, EvalOptions, evaluate_models
     from specialist.flops import BASE_FLOPS
 
+    cpu0 = time.process_time()
     st = _worker_state(setup)
     base, stats, test = st["base"], st["stats"], st["test"]
     models, meta = [], []
@@ -464,11 +474,12 @@ def run_task(setup: WorkerSetup, jobs: Sequence[Job]) -> list[JobRecord]:
             meta.append((int(spec.flops), float(spec.build_ms)))
     res = evaluate_models(base, models, test, EvalOptions(engine=setup.engine, chunk_images=setup.chunk_images))
     share = res.seconds / max(len(jobs), 1)
+    cpu_share = (time.process_time() - cpu0) / max(len(jobs), 1)
     out = []
     for j, job in enumerate(jobs):
         flops, build_ms = meta[j]
         out.append(JobRecord(job.context, job.subset, job.level, int(res.correct[j].sum()), int(res.n[j].sum()),
-                             flops, 100.0 * (1.0 - flops / BASE_FLOPS), build_ms, share))
+                             flops, 100.0 * (1.0 - flops / BASE_FLOPS), build_ms, share, cpu_share))
     return out
 
 
@@ -550,6 +561,7 @@ class SweepResult:
     jobs_resumed: int
     image_evals: int
     eval_s: float
+    cpu_s: float
     build_ms_total: float
     data: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
@@ -620,15 +632,16 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
         per_class_images = int(counts.mean())
         tasks = make_tasks(pending, options.task_jobs, per_class_images)
         image_evals = 0
-        eval_s = 0.0
+        eval_s = cpu_s = 0.0
         finished = 0
 
         def accept(records: list[JobRecord]) -> None:
-            nonlocal image_evals, eval_s, finished
+            nonlocal image_evals, eval_s, cpu_s, finished
             store.put(records)
             for r in records:
                 done[r.context][(r.subset, r.level)] = r
                 eval_s += r.eval_s
+                cpu_s += r.cpu_s
                 image_evals += r.n
             finished += 1
             if progress is not None:
@@ -654,8 +667,13 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
                         finished_now, futures = wait(futures, return_when=FIRST_COMPLETED)
                         for fut in finished_now:
                             accept(fut.result())
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                except BaseException:
+                    # Interrupted or failed: stop the workers now (finished tasks are already stored).
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                        proc.terminate()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown(wait=True)
     finally:
         store.close()
 
@@ -664,7 +682,7 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     return SweepResult(
         options=options, subsets=subsets, tables=tables, notes=notes, wall_s=time.perf_counter() - t0,
         jobs_total=len(jobs), jobs_run=len(pending), jobs_resumed=resumed, image_evals=image_evals,
-        eval_s=eval_s, build_ms_total=build_ms_total,
+        eval_s=eval_s, cpu_s=cpu_s, build_ms_total=build_ms_total,
         data={"dir": data_path, "images": int(len(test)), "per_class_images": counts.tolist(),
               "exact_only": options.exact_only},
         hashes={"base_model": model_hash, "stats": stats_hash, "data": data_fp, "builder_code": code_hash},
@@ -927,7 +945,7 @@ def result_json(res: SweepResult, paper: dict | None = None, files: dict | None 
         "comparison": methods_comparison(res.tables) if len(res.tables) > 1 else [],
         "timing": {"wall_s": round(res.wall_s, 2), "jobs_total": res.jobs_total, "jobs_run": res.jobs_run,
                    "jobs_resumed": res.jobs_resumed, "image_evals": res.image_evals,
-                   "eval_worker_s": round(res.eval_s, 2),
+                   "eval_worker_s": round(res.eval_s, 2), "worker_cpu_s": round(res.cpu_s, 2),
                    "image_evals_per_worker_s": None if evals_per_s is None else round(evals_per_s, 1),
                    "build_ms_total": round(res.build_ms_total, 1)},
         "data": res.data, "hashes": res.hashes, "files": files or {},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 
 import pytest
 
@@ -66,20 +68,25 @@ def test_tiny_sweep_best_not_worse_than_paper_and_resumes(tmp_path, data_dir, ba
     assert again["methods"][1]["cells"] == res["methods"][1]["cells"]
 
 
-def test_interrupted_sweep_continues_where_it_stopped(tmp_path, data_dir):
-    opts = sw.SweepOptions(sizes=(2, 3), levels=(30.0,), subsets=2, per_class=20, methods=("paper",), workers=1,
-                           task_jobs=2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_sweep_continues_where_it_stopped(tmp_path, data_dir, workers):
+    opts = sw.SweepOptions(sizes=(2, 3), levels=(30.0,), subsets=2, per_class=20, methods=("paper",),
+                           workers=workers, task_jobs=2)
     calls = []
 
     def stop_after_first(done, total):
         calls.append((done, total))
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # as Ctrl-C in the parent
 
     with pytest.raises(KeyboardInterrupt):
         sw.run_sweep(opts, data_dir=str(data_dir), out_dir=tmp_path, progress=stop_after_first)
     assert calls == [(1, 4)]
-    res = sw.run_sweep(opts, data_dir=str(data_dir), out_dir=tmp_path)
-    assert (res.jobs_total, res.jobs_resumed, res.jobs_run) == (8, 2, 6)
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:  # workers are stopped at once
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
+    res = sw.run_sweep(opts.replace(workers=1), data_dir=str(data_dir), out_dir=tmp_path)
+    assert res.jobs_total == 8 and res.jobs_resumed >= 2 and res.jobs_run == 8 - res.jobs_resumed
     assert not any(map(lambda t: bool(sw.np.isnan(t.acc_pct).any()), res.tables))
     # --fresh discards the stored jobs of this sweep
     res = sw.run_sweep(opts, data_dir=str(data_dir), out_dir=tmp_path, fresh=True)
