@@ -602,7 +602,10 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     stats_hash = str(stats.meta.get("sha256", "")) or _sha(stats.model_hash, stats.counts.tolist())
     code_hash = builder_code_hash()
     ctx_none = _sha("none", model_hash, data_fp)
-    ctx_method = {m.name: _sha("method", model_hash, data_fp, stats_hash, m.as_dict(), code_hash) for m in methods}
+    ctx_method = [_sha("method", model_hash, data_fp, stats_hash, m.as_dict(), code_hash) for m in methods]
+    names = [m.name for m in methods]
+    labels = [m.name if names.count(m.name) == 1 else Path(opt).stem for m, opt in zip(methods, options.methods,
+                                                                                         strict=True)]
 
     notes: list[str] = []
     subsets: dict[int, list[tuple[int, ...]]] = {}
@@ -615,16 +618,16 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     store = CellStore(Path(out_dir) / "sweep.sqlite")
     try:
         if fresh:
-            for ctx in [ctx_none, *ctx_method.values()]:
+            for ctx in [ctx_none, *ctx_method]:
                 store.forget(ctx)
-        done: dict[str, dict] = {ctx: store.load(ctx) for ctx in [ctx_none, *ctx_method.values()]}
+        done: dict[str, dict] = {ctx: store.load(ctx) for ctx in [ctx_none, *ctx_method]}
         jobs: list[Job] = []
         for size in options.sizes:
             for subset in subsets[size]:
                 jobs.append(Job(ctx_none, subset, 0.0))
-                for m in methods:
+                for mi, m in enumerate(methods):
                     for level in options.levels:
-                        jobs.append(Job(ctx_method[m.name], subset, float(level), m))
+                        jobs.append(Job(ctx_method[mi], subset, float(level), m))
         pending = [j for j in jobs if (j.subset, j.level) not in done[j.context]]
         resumed = len(jobs) - len(pending)
         if resumed:
@@ -677,7 +680,8 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     finally:
         store.close()
 
-    tables = [_method_table(m, options, subsets, done[ctx_none], done[ctx_method[m.name]]) for m in methods]
+    tables = [_method_table(m, labels[mi], options, subsets, done[ctx_none], done[ctx_method[mi]])
+              for mi, m in enumerate(methods)]
     build_ms_total = float(sum(np.nansum(t.build_ms) for t in tables))
     return SweepResult(
         options=options, subsets=subsets, tables=tables, notes=notes, wall_s=time.perf_counter() - t0,
@@ -689,7 +693,7 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     )
 
 
-def _method_table(method, options: SweepOptions, subsets: dict[int, list[tuple[int, ...]]],
+def _method_table(method, label: str, options: SweepOptions, subsets: dict[int, list[tuple[int, ...]]],
                   none_done: dict, done: dict) -> MethodTable:
     S, L = len(options.sizes), len(options.levels)
     K = max(len(v) for v in subsets.values())
@@ -714,7 +718,7 @@ def _method_table(method, options: SweepOptions, subsets: dict[int, list[tuple[i
                 flops[si, li, k] = r.flops
                 n_img[si, li, k] = r.n
                 build[si, li, k] = r.build_ms
-    return MethodTable(method.name, method.description, method.as_dict(), options.sizes, options.levels,
+    return MethodTable(label, method.description, method.as_dict(), options.sizes, options.levels,
                        acc, none, flops_pct, flops, n_img, build)
 
 
