@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as harness.cli does: small solves, busy cores
+
 import pytest
 
 ROOT = Path(__file__).resolve().parent
