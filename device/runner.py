@@ -393,6 +393,11 @@ def parse_runner_output(text: str, warmup: int) -> RunResult:
                      warmup_latencies_ms=lat[:warmup], output_shape=shape)
 
 
+def host_reference(model_path: str | Path, input_path: str | Path | None = None) -> np.ndarray:
+    """The host's output for a fixed input (the file, or all ones): the reference for :func:`check_output`."""
+    return run_host(RunSpec(model_path, iterations=1, warmup=0, input_path=input_path)).output
+
+
 def check_output(result: RunResult, reference: np.ndarray, atol: float = OUTPUT_ATOL, rtol: float = OUTPUT_RTOL,
                  what: str = "run") -> float:
     """Fail (:class:`MeasurementError`) unless the run's last output matches ``reference`` within
