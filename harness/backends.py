@@ -16,6 +16,7 @@ import importlib
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -337,6 +338,13 @@ def power_model_for(profile) -> Any:
     return pm.PowerModelProfile(**kw)
 
 
+def _prewarm_runtime() -> None:
+    try:
+        importlib.import_module("executorch.runtime")
+    except Exception as exc:  # noqa: BLE001 - only a head start; the runner reports real failures
+        log.debug("prewarm of executorch.runtime failed: %s", exc)
+
+
 class VirtualLabBackend(PhoneBackend):
     """The virtual phone (loopback ADB, ADB auth with our key) and the virtual Monsoon, started on open."""
 
@@ -361,6 +369,9 @@ class VirtualLabBackend(PhoneBackend):
         from device.virtual_phone import VirtualPhone
 
         self.lab_dir.mkdir(parents=True, exist_ok=True)
+        # the phone's executor_runner runs in this process: import the ExecuTorch runtime while the phone,
+        # the monitor and preflight start (it is the slowest part of a warm start)
+        threading.Thread(target=_prewarm_runtime, name="prewarm-executorch", daemon=True).start()
         key = ensure_adb_key(self.lab_dir / "adbkey")
         try:
             self._phone = VirtualPhone(self.lab_dir / "phone", self.profile,
