@@ -506,6 +506,22 @@ def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> li
     return out
 
 
+def stored_models(records, plan: RunPlan, check_hash: bool = True) -> list[PreparedModel] | None:
+    """The models of a stored run when all of the plan's are stored and every artifact is still on disk with
+    its hash (for --resume); else None (build them again)."""
+    if {m.model_key for m in records} != {model_key(lv) for lv in (0, *plan.levels)}:
+        return None
+    out = []
+    for m in records:
+        p = Path(m.artifact_path)
+        if not p.is_file() or (check_hash and _file_sha256(p) != m.artifact_hash):
+            return None
+        out.append(PreparedModel(m.model_key, m.level_pct, tuple(int(c) for c in m.classes.split(",") if c),
+                                 m.method, m.flops, m.flops_pruned_pct, m.model_hash, m.artifact_hash,
+                                 m.artifact_path, m.accuracy_pct))
+    return out or None
+
+
 ACCURACY_IMAGES_PER_CLASS = 200
 
 

@@ -73,7 +73,7 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    from harness.backends import make_backend, prepare_models, resolve_device
+    from harness.backends import make_backend, prepare_models, resolve_device, stored_models
     from harness.plan import RunPlan, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
@@ -102,11 +102,15 @@ def run(args) -> int:
     plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
 
     work_dir = Path(args.db).parent
+    models = None
     if args.resume:
-        with Store(args.db, create=False) as st:  # the stored plan decides what to build
-            plan = RunPlan.from_json(st.get_run(args.resume).plan_json)
+        with Store(args.db, create=False) as st:  # the stored plan and artifacts decide what to measure
+            rec = st.get_run(args.resume)
+            plan = RunPlan.from_json(rec.plan_json)
+            models = stored_models(st.models(rec.run_id), plan)
     backend = make_backend(choice, plan, work_dir)
-    models = prepare_models(plan, work_dir / "cache", accuracy=args.accuracy)
+    if models is None:
+        models = prepare_models(plan, work_dir / "cache", accuracy=args.accuracy)
     prep_s = time.monotonic() - t_start
     with Store(args.db) as st:
         with backend:

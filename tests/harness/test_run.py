@@ -147,3 +147,24 @@ def test_kill_9_then_resume_no_lost_no_duplicate(tmp_path):
         assert len(_check_contiguous(st, run_id)) == 2 * 3 * 4 + 1
         assert st.run_status(run_id) == "complete"
         assert [e for e, _, _ in st.events(run_id)] == ["created", "started", "resumed", "complete"]
+
+
+def test_resume_reuses_stored_artifacts_only_when_complete_and_intact(tmp_path):
+    from harness.backends import stored_models
+    from harness.store import ModelRecord
+
+    plan = make_plan("virtual", "scripted", {**FAST, "levels": [50]})
+    arts = []
+    for key in ("a", "b"):
+        p = tmp_path / f"{key}.pte"
+        p.write_bytes(key.encode() * 100)
+        arts.append(p)
+    from harness.backends import _file_sha256
+
+    recs = [ModelRecord("r", "L0", 0, "0,1", "best", 10, 0.0, "m0", _file_sha256(arts[0]), str(arts[0])),
+            ModelRecord("r", "L50", 50, "0,1", "best", 5, 57.8, "m5", _file_sha256(arts[1]), str(arts[1]))]
+    got = stored_models(recs, plan)
+    assert [m.key for m in got] == ["L0", "L50"] and got[1].classes == (0, 1)
+    assert stored_models(recs[:1], plan) is None  # killed while storing models: build again
+    arts[1].write_bytes(b"changed")
+    assert stored_models(recs, plan) is None  # artifact altered: build again
