@@ -911,6 +911,9 @@ def plot_png(t: MethodTable) -> bytes:
         color = cmap(si / max(len(t.sizes) - 1, 1))
         ax.errorbar(x[ok], y[ok], yerr=e[ok], marker="o", ms=3, capsize=2, lw=1.2, color=color,
                     label=f"{size} classes")
+    means = np.concatenate([c["none_mean"].ravel(), c["mean"].ravel()])
+    lo = float(np.nanmin(means)) if np.isfinite(means).any() else 0.0
+    ax.set_ylim(max(0.0, lo - 10.0), 101.0)  # accuracy is a percentage: CI bars beyond it are clipped
     ax.set_xlabel("FLOPs pruned (%)")
     ax.set_ylabel("accuracy on the target classes' test images (%)")
     ax.set_title(f"Specialist accuracy vs FLOPs pruned — method {t.method}")
