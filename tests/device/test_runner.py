@@ -12,6 +12,7 @@ from device.runner import (
     executor_runner_command,
     format_runner_output,
     format_tensor,
+    host_reference,
     parse_runner_output,
     read_input_file,
     run_host,
@@ -161,8 +162,11 @@ def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
     back = parse_runner_output(res.raw_text, warmup=3)  # the host's text parses like the phone's
     np.testing.assert_allclose(back.latencies_ms, res.latencies_ms, atol=1e-6)
     np.testing.assert_allclose(back.output, res.output, rtol=1e-5, atol=1e-6)
+    assert check_output(back, host_reference(tiny_pte, tmp_path / "x.bin")) < 1e-4  # the phone-side check
     ones = run_host(RunSpec(tiny_pte, iterations=1))
     assert not np.allclose(ones.output, res.output)  # the input file was used
+    with pytest.raises(MeasurementError):  # a build that is off by 0.01 everywhere does not pass
+        check_output(back, res.output + 0.01)
 
 
 def test_npy_inputs_are_checked_for_dtype_and_shape(tiny_pte, tmp_path):
