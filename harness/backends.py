@@ -348,13 +348,15 @@ def _prewarm_runtime() -> None:
 class VirtualLabBackend(PhoneBackend):
     """The virtual phone (loopback ADB, ADB auth with our key) and the virtual Monsoon, started on open."""
 
-    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str = "virtual"):
+    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str = "virtual",
+                 monsoon_faults: dict[str, Any] | None = None):
         profiles = _need("device.profiles", "the virtual lab")
         for mod in ("device.virtual_phone", "device.adb", "device.monsoon", "device.virtual_monsoon"):
             _need(mod, "the virtual lab")
         super().__init__(None, None, profiles.load_profile(profile_name), plan, virtual=True, name=name)
         self.lab_dir = Path(lab_dir)
         self.instrument = "monsoon (virtual HVPM)"
+        self.monsoon_faults = dict(monsoon_faults or {})  # VirtualMonsoonConfig fields, e.g. fail_after_s (tests)
         self._phone = None
 
     @property
@@ -379,7 +381,7 @@ class VirtualLabBackend(PhoneBackend):
                                        serial=f"virtual-{self.profile.name}").start()
             self.device = AdbDevice(self._phone.address, AdbOptions(key_path=str(key))).connect()
             cfg = VirtualMonsoonConfig(root=str(self.lab_dir), timeline_path=str(self._phone.timeline_path),
-                                       profile=power_model_for(self.profile))
+                                       profile=power_model_for(self.profile), **self.monsoon_faults)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.monitor = MonsoonMonitor(MonsoonOptions(voltage_v=self.profile.monsoon_voltage_v),
                                           self.lab_dir / f"trace-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.ptrc",

@@ -84,3 +84,30 @@ def json_sync(w):
     import json
 
     return json.loads(w.settings_json).get("sync")
+
+
+def test_monitor_lost_mid_run_then_resume(tmp_path, pte):
+    from harness.errors import MeasurementError
+    from harness.runloop import check_resumable
+
+    plan = make_plan("virtual", "virtual", {"window_s": 0.3, "idle_s": 0.3, "min_reps": 2, "max_reps": 2,
+                                            "min_inferences_per_model": 5, "min_inference_s_per_model": 0.3,
+                                            "warmup_inferences": 1})
+    with Store(tmp_path / "h.db") as st:
+        # the (virtual) Monsoon disappears 6 s after sampling starts
+        with VirtualLabBackend("virtual-nexus4", plan, tmp_path / "lab", monsoon_faults={"fail_after_s": 6.0}) as be:
+            run_id = create_run(st, be, plan)
+            with pytest.raises(MeasurementError, match="resume"):
+                run_experiment(st, be, plan, _models(pte), run_id, progress=False)
+        first = st.windows(run_id)
+        bad = [w for w in first if not w.valid]
+        assert len(bad) == 3 and st.run_status(run_id) == "interrupted"
+        with VirtualLabBackend("virtual-nexus4", plan, tmp_path / "lab") as be:
+            run_experiment(st, be, check_resumable(st, run_id, be), _models(pte), run_id, progress=False)
+        windows = st.windows(run_id)
+        assert [w.seq for w in windows] == list(range(len(windows)))  # none lost, none duplicated
+        assert [w.seq for w in windows if not w.valid] == [w.seq for w in bad]  # failures kept
+        assert st.run_status(run_id) == "complete"
+        rows = model_rows(st.models(run_id), windows)
+        assert all(r["valid_windows"] >= 1 for r in rows)
+        assert sum(r["invalid_windows"] for r in rows) + sum(1 for w in bad if w.kind == "idle") == 3
