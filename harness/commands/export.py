@@ -115,8 +115,11 @@ def run(args) -> int:
         print(f"check: max abs diff {report.max_abs_diff:.3g} <= {report.atol:g} on {report.verify_images} "
               f"{report.verify_input}; portable ops {report.portable_ops}; extra nodes {report.extra_nodes}")
         if report.border_error:
-            print(f"compensation folded into biases: border error max {report.border_error['max_abs_scores']:.3g} "
-                  f"(scores), top-1 agreement {report.border_error['top1_agreement_pct']:.1f}%")
+            be = report.border_error
+            print(f"compensation folded into biases: border error max {be['max_abs_scores']:.3g} "
+                  f"(scores), top-1 agreement {be['top1_agreement_pct']:.1f}%"
+                  + (f"; accuracy exact {be['accuracy']['exact_pct']:.2f}% vs folded {be['accuracy']['folded_pct']:.2f}% "
+                     f"on {be['accuracy']['images']} test images" if be.get("accuracy") else ""))
         if report.accuracy and "float_pct" in report.accuracy:
             a = report.accuracy
             print(f"accuracy on {a['images']} test images: float {a['float_pct']:.2f}%, int8 {a['int8_pct']:.2f}% "
