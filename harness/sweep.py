@@ -967,7 +967,7 @@ def write_outputs(res: SweepResult, out_dir: str | Path, paper: dict | None = No
         name = safe_name(t.method)
         items = {
             f"table2_{name}.md": (f"# Table 2 — method {t.method}\n\n{t.description}\n\n" + table2_markdown(t)
-                                  + _footer(res)).encode(),
+                                  + _footer(res, t)).encode(),
             f"table2_{name}.csv": table2_csv(t).encode(),
             f"accuracy_vs_flops_{name}.png": plot_png(t),
         }
@@ -991,10 +991,12 @@ def _clean_json(obj: Any) -> Any:
     return _clean(obj)
 
 
-def _footer(res: SweepResult) -> str:
+def _footer(res: SweepResult, t: MethodTable) -> str:
     o = res.options
     per = "all" if o.per_class is None else str(o.per_class)
-    return (f"\nMean ± 95% CI half-width (Student t) over {o.subsets} random subsets per size (seed {o.seed}); "
+    build = (f"{np.nanmean(t.build_ms):.0f} ms" if np.isfinite(t.build_ms).any() else "–")
+    return (f"\nMean build time per specialist ({t.method}): {build}.\n"
+            f"\nMean ± 95% CI half-width (Student t) over {o.subsets} random subsets per size (seed {o.seed}); "
             f"test images per class: {per}{' (bit-exact only)' if o.exact_only else ''}; "
             f"{res.data.get('images', '?')} images.  Wall time {res.wall_s:.1f} s "
             f"({res.jobs_run} jobs run, {res.jobs_resumed} resumed).\n"
