@@ -63,6 +63,8 @@ class ExportOptions:
     verify_images: int = 16
     quant_calib_images: int = 64
     accuracy_images: int = 1000
+    #: also measure test accuracy of the exact vs the bias-folded specialist (PyTorch, ``accuracy_images``)
+    measure_accuracy: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -320,7 +322,8 @@ def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOpt
             "top1_agreement_pct": float(100 * np.mean(exact_scores.argmax(1) == ref.argmax(1))),
             "max_const_deviation": dev,
         }
-        acc = float_accuracy({"exact": exact, "folded": folded}, classes, options, data)
+        acc = float_accuracy({"exact": exact, "folded": folded}, classes, options, data) \
+            if options.measure_accuracy else {}
         if acc:
             report.border_error["accuracy"] = acc
     module: nn.Module = ExportNet(folded)

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("none", "int8"), default=None,
                    help="int8: post-training quantization with the XNNPACK quantizer on calibration images")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (calibration and test images)")
+    p.add_argument("--no-accuracy", action="store_true",
+                   help="skip the test-accuracy comparison of exact vs bias-folded compensation")
     p.add_argument("--options", metavar="TOML", help="export options file ([export] table); flags win")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -41,14 +43,14 @@ def _options(args):
     from specialist.export import ExportOptions
 
     opts = ExportOptions.from_toml(args.options) if args.options else ExportOptions()
-    changes = {}
+    changes: dict = {"measure_accuracy": not args.no_accuracy}
     if args.backend:
         changes["backend"] = args.backend
     if args.quantize:
         changes["quantize"] = args.quantize
     if args.fold:
         changes["fold"] = args.fold
-    return dataclasses.replace(opts, **changes) if changes else opts
+    return dataclasses.replace(opts, **changes)
 
 
 def _resolve(args):
