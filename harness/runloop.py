@@ -161,6 +161,9 @@ class _Progress:
         if show:
             from tqdm import tqdm
 
+            # no tqdm monitor thread: it aborted the process (pthread mutex assertion) next to
+            # ExecuTorch's thread pool on the host
+            tqdm.monitor_interval = 0
             self.bar = tqdm(total=total, file=sys.stderr, unit="win", leave=False,
                             bar_format="{desc} {n_fmt}/{total_fmt} windows [{elapsed}<{remaining}]")
 
@@ -277,7 +280,7 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
             n_per.setdefault(key, inferences_per_window(plan, est_ms))
             log.info("model %s: ~%.3f ms per inference, %d per window", key, est_ms, n_per[key])
 
-        def measure(slot) -> None:
+        def measure(slot, closing: bool = False) -> None:
             nonlocal measured_s, n_measured, failures, last_reason
             model = by_key.get(slot.model_key)
             settings: dict[str, Any] = {"window_s": plan.window_s, "idle_s": plan.idle_window_s,
@@ -287,7 +290,7 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
                 temp = _cooldown(backend, plan)
                 bar.phase(f"round {slot.round_idx + 1}/{plan.max_reps} inference {slot.model_key}")
             else:
-                bar.phase(f"round {slot.round_idx + 1}/{plan.max_reps} idle")
+                bar.phase("closing idle" if closing else f"round {slot.round_idx + 1}/{plan.max_reps} idle")
             t0 = time.monotonic()
             try:
                 if slot.kind == "inference":
@@ -330,7 +333,7 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
                 if enough or r == plan.max_reps - 1:
                     last = closing_idle(len(keys), r)
                     if last.seq not in done:
-                        measure(last)
+                        measure(last, closing=True)
                     break
         status = "complete"
         store.add_event(run.run_id, "complete", json.dumps({
