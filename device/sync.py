@@ -31,6 +31,8 @@ from scipy import signal
 from harness.errors import MeasurementError, UsageError
 
 GUARD_S = 0.060
+#: How far from the template's nominal edge the measured edge may be (bursts and gaps are >= 40 ms).
+EDGE_SEARCH_S = 0.015
 PATTERNS: dict[str, tuple[tuple[float, float], ...]] = {
     # (busy_s, quiet_s after it); the last burst is followed by the guard
     "start": ((0.040, 0.040), (0.080, 0.040), (0.040, 0.0)),
@@ -189,8 +191,10 @@ def find_marker(
     bursts = marker_busy_intervals(kind, t0, scale)
     # the template fixes the pattern; the boundary itself is measured where the trace crosses (a phone's
     # sleep and dd do not last exactly their nominal time)
-    first = refine_edge(x, (bursts[0][0] - t_offset_s) * rate_hz - lo, rising=True)
-    last = refine_edge(x, (bursts[-1][1] - t_offset_s) * rate_hz - lo, rising=False)
+    # +-15 ms: a loaded phone's sleep/dd overrun by several ms, while the nearest other edge is 40 ms away
+    search = max(40, int(EDGE_SEARCH_S * rate_hz))
+    first = refine_edge(x, (bursts[0][0] - t_offset_s) * rate_hz - lo, rising=True, search=search)
+    last = refine_edge(x, (bursts[-1][1] - t_offset_s) * rate_hz - lo, rising=False, search=search)
     first_s = t_offset_s + (lo + first) / rate_hz if first is not None else bursts[0][0]
     last_s = t_offset_s + (lo + last) / rate_hz if last is not None else bursts[-1][1]
     sync = last_s if kind == "start" else first_s

@@ -82,6 +82,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
         return
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: it aborted next to ExecuTorch's thread pool
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
