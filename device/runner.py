@@ -144,13 +144,23 @@ def check_pte_file(path: str | Path) -> Path:
     return p
 
 
+#: Bumped whenever the runtime's thread pool is recreated; programs loaded before that must not run.
+_POOL_GENERATION = 0
+
+
 def set_host_threads(threads: int) -> int:
-    """Size the runtime's thread pool (XNNPACK's threads); returns the previous size."""
+    """Size the runtime's thread pool (XNNPACK's threads); returns the previous size.
+
+    Call it BEFORE loading programs: the XNNPACK delegate keeps the pool it was loaded with, and
+    resizing recreates the pool (a program loaded earlier would run on a freed pool and may hang).
+    """
+    global _POOL_GENERATION
     import executorch.extension.pybindings.portable_lib as pl  # the runtime, not the exporter
 
     before = int(pl._threadpool_get_thread_count())
     if before != threads:
         pl._unsafe_reset_threadpool(int(threads))
+        _POOL_GENERATION += 1
     return before
 
 
@@ -185,6 +195,7 @@ class HostProgram:
         self.input_dtype = _torch_dtype_to_numpy(int(info.dtype()))
         self._raw = getattr(self._method, "_method", None)
         self._x = None
+        self._generation = _POOL_GENERATION
 
     def set_input(self, x: np.ndarray) -> None:
         """Fix the input used by the following :meth:`run_once` calls (shape and dtype checked)."""
@@ -200,6 +211,9 @@ class HostProgram:
         """Run one inference; returns its latency in ms (the method's execution only, like the runner)."""
         if self._x is None:
             raise MeasurementError("no input set")
+        if self._generation != _POOL_GENERATION:
+            raise MeasurementError(f"the thread pool was resized after {self.path} was loaded; load it again "
+                                   "(set_host_threads before HostProgram)")
         if self._raw is not None:
             self._raw.set_inputs([self._x])
             t0 = time.perf_counter_ns()
@@ -230,13 +244,13 @@ def default_input(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 
 def run_host(spec: RunSpec) -> RunResult:
     """Run ``spec`` with the ExecuTorch runtime on this machine (the host implementation of the contract)."""
+    set_host_threads(spec.threads)  # before loading: the delegate binds the pool at load time
     prog = HostProgram(spec.model_path, spec.method)
     if spec.input_path is not None:
         x = read_input_file(spec.input_path, prog.input_shape, prog.input_dtype)
     else:
         x = default_input(prog.input_shape, prog.input_dtype)
     prog.set_input(x)
-    set_host_threads(spec.threads)
     n_all = int(spec.warmup) + int(spec.iterations)
     lat = np.empty(n_all, dtype=np.float64)
     for i in range(n_all):

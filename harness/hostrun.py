@@ -173,6 +173,7 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
     opts = options or HostRunOptions(iterations=iterations, warmup=warmup, threads=threads)
     if not models:
         raise InputError("no models to measure")
+    set_host_threads(opts.threads)  # before loading: XNNPACK binds the thread pool at load time
     progs = [HostProgram(m.pte_path) for m in models]
     shapes = {p.input_shape for p in progs}
     if len(shapes) != 1:
@@ -182,7 +183,6 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
          else default_input(p0.input_shape, p0.input_dtype))
     for p in progs:
         p.set_input(x)
-    set_host_threads(opts.threads)
     k = len(progs)
     fwd = list(range(k))
     rev = fwd[::-1]
