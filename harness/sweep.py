@@ -150,8 +150,8 @@ class SweepOptions:
     engine: str = "torch-cl"
     workers: int = 2  # worker processes (1: evaluate in this process)
     threads: int = 0  # torch threads per worker (0: 1 with several workers, torch's default with one)
-    chunk_images: int = 200
-    task_jobs: int = 24  # jobs (subset x level) per task: the unit of work and of resumption
+    chunk_images: int = 32
+    task_jobs: int = 30  # pruned jobs (subset x level) per task: the unit of work and of resumption
 
     def __post_init__(self) -> None:
         from specialist.evaluate import ENGINES
@@ -492,11 +492,16 @@ def _cccp6_flops(removed_outputs: int) -> int:
 
 
 def make_tasks(jobs: Sequence[Job], task_jobs: int, per_class_images: int) -> list[list[Job]]:
-    """Cut jobs into tasks: per size, whole subsets (all their levels) up to ``task_jobs`` jobs, largest first."""
+    """Cut jobs into tasks, largest first: every unpruned (level 0) job in one task, since they all share one
+    forward pass per image; the others per size, whole subsets (all their levels) up to ``task_jobs`` jobs."""
     by_size: dict[int, dict[tuple[int, ...], list[Job]]] = {}
-    for job in jobs:
-        by_size.setdefault(len(job.subset), {}).setdefault(job.subset, []).append(job)
     tasks: list[list[Job]] = []
+    unpruned = [j for j in jobs if j.level == 0]
+    if unpruned:
+        tasks.append(unpruned)
+    for job in jobs:
+        if job.level != 0:
+            by_size.setdefault(len(job.subset), {}).setdefault(job.subset, []).append(job)
     for size in sorted(by_size):
         cur: list[Job] = []
         for subset_jobs in by_size[size].values():
@@ -506,8 +511,14 @@ def make_tasks(jobs: Sequence[Job], task_jobs: int, per_class_images: int) -> li
             cur.extend(subset_jobs)
         if cur:
             tasks.append(cur)
-    tasks.sort(key=lambda t: -sum(j.cost(per_class_images) for j in t))
+    tasks.sort(key=lambda t: -_task_cost(t, per_class_images))
     return tasks
+
+
+def _task_cost(task: Sequence[Job], per_class_images: int) -> float:
+    if all(j.level == 0 for j in task):  # one forward pass per image of the classes involved
+        return len({c for j in task for c in j.subset}) * per_class_images
+    return sum(j.cost(per_class_images) for j in task)
 
 
 # --------------------------------------------------------------------------- the sweep

@@ -35,7 +35,7 @@ import torch
 
 from harness.errors import UsageError
 from specialist.data import Split
-from specialist.model import LAYER_NAMES, NinNet, NinWeights, build_module
+from specialist.model import LAYER_NAMES, NIN_LAYERS, NinNet, NinWeights, build_module
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EvalOptions:
 
     engine: str = DEFAULT_ENGINE
     threads: int = 0  # torch intra-op threads; 0 leaves torch's setting alone
-    chunk_images: int = 200
+    chunk_images: int = 32  # small chunks keep the 0.65 MB/image CCCP1 outputs in cache (measured faster)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -150,6 +150,17 @@ def _as_engine(x: torch.Tensor, engine: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if engine == "torch-cl" else x.contiguous()
 
 
+def _prefix(net: NinNet, x: torch.Tensor) -> torch.Tensor:
+    """CONV1 and CCCP1 of the base model: convolution then ReLU in place (they have no pool and no constant:
+    the same numbers as ``net.layer``, without a second 0.8 MB/image tensor per layer)."""
+    for i in range(len(SHARED_LAYERS)):
+        if NIN_LAYERS[i].post or LAYER_NAMES[i] in getattr(net, "const_names", ()):
+            x = net.layer(i, x)
+        else:
+            x = net.convs[i](x).relu_()
+    return x
+
+
 @torch.no_grad()
 def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
                     options: EvalOptions = EvalOptions()) -> EvalResult:
@@ -192,7 +203,7 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
         nets_here = np.unique(model_net[users])
         prefix = None
         if any(from_prefix[k] for k in nets_here):
-            prefix = base_net.layer(1, base_net.layer(0, x))
+            prefix = _prefix(base_net, x)
             prefix_images += len(rows)
         scores = {}
         for k in nets_here:

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
-    p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 200)")
+    p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 32)")
     p.add_argument("--config", metavar="TOML", help="sweep options from a TOML file ([sweep] table); flags override")
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -133,14 +133,19 @@ def test_tasks_keep_subsets_whole_and_cover_every_job_once():
     for size in (2, 5):
         for subset in sw.draw_subsets(size, 4, 0)[0]:
             jobs += [sw.Job("c", subset, lvl) for lvl in (0.0, 10.0, 30.0, 50.0)]
-    tasks = sw.make_tasks(jobs, task_jobs=9, per_class_images=100)
+    tasks = sw.make_tasks(jobs, task_jobs=7, per_class_images=100)
     flat = [j for t in tasks for j in t]
     assert sorted(flat, key=repr) == sorted(jobs, key=repr)
+    unpruned = [t for t in tasks if any(j.level == 0 for j in t)]
+    assert len(unpruned) == 1 and len(unpruned[0]) == 8 and all(j.level == 0 for j in unpruned[0])
     for t in tasks:
-        assert len(t) <= 9 and len({len(j.subset) for j in t}) == 1
+        if t is unpruned[0]:
+            continue
+        assert len(t) <= 7 and len({len(j.subset) for j in t}) == 1
         subsets = {j.subset for j in t}
-        assert all(sum(j.subset == s for j in t) == 4 for s in subsets)
-    costs = [sum(j.cost(100) for j in t) for t in tasks]
+        assert all(sum(j.subset == s for j in t) == 3 for s in subsets)
+    assert len(tasks) == 1 + 2 * 2  # two subsets (6 jobs) per task, two tasks per size
+    costs = [sw._task_cost(t, 100) for t in tasks]
     assert costs == sorted(costs, reverse=True)
 
 

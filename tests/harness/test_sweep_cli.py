@@ -80,7 +80,7 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, data_dir, worker
 
     with pytest.raises(KeyboardInterrupt):
         sw.run_sweep(opts, data_dir=str(data_dir), out_dir=tmp_path, progress=stop_after_first)
-    assert calls == [(1, 4)]
+    assert calls == [(1, 3)]  # tasks: the unpruned column, then one per size
     deadline = time.monotonic() + 10
     while multiprocessing.active_children() and time.monotonic() < deadline:  # workers are stopped at once
         time.sleep(0.1)
