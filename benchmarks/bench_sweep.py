@@ -43,7 +43,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--classes", default="0,2,4,6,8")
-    ap.add_argument("--chunk", type=int, default=200)
+    ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--no-xnnpack", action="store_true")
     args = ap.parse_args()
     classes = [int(c) for c in args.classes.split(",")]
