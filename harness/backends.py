@@ -245,6 +245,11 @@ class PhoneBackend(Backend):
         work = self._base.InferenceWorkload(self._runner(), remote, iterations=3, warmup=max(1, warmup),
                                             threads=self.plan.threads)
         res = self._base.run_inferences(self.device, work, timeout_s=120)
+        # the phone's output for the runner's fixed input must match the host's: a broken phone build or a
+        # corrupted model cannot pass as fast
+        from device.runner import check_output, host_reference
+
+        check_output(res, host_reference(model.artifact_path), what=f"{self.name}: {model.key}")
         return float(np.median(res.latencies_ms))
 
     def _trace_arrays(self, tr, phases: list[tuple[str, float, float]]) -> dict[str, np.ndarray]:
