@@ -96,3 +96,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def read_options_table(cls, path, table: str, what: str) -> dict:
+    """The ``[table]`` of a TOML file (or its top level) for the frozen options dataclass ``cls``.
+
+    Unreadable TOML or a key that is not a field of ``cls``: one :class:`UsageError` naming the file.
+    """
+    import tomllib
+    from dataclasses import fields
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {path}: cannot read TOML ({exc})") from None
+    out = dict(data.get(table, data))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise UsageError(f"{what} {path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return out

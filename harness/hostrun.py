@@ -19,14 +19,14 @@ import io
 import logging
 import os
 import platform
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness import latency
+from harness.cliutil import read_options_table
 from harness.errors import InputError, MeasurementError, UsageError
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,7 @@ class HostRunOptions:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> HostRunOptions:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"host-run options {path}: not readable TOML ({exc})") from None
-        table = data.get("hostrun", data)
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(table) - known)
-        if bad:
-            raise UsageError(f"host-run options {path}: unknown field {bad[0]!r}; known: {', '.join(sorted(known))}")
-        return cls(**table)
+        return cls(**read_options_table(cls, path, "hostrun", "host-run options"))
 
 
 @dataclass

@@ -26,17 +26,16 @@ import multiprocessing
 import re
 import sqlite3
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.cliutil import atomic_write_bytes
+from harness.cliutil import atomic_write_bytes, read_options_table
 from harness.errors import ArtifactError, UsageError
 
 log = logging.getLogger(__name__)
@@ -197,15 +196,7 @@ class SweepOptions:
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepOptions:
         """Options from a TOML file: ``[sweep]`` with any of the field names (``sizes`` may be "2-10")."""
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"sweep options {path}: cannot read TOML ({exc})") from None
-        table = dict(data.get("sweep", data))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise UsageError(f"sweep options {path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        table = read_options_table(cls, path, "sweep", "sweep options")
         if isinstance(table.get("sizes"), str):
             table["sizes"] = parse_sizes(table["sizes"])
         if isinstance(table.get("levels"), str):

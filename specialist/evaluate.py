@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
-import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.cliutil import read_options_table
 from harness.errors import UsageError
 from specialist.data import Split
 from specialist.model import LAYER_NAMES, NIN_LAYERS, NinNet, NinWeights, build_module
@@ -64,16 +64,7 @@ class EvalOptions:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> EvalOptions:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"eval options {path}: cannot read TOML ({exc})") from None
-        table = data.get("eval", data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise UsageError(f"eval options {path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return cls(**table)
+        return cls(**read_options_table(cls, path, "eval", "eval options"))
 
 
 @dataclass

@@ -26,9 +26,8 @@ import logging
 import os
 import tempfile
 import time
-import tomllib
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.cliutil import read_options_table
 from harness.errors import DataError, MeasurementError, UsageError
 from specialist.model import CLASS_NAMES, INPUT_SHAPE, NIN_LAYERS, NinWeights, build_module
 
@@ -83,16 +83,7 @@ class ExportOptions:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExportOptions:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"export options {path}: not readable TOML ({exc})") from None
-        table = data.get("export", data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise UsageError(f"export options {path}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return cls(**table)
+        return cls(**read_options_table(cls, path, "export", "export options"))
 
 
 class ExportNet(nn.Module):
