@@ -26,14 +26,14 @@ import logging
 import multiprocessing as mp
 import os
 import time
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from device.power import PowerMonitor, Trace, trace_from_reader
+from harness.cliutil import check_known_keys, read_options_table
 from harness.errors import DataError, DeviceError, MeasurementError
 
 log = logging.getLogger(__name__)
@@ -69,19 +69,13 @@ class MonsoonOptions:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> MonsoonOptions:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise DataError(f"monsoon options: unknown key(s) {', '.join(unknown)}")
-        return cls(**data)
+        """Build from a dict (unknown keys are an error, so typos do not pass silently)."""
+        return cls(**check_known_keys(cls, data, "monsoon options", DataError))
 
     @classmethod
     def from_toml(cls, path: str | Path, table: str = "monsoon") -> MonsoonOptions:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"monsoon options {path}: {exc}") from None
-        return cls.from_mapping(dict(data.get(table, data)))
+        """Load from a TOML file: the ``[monsoon]`` table if present, else the top level."""
+        return cls(**read_options_table(cls, path, table, "monsoon options", DataError))
 
 
 # ------------------------------------------------------------------------------------------------------------

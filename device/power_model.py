@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.cliutil import check_known_keys, read_options_table
 from harness.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,20 +62,12 @@ class PowerModelProfile:
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> PowerModelProfile:
         """Build from a dict (unknown keys are an error, so typos do not pass silently)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise DataError(f"power profile: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+        return cls(**check_known_keys(cls, data, "power profile", DataError))
 
     @classmethod
     def from_toml(cls, path: str | Path, table: str = "power") -> PowerModelProfile:
         """Load from a TOML file: the ``[power]`` table if present, else the top level."""
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"power profile {path}: {exc}") from None
-        return cls.from_mapping(dict(data.get(table, data)))
+        return cls(**read_options_table(cls, path, table, "power profile", DataError))
 
     def power_w(self, busy_threads: np.ndarray) -> np.ndarray:
         """Noise-free power for a number of busy threads (array)."""

@@ -98,21 +98,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def read_options_table(cls, path, table: str, what: str) -> dict:
+def check_known_keys(cls, data: dict, what: str, error: type[Exception] = UsageError) -> dict:
+    """``data`` unchanged when every key is a field of the dataclass ``cls``; else one ``error`` naming the key."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{what}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return data
+
+
+def read_options_table(cls, path, table: str, what: str, error: type[Exception] = UsageError) -> dict:
     """The ``[table]`` of a TOML file (or its top level) for the frozen options dataclass ``cls``.
 
-    Unreadable TOML or a key that is not a field of ``cls``: one :class:`UsageError` naming the file.
+    Unreadable TOML or a key that is not a field of ``cls``: one ``error`` naming the file.
     """
     import tomllib
-    from dataclasses import fields
 
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{what} {path}: cannot read TOML ({exc})") from None
-    out = dict(data.get(table, data))
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(out) - known)
-    if unknown:
-        raise UsageError(f"{what} {path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return out
+        raise error(f"{what} {path}: cannot read TOML ({exc})") from None
+    return check_known_keys(cls, dict(data.get(table, data)), f"{what} {path}", error)
