@@ -19,12 +19,14 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.cliutil import progress
 from harness.errors import DataError, HarnessError, InputError
 from harness.plan import RunPlan
 from harness.runloop import Backend, PreparedModel, WindowResult
@@ -478,36 +480,135 @@ def export_pte(weights, out_path: Path) -> Path:
     return out_path
 
 
+def export_workers(n_exports: int) -> int:
+    """Processes for ``n_exports`` uncached exports: one per core, at most 4 (``HARNESS_EXPORT_WORKERS``
+    overrides; 1 exports in this process)."""
+    env = os.environ.get("HARNESS_EXPORT_WORKERS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise InputError(f"HARNESS_EXPORT_WORKERS must be a whole number >= 1, got {env!r}")
+        cap = int(env)
+    else:
+        cap = min(os.cpu_count() or 1, 4)
+    return max(1, min(cap, n_exports))
+
+
+def _init_export_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _export_job(weights, pte: str) -> tuple[str, float]:
+    """Export one model to the cache path ``pte`` (atomically; in a worker process or this one)."""
+    t0 = time.perf_counter()
+    pte_path = Path(pte)
+    pte_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pte_path.with_name(f".{pte_path.name}.tmp{os.getpid()}")
+    try:
+        export_pte(weights, tmp)
+        os.replace(tmp, pte_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return pte, time.perf_counter() - t0
+
+
+class _Exporter:
+    """Exports models to the cache while the caller goes on building: a pool of worker processes (spawned,
+    one torch thread each) started on the first export, or this process when one worker is enough."""
+
+    def __init__(self, n_workers: int):
+        self.n_workers = n_workers
+        self._pool = None
+        self._futures: list = []
+        self.export_s: list[float] = []
+
+    def submit(self, weights, pte: Path) -> None:
+        if self.n_workers <= 1:
+            self.export_s.append(_export_job(weights, str(pte))[1])
+            return
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=self.n_workers, initializer=_init_export_worker,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        self._futures.append(self._pool.submit(_export_job, weights, str(pte)))
+
+    def wait(self) -> None:
+        """Wait for every export; the first failure is raised (the others are cancelled)."""
+        try:
+            for fut in progress(self._futures, total=len(self._futures), desc="exporting", unit="model"):
+                try:
+                    self.export_s.append(fut.result()[1])
+                except BrokenProcessPool as exc:
+                    raise HarnessError(f"an export worker process died ({exc}); run again, or set "
+                                       "HARNESS_EXPORT_WORKERS=1 to export in this process") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> list[PreparedModel]:
-    """The base model and one specialist per level, each exported to ``.pte`` (cached by model hash)."""
+    """The base model and one specialist per level, each exported to ``.pte`` (cached by model hash).
+
+    Exports not in the cache run in worker processes (:func:`export_workers`) while the remaining
+    specialists are built, so a cold start costs about one export per core instead of one per model.
+    """
     from specialist.model import load_weights
 
     build = _need("specialist.build", "building specialists")
     flops_mod = _need("specialist.flops", "building specialists")
     methods = _need("specialist.methods", "building specialists")
     method = plan.method or methods.DEFAULT_METHOD
+    cache_dir = Path(cache_dir)
     base = load_weights(plan.model or None)
     entries: list[tuple[int, Any, int, float]] = [(0, base, int(flops_mod.BASE_FLOPS), 0.0)]
-    for level in plan.levels:
-        spec = build.build_specialist(list(plan.classes), float(level), method, base=base,
-                                      stats_path=plan.stats or None)
-        entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
-    acc: dict[int, float] = {}
-    if accuracy:
-        acc = _accuracies(entries, plan)
+    # each uncached model goes to the exporter as soon as it exists (workers start on the first one)
+    n_uncached_max = 1 + len(plan.levels)
+    exporter = _Exporter(export_workers(n_uncached_max))
+    submitted: set[str] = set()
+    t0 = time.perf_counter()
+
+    def pte_for(weights) -> Path:
+        return cache_dir / f"{weights.content_hash()[:24]}.pte"
+
+    def hand_over(weights) -> None:
+        pte = pte_for(weights)
+        if not pte.is_file() and str(pte) not in submitted:
+            submitted.add(str(pte))
+            exporter.submit(weights, pte)
+
+    try:
+        hand_over(base)
+        for level in progress(plan.levels, total=len(plan.levels), desc="building", unit="model"):
+            spec = build.build_specialist(list(plan.classes), float(level), method, base=base,
+                                          stats_path=plan.stats or None)
+            entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
+            hand_over(spec.weights)
+        acc: dict[int, float] = {}
+        if accuracy:
+            acc = _accuracies(entries, plan)
+        exporter.wait()
+    except BaseException:
+        exporter.close()
+        raise
+    if submitted:
+        log.info("exported %d model(s) in %.1f s wall (%d worker(s), %.1f s each on average)", len(submitted),
+                 time.perf_counter() - t0, exporter.n_workers,
+                 sum(exporter.export_s) / max(len(exporter.export_s), 1))
     out = []
-    cache_dir = Path(cache_dir)
     for level, weights, flops, pruned in entries:
         h = weights.content_hash()
-        pte = cache_dir / f"{h[:24]}.pte"
-        if not pte.is_file():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = pte.with_name(f".{pte.name}.tmp{os.getpid()}")
-            try:
-                export_pte(weights, tmp)
-                os.replace(tmp, pte)
-            finally:
-                tmp.unlink(missing_ok=True)
+        pte = pte_for(weights)
         out.append(PreparedModel(model_key(level), level, tuple(plan.classes), str(method), flops, pruned, h,
                                  _file_sha256(pte), str(pte), acc.get(level)))
     return out

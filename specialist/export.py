@@ -363,6 +363,9 @@ class ExportCheckError(MeasurementError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self):  # picklable, so it crosses from an export worker process intact
+        return (type(self), (self.report, str(self)))
+
 
 def int8_accuracy(weights: NinWeights, pte: Path, classes, options: ExportOptions, data=None) -> dict[str, Any]:
     """Top-1 accuracy (%) on the target classes' test images: float PyTorch model vs the int8 program."""

@@ -1,0 +1,63 @@
+"""Model preparation for ``harness run``: builds, exports in worker processes, the export cache."""
+
+import hashlib
+import os
+import pickle
+
+import pytest
+
+from harness.backends import export_workers, prepare_models
+from harness.errors import InputError
+from harness.plan import make_plan
+
+
+def test_export_workers_one_per_core_capped_and_env_override(monkeypatch):
+    monkeypatch.delenv("HARNESS_EXPORT_WORKERS", raising=False)
+    assert export_workers(1) == 1
+    assert export_workers(6) == min(os.cpu_count() or 1, 4)
+    monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "3")
+    assert export_workers(6) == 3 and export_workers(2) == 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("HARNESS_EXPORT_WORKERS", bad)
+        with pytest.raises(InputError, match="HARNESS_EXPORT_WORKERS"):
+            export_workers(6)
+
+
+def test_export_check_error_crosses_process_boundary():
+    from specialist.export import ExportCheckError, ExportReport
+
+    err = ExportCheckError(ExportReport(pte="m.pte", backend="xnnpack", quantize="none", fold="none", atol=1e-4),
+                           "differs")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ExportCheckError and str(back) == "differs" and back.report.pte == "m.pte"
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_prepare_models_exports_in_two_workers_then_hits_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "2")
+    plan = make_plan("virtual", "virtual", {"levels": [50], "method": "paper"})
+    cache = tmp_path / "cache"
+    models = prepare_models(plan, cache)
+    assert [m.level_pct for m in models] == [0, 50]
+    for m in models:
+        assert os.path.basename(m.artifact_path) == f"{m.model_hash[:24]}.pte"
+        assert _sha(m.artifact_path) == m.artifact_hash
+    assert models[0].artifact_hash != models[1].artifact_hash
+    assert sorted(os.listdir(cache)) == sorted(os.path.basename(m.artifact_path) for m in models)  # no temp files
+    mtimes = [os.stat(m.artifact_path).st_mtime_ns for m in models]
+    again = prepare_models(plan, cache)
+    assert again == models
+    assert [os.stat(m.artifact_path).st_mtime_ns for m in again] == mtimes  # nothing exported twice
+
+
+def test_prepare_models_worker_failure_is_raised_and_nothing_left(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "2")
+    plan = make_plan("virtual", "virtual", {"levels": [50], "method": "paper"})
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a directory")  # the workers cannot create their cache files
+    with pytest.raises(OSError):
+        prepare_models(plan, blocker)
+    assert blocker.read_text() == "not a directory"
