@@ -557,61 +557,92 @@ class _Exporter:
             self._pool = None
 
 
+class ModelPreparation:
+    """Builds the base model's specialists now and exports the uncached ones in the background.
+
+    ``ModelPreparation(plan, cache_dir)`` builds every specialist in this process, handing each uncached
+    model to the exporter (:func:`export_workers` processes) as soon as it exists; the caller can then do
+    other work (``harness run`` starts the lab) before :meth:`finish` waits for the exports and returns
+    the prepared models.  :meth:`close` (or leaving a ``with`` block) stops unfinished exports.
+    """
+
+    def __init__(self, plan: RunPlan, cache_dir: Path, accuracy: bool = False):
+        from specialist.model import load_weights
+
+        build = _need("specialist.build", "building specialists")
+        flops_mod = _need("specialist.flops", "building specialists")
+        methods = _need("specialist.methods", "building specialists")
+        self.plan = plan
+        self.method = str(plan.method or methods.DEFAULT_METHOD)
+        self.cache_dir = Path(cache_dir)
+        self._t0 = time.perf_counter()
+        self._submitted: set[str] = set()
+        base = load_weights(plan.model or None)
+        self.entries: list[tuple[int, Any, int, float]] = [(0, base, int(flops_mod.BASE_FLOPS), 0.0)]
+        self.exporter = _Exporter(export_workers(1 + len(plan.levels)))  # workers start on the first export
+        try:
+            self._hand_over(base)
+            for level in progress(plan.levels, total=len(plan.levels), desc="building", unit="model"):
+                spec = build.build_specialist(list(plan.classes), float(level), self.method, base=base,
+                                              stats_path=plan.stats or None)
+                self.entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
+                self._hand_over(spec.weights)
+            self.accuracies: dict[int, float] = _accuracies(self.entries, plan) if accuracy else {}
+        except BaseException:
+            self.close()
+            raise
+
+    def _pte(self, weights) -> Path:
+        return self.cache_dir / f"{weights.content_hash()[:24]}.pte"
+
+    def _hand_over(self, weights) -> None:
+        pte = self._pte(weights)
+        if not pte.is_file() and str(pte) not in self._submitted:
+            self._submitted.add(str(pte))
+            self.exporter.submit(weights, pte)
+
+    @property
+    def exports(self) -> int:
+        """Models that were not in the export cache."""
+        return len(self._submitted)
+
+    def finish(self) -> list[PreparedModel]:
+        """Wait for the exports; the prepared models (base first, then the levels in plan order)."""
+        try:
+            self.exporter.wait()
+        except BaseException:
+            self.close()
+            raise
+        if self._submitted:
+            log.info("exported %d model(s) in %.1f s wall (%d worker(s), %.1f s each on average)",
+                     len(self._submitted), time.perf_counter() - self._t0, self.exporter.n_workers,
+                     sum(self.exporter.export_s) / max(len(self.exporter.export_s), 1))
+        out = []
+        for level, weights, flops, pruned in self.entries:
+            pte = self._pte(weights)
+            out.append(PreparedModel(model_key(level), level, tuple(self.plan.classes), self.method, flops, pruned,
+                                     weights.content_hash(), _file_sha256(pte), str(pte),
+                                     self.accuracies.get(level)))
+        return out
+
+    def close(self) -> None:
+        self.exporter.close()
+
+    def __enter__(self) -> ModelPreparation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> list[PreparedModel]:
     """The base model and one specialist per level, each exported to ``.pte`` (cached by model hash).
 
     Exports not in the cache run in worker processes (:func:`export_workers`) while the remaining
     specialists are built, so a cold start costs about one export per core instead of one per model.
     """
-    from specialist.model import load_weights
-
-    build = _need("specialist.build", "building specialists")
-    flops_mod = _need("specialist.flops", "building specialists")
-    methods = _need("specialist.methods", "building specialists")
-    method = plan.method or methods.DEFAULT_METHOD
-    cache_dir = Path(cache_dir)
-    base = load_weights(plan.model or None)
-    entries: list[tuple[int, Any, int, float]] = [(0, base, int(flops_mod.BASE_FLOPS), 0.0)]
-    # each uncached model goes to the exporter as soon as it exists (workers start on the first one)
-    n_uncached_max = 1 + len(plan.levels)
-    exporter = _Exporter(export_workers(n_uncached_max))
-    submitted: set[str] = set()
-    t0 = time.perf_counter()
-
-    def pte_for(weights) -> Path:
-        return cache_dir / f"{weights.content_hash()[:24]}.pte"
-
-    def hand_over(weights) -> None:
-        pte = pte_for(weights)
-        if not pte.is_file() and str(pte) not in submitted:
-            submitted.add(str(pte))
-            exporter.submit(weights, pte)
-
-    try:
-        hand_over(base)
-        for level in progress(plan.levels, total=len(plan.levels), desc="building", unit="model"):
-            spec = build.build_specialist(list(plan.classes), float(level), method, base=base,
-                                          stats_path=plan.stats or None)
-            entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
-            hand_over(spec.weights)
-        acc: dict[int, float] = {}
-        if accuracy:
-            acc = _accuracies(entries, plan)
-        exporter.wait()
-    except BaseException:
-        exporter.close()
-        raise
-    if submitted:
-        log.info("exported %d model(s) in %.1f s wall (%d worker(s), %.1f s each on average)", len(submitted),
-                 time.perf_counter() - t0, exporter.n_workers,
-                 sum(exporter.export_s) / max(len(exporter.export_s), 1))
-    out = []
-    for level, weights, flops, pruned in entries:
-        h = weights.content_hash()
-        pte = pte_for(weights)
-        out.append(PreparedModel(model_key(level), level, tuple(plan.classes), str(method), flops, pruned, h,
-                                 _file_sha256(pte), str(pte), acc.get(level)))
-    return out
+    with ModelPreparation(plan, cache_dir, accuracy) as prep:
+        return prep.finish()
 
 
 def stored_models(records, plan: RunPlan, check_hash: bool = True) -> list[PreparedModel] | None:

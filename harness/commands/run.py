@@ -73,7 +73,7 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    from harness.backends import make_backend, prepare_models, resolve_device, stored_models
+    from harness.backends import ModelPreparation, make_backend, resolve_device, stored_models
     from harness.plan import RunPlan, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
@@ -109,25 +109,31 @@ def run(args) -> int:
             plan = RunPlan.from_json(rec.plan_json)
             models = stored_models(st.models(rec.run_id), plan)
     backend = make_backend(choice, plan, work_dir)
-    if models is None:
-        models = prepare_models(plan, work_dir / "cache", accuracy=args.accuracy)
-    prep_s = time.monotonic() - t_start
-    with Store(args.db) as st:
-        with backend:
-            if args.resume:
-                check_resumable(st, args.resume, backend)
-                run_id = st.get_run(args.resume).run_id
-            else:
-                run_id = create_run(st, backend, plan)
-            run_rec = st.get_run(run_id)
-            print(f"run {run_id} on {choice.name}" + (" (virtual lab)" if backend.virtual else ""),
-                  file=sys.stderr)
-            try:
-                outcome = run_experiment(st, backend, plan, models, run_id)
-            except KeyboardInterrupt:
-                print(f"harness: interrupted; measured windows are stored. Resume with "
-                      f"'harness run --resume {run_id}'", file=sys.stderr)
-                return 130
+    with Store(args.db) as st:  # a locked or corrupt database fails here, before any work
+        # builds happen here; uncached exports go on in worker processes while the lab starts
+        prep = ModelPreparation(plan, work_dir / "cache", accuracy=args.accuracy) if models is None else None
+        try:
+            with backend:
+                if prep is not None:
+                    models = prep.finish()
+                prep_s = time.monotonic() - t_start
+                if args.resume:
+                    check_resumable(st, args.resume, backend)
+                    run_id = st.get_run(args.resume).run_id
+                else:
+                    run_id = create_run(st, backend, plan)
+                run_rec = st.get_run(run_id)
+                print(f"run {run_id} on {choice.name}" + (" (virtual lab)" if backend.virtual else ""),
+                      file=sys.stderr)
+                try:
+                    outcome = run_experiment(st, backend, plan, models, run_id)
+                except KeyboardInterrupt:
+                    print(f"harness: interrupted; measured windows are stored. Resume with "
+                          f"'harness run --resume {run_id}'", file=sys.stderr)
+                    return 130
+        finally:
+            if prep is not None:
+                prep.close()
         rows = model_rows(st.models(run_id), st.windows(run_id), run_rec.measures_energy)
         report_path = None
         if not args.no_report:
