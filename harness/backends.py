@@ -481,15 +481,18 @@ def export_pte(weights, out_path: Path) -> Path:
 
 
 def export_workers(n_exports: int) -> int:
-    """Processes for ``n_exports`` uncached exports: one per core, at most 4 (``HARNESS_EXPORT_WORKERS``
-    overrides; 1 exports in this process)."""
+    """Worker processes for ``n_exports`` uncached exports: one per core but one, at least 1 and at most 4,
+    so the harness's own process keeps a core to build and to start the lab while they export.
+    ``HARNESS_EXPORT_WORKERS=N`` overrides; 0 exports in the harness's own process."""
     env = os.environ.get("HARNESS_EXPORT_WORKERS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise InputError(f"HARNESS_EXPORT_WORKERS must be a whole number >= 1, got {env!r}")
+        if not env.isdigit():
+            raise InputError(f"HARNESS_EXPORT_WORKERS must be a whole number >= 0, got {env!r}")
+        if int(env) == 0:
+            return 0
         cap = int(env)
     else:
-        cap = min(os.cpu_count() or 1, 4)
+        cap = min(max(1, (os.cpu_count() or 1) - 1), 4)
     return max(1, min(cap, n_exports))
 
 
@@ -518,8 +521,8 @@ def _export_job(weights, pte: str) -> tuple[str, float]:
 
 
 class _Exporter:
-    """Exports models to the cache while the caller goes on building: a pool of worker processes (spawned,
-    one torch thread each) started on the first export, or this process when one worker is enough."""
+    """Exports models to the cache while the caller goes on: a pool of ``n_workers`` worker processes
+    (spawned, one torch thread each) started on the first export; with 0 workers, in this process at once."""
 
     def __init__(self, n_workers: int):
         self.n_workers = n_workers
@@ -528,7 +531,7 @@ class _Exporter:
         self.export_s: list[float] = []
 
     def submit(self, weights, pte: Path) -> None:
-        if self.n_workers <= 1:
+        if self.n_workers == 0:
             self.export_s.append(_export_job(weights, str(pte))[1])
             return
         if self._pool is None:

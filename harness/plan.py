@@ -31,7 +31,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "real": dict(window_s=15.0, min_reps=4, max_reps=20, target_ci_pct=2.0, warmup_inferences=10,
                  min_inference_s_per_model=60.0, min_inferences_per_model=1024, cooldown_temp_c=40.0,
                  cooldown_timeout_s=120.0, cooldown_pause_s=30.0),
-    "virtual": dict(window_s=2.0, min_reps=4, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
+    "virtual": dict(window_s=2.5, min_reps=5, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
                     min_inference_s_per_model=8.0, min_inferences_per_model=64, cooldown_temp_c=None,
                     cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
     "host": dict(window_s=1.0, idle_s=0.0, min_reps=3, max_reps=8, target_ci_pct=3.0, warmup_inferences=3,

@@ -14,10 +14,12 @@ from harness.plan import make_plan
 def test_export_workers_one_per_core_capped_and_env_override(monkeypatch):
     monkeypatch.delenv("HARNESS_EXPORT_WORKERS", raising=False)
     assert export_workers(1) == 1
-    assert export_workers(6) == min(os.cpu_count() or 1, 4)
+    assert export_workers(6) == min(max(1, (os.cpu_count() or 1) - 1), 4)
     monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "3")
     assert export_workers(6) == 3 and export_workers(2) == 2
-    for bad in ("0", "two", "-1"):
+    monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "0")
+    assert export_workers(6) == 0  # in this process
+    for bad in ("two", "-1", "1.5"):
         monkeypatch.setenv("HARNESS_EXPORT_WORKERS", bad)
         with pytest.raises(InputError, match="HARNESS_EXPORT_WORKERS"):
             export_workers(6)
