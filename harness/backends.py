@@ -507,16 +507,12 @@ def _init_export_worker() -> None:
 
 
 def _export_job(weights, pte: str) -> tuple[str, float]:
-    """Export one model to the cache path ``pte`` (atomically; in a worker process or this one)."""
+    """Export one model to the cache path ``pte`` (in a worker process or this one); the exporter verifies
+    the program and writes it atomically."""
     t0 = time.perf_counter()
     pte_path = Path(pte)
-    pte_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pte_path.with_name(f".{pte_path.name}.tmp{os.getpid()}")
-    try:
-        export_pte(weights, tmp)
-        os.replace(tmp, pte_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pte_path.parent.mkdir(parents=True, exist_ok=True)  # fail before the export, not after it
+    export_pte(weights, pte_path)
     return pte, time.perf_counter() - t0
 
 
@@ -550,7 +546,7 @@ class _Exporter:
                     self.export_s.append(fut.result()[1])
                 except BrokenProcessPool as exc:
                     raise HarnessError(f"an export worker process died ({exc}); run again, or set "
-                                       "HARNESS_EXPORT_WORKERS=1 to export in this process") from None
+                                       "HARNESS_EXPORT_WORKERS=0 to export in this process") from None
         finally:
             self.close()
 
@@ -604,18 +600,9 @@ class ModelPreparation:
             self._submitted.add(str(pte))
             self.exporter.submit(weights, pte)
 
-    @property
-    def exports(self) -> int:
-        """Models that were not in the export cache."""
-        return len(self._submitted)
-
     def finish(self) -> list[PreparedModel]:
         """Wait for the exports; the prepared models (base first, then the levels in plan order)."""
-        try:
-            self.exporter.wait()
-        except BaseException:
-            self.close()
-            raise
+        self.exporter.wait()  # closes the pool, also when an export failed
         if self._submitted:
             log.info("exported %d model(s) in %.1f s wall (%d worker(s), %.1f s each on average)",
                      len(self._submitted), time.perf_counter() - self._t0, self.exporter.n_workers,
