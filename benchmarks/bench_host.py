@@ -55,7 +55,8 @@ def sliced_specialist(base: NinWeights, classes: list[int], level: float, multip
 
 def build_models(levels, classes, multiple_of, backend, cache: Path, builder: bool, method: str,
                  fold: str = "bias") -> list[ModelEntry]:
-    from specialist.export import ExportOptions, export_weights
+    from harness.exportcheck import export_weights
+    from specialist.export import ExportOptions
 
     base = load_weights()
     out = []

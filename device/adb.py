@@ -15,9 +15,8 @@ import shlex
 import socket
 import stat as stat_mod
 import time
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +27,7 @@ from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.transport.tcp_transport import TcpTransport
 
 from device.base import Device, RemoteStat, ShellResult
-from harness.errors import CommandError, DeviceError, InputError
+from device.errors import CommandError, DeviceError, InputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,27 +53,6 @@ class AdbOptions:
     transport_timeout_s: float = 10.0
     retries: int = 3
     retry_backoff_s: float = 0.5
-
-    @classmethod
-    def from_toml(cls, path: Path | str, table: str = "adb") -> AdbOptions:
-        """Options from ``[adb]`` in a TOML file (unknown keys are an error naming the file)."""
-        from harness.errors import DataError
-
-        try:
-            data = tomllib.loads(Path(path).read_text()).get(table, {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"{path}: cannot read [{table}]: {exc}") from None
-        kinds = {f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in fields(cls)}
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            if k not in kinds:
-                raise DataError(f"{path}: field '{table}.{k}': unknown; known: {', '.join(kinds)}")
-            if kinds[k] is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if isinstance(v, bool) or not isinstance(v, kinds[k]) or (kinds[k] is not str and v < 0):
-                raise DataError(f"{path}: field '{table}.{k}': expected {kinds[k].__name__} >= 0, got {v!r}")
-            out[k] = v
-        return cls(**out)
 
 
 def ensure_adb_key(path: Path | str | None = None) -> Path:

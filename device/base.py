@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import CommandError, DeviceError
+from device.errors import CommandError, DeviceError
 
 log = logging.getLogger(__name__)
 

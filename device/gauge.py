@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from device.errors import DataError, DeviceError, DevicePackageError, MeasurementError
 from device.power import PowerMonitor, Trace, trace_from_reader
 from device.tracefile import TraceReader, TraceWriter
-from harness.errors import DataError, DeviceError, HarnessError, MeasurementError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class FuelGaugeMonitor(PowerMonitor):
                 nxt = self.anchor_mono_s + (last + 1) / self.rate_hz
                 self._stop.wait(max(nxt - time.monotonic(), 0.0))
             self._writer.close({"end_reason": "stopped"})
-        except HarnessError as exc:
+        except DevicePackageError as exc:
             self._error = str(exc)
             self._writer.close({"end_reason": f"error: {exc}"})
 

@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from harness.errors import DeviceError
+from device.errors import DeviceError
 
 
 def lock_dir() -> Path:

@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from device.errors import DataError, DeviceError, MeasurementError
 from device.power import PowerMonitor, Trace, trace_from_reader
-from harness.cliutil import check_known_keys, read_options_table
-from harness.errors import DataError, DeviceError, MeasurementError
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,6 @@ class MonsoonOptions:
         for name in ("runtime_current_limit_a", "powerup_current_limit_a"):
             if not (0 < getattr(self, name) <= amax):
                 raise DataError(f"monsoon {name} must be in (0, {amax}] A")
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> MonsoonOptions:
-        """Build from a dict (unknown keys are an error, so typos do not pass silently)."""
-        return cls(**check_known_keys(cls, data, "monsoon options", DataError))
-
-    @classmethod
-    def from_toml(cls, path: str | Path, table: str = "monsoon") -> MonsoonOptions:
-        """Load from a TOML file: the ``[monsoon]`` table if present, else the top level."""
-        return cls(**read_options_table(cls, path, table, "monsoon options", DataError))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import MeasurementError
+from device.errors import MeasurementError
 
 log = logging.getLogger(__name__)
 

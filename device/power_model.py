@@ -19,12 +19,10 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from harness.cliutil import check_known_keys, read_options_table
-from harness.errors import DataError
+from device.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +57,6 @@ class PowerModelProfile:
         if bad:
             raise DataError(f"power profile {self.name!r}: out-of-range value(s) for {', '.join(bad)}")
 
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> PowerModelProfile:
-        """Build from a dict (unknown keys are an error, so typos do not pass silently)."""
-        return cls(**check_known_keys(cls, data, "power profile", DataError))
-
-    @classmethod
-    def from_toml(cls, path: str | Path, table: str = "power") -> PowerModelProfile:
-        """Load from a TOML file: the ``[power]`` table if present, else the top level."""
-        return cls(**read_options_table(cls, path, table, "power profile", DataError))
 
     def power_w(self, busy_threads: np.ndarray) -> np.ndarray:
         """Noise-free power for a number of busy threads (array)."""

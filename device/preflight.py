@@ -10,7 +10,6 @@ a measurement ran on: build, kernel, governors, frequencies, temperatures, runne
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import re
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from device.base import Device, quote_argv
+from device.errors import DeviceError, DevicePackageError
+from device.files import file_hash
 from device.profiles import DeviceProfile
-from harness.errors import DeviceError, HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +41,6 @@ class PreflightOptions:
     max_temp_c: float | None = None  # override the profile's max_start_temp_c
     cool_timeout_s: float | None = None
     cool_poll_s: float = 2.0
-
-    @classmethod
-    def from_toml(cls, path: Path | str, table: str = "preflight") -> PreflightOptions:
-        """Options from a ``[preflight]`` table; unknown keys or wrong types name the file and the field."""
-        import tomllib
-
-        from harness.errors import DataError
-
-        try:
-            data = tomllib.loads(Path(path).read_text()).get(table, {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"{path}: cannot read [{table}]: {exc}") from None
-        kinds = {"apply": bool, "wait_cool": bool, "max_temp_c": float, "cool_timeout_s": float, "cool_poll_s": float}
-        out = {}
-        for k, v in data.items():
-            if k not in kinds:
-                raise DataError(f"{path}: field '{table}.{k}': unknown; known: {', '.join(kinds)}")
-            if kinds[k] is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, kinds[k]) or (kinds[k] is float and v < 0):
-                raise DataError(f"{path}: field '{table}.{k}': expected {kinds[k].__name__} >= 0, got {v!r}")
-            out[k] = v
-        return cls(**out)
 
 
 @dataclass(frozen=True)
@@ -398,14 +375,6 @@ def _cool_down(device: Device, profile: DeviceProfile, opts: PreflightOptions) -
         time.sleep(min(opts.cool_poll_s, max(0.05, timeout - waited)))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(device: Device, profile: DeviceProfile, runner_path: Path | None = None,
                 model_paths: Sequence[Path] = (), props: dict[str, str] | None = None) -> dict[str, Any]:
     """What a measurement runs on: build, kernel, CPU state, temperatures, battery, runner/model hashes."""
@@ -425,10 +394,10 @@ def fingerprint(device: Device, profile: DeviceProfile, runner_path: Path | None
     else:
         rp = runner_path or (Path(profile.runner.binary).expanduser() if profile.runner.binary else None)
         runner = {"builtin": False, "path": str(rp) if rp else None,
-                  "sha256": _sha256(rp) if rp and rp.is_file() else None}
+                  "sha256": file_hash(rp) if rp and rp.is_file() else None}
     try:
         temps = read_temperatures_c(device, profile.thermal_zones)
-    except HarnessError:
+    except DevicePackageError:
         temps = {}
     return {
         "schema_version": 1,
@@ -447,5 +416,5 @@ def fingerprint(device: Device, profile: DeviceProfile, runner_path: Path | None
         "temperatures_c": temps,
         "battery": {**_battery_fields(battery_text), **{f"{k.lower()}_powered": v for k, v in _battery_powered(battery_text).items()}},
         "runner": runner,
-        "models_sha256": {Path(p).name: _sha256(Path(p)) for p in model_paths},
+        "models_sha256": {Path(p).name: file_hash(Path(p)) for p in model_paths},
     }

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError, InputError
+from device.errors import DataError, InputError
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"

@@ -8,7 +8,6 @@ retried a bounded number of times.  An identical file already in place is not pu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import re
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.base import Device
-from harness.errors import DeviceError, HarnessError, InputError
+from device.errors import DeviceError, DevicePackageError, InputError
+from device.files import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ class PushResult:
     attempts: int
     duration_s: float
     skipped: bool = False
-
-
-def file_hash(path: Path, algo: str) -> str:
-    """Hex digest of a host file."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _TOOL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -112,13 +103,13 @@ def checked_push(device: Device, local: Path | str, remote: str, mode: int = 0o6
             device.run(["chmod", f"{mode:o}", tmp], timeout_s=30)
             device.run(["mv", tmp, remote], timeout_s=30)
             return PushResult(remote, size, algo, want, attempt, time.monotonic() - t0)
-        except HarnessError as exc:
+        except DevicePackageError as exc:
             problems.append(str(exc))
             log.warning("%s: push of %s failed (attempt %d/%d): %s", device.name, local.name, attempt,
                         retries + 1, exc)
             try:
                 device.run(["rm", "-f", tmp], check=False, timeout_s=30)
-            except HarnessError:
+            except DevicePackageError:
                 pass  # the link may be down; the next attempt uses a fresh temporary name
     raise DeviceError(device.name, f"push of {local} to {remote} failed after {retries + 1} attempts; "
                       f"last error: {problems[-1]}")

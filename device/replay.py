@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device.errors import MeasurementError
 from device.power import PowerMonitor, Trace, trace_from_reader
 from device.tracefile import open_trace
-from harness.errors import MeasurementError
 
 
 class ReplayMonitor(PowerMonitor):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError, InputError, MeasurementError
+from device.errors import DataError, InputError, MeasurementError
 
 log = logging.getLogger(__name__)
 

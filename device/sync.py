@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from harness.errors import MeasurementError, UsageError
+from device.errors import MeasurementError, UsageError
 
 GUARD_S = 0.060
 #: How far from the template's nominal edge the measured edge may be (bursts and gaps are >= 40 ms).

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from harness.errors import DataError
+from device.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ clear line naming it, before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import math
@@ -26,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from device.files import file_hash
 from harness.cliutil import progress
-from harness.errors import DataError, HarnessError, InputError
+from harness.errors import DATA_ERRORS, HarnessError, InputError
 from harness.plan import RunPlan
 from harness.runloop import Backend, PreparedModel, WindowResult
 
@@ -333,7 +333,9 @@ def power_model_for(profile) -> Any:
     power = dict(getattr(profile, "power", {}) or {})
     names = {f for f in pm.PowerModelProfile.__dataclass_fields__}
     if power and set(power) <= names:
-        return pm.PowerModelProfile.from_mapping(power)
+        from harness.options import options_from_mapping
+
+        return options_from_mapping(pm.PowerModelProfile, power, f"device profile {profile.name} [power]")
     v = float(getattr(profile, "monsoon_voltage_v", 0) or pm.PowerModelProfile().supply_voltage_v)
     kw: dict[str, Any] = {"name": profile.name, "supply_voltage_v": v,
                           "cores": int(getattr(profile, "cpu_count", 4) or 4)}
@@ -458,25 +460,15 @@ def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("res
 # --------------------------------------------------------------------------- models
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_key(level_pct: int) -> str:
     return f"L{level_pct}"
 
 
 def export_pte(weights, out_path: Path) -> Path:
     """Export ``weights`` to an ExecuTorch ``.pte`` at ``out_path`` through the export issue's API."""
-    exp = _need("specialist.export", "exporting models to .pte")
-    fn = getattr(exp, "export_pte", None) or getattr(exp, "export_weights", None)
-    if fn is None:
-        raise MissingPartError("specialist.export has no export_pte(weights, path)")
-    fn(weights, out_path)
+    from harness.exportcheck import export_pte as _export
+
+    _export(weights, out_path)
     return out_path
 
 
@@ -611,7 +603,7 @@ class ModelPreparation:
         for level, weights, flops, pruned in self.entries:
             pte = self._pte(weights)
             out.append(PreparedModel(model_key(level), level, tuple(self.plan.classes), self.method, flops, pruned,
-                                     weights.content_hash(), _file_sha256(pte), str(pte),
+                                     weights.content_hash(), file_hash(pte), str(pte),
                                      self.accuracies.get(level)))
         return out
 
@@ -643,7 +635,7 @@ def stored_models(records, plan: RunPlan, check_hash: bool = True) -> list[Prepa
     out = []
     for m in records:
         p = Path(m.artifact_path)
-        if not p.is_file() or (check_hash and _file_sha256(p) != m.artifact_hash):
+        if not p.is_file() or (check_hash and file_hash(p) != m.artifact_hash):
             return None
         out.append(PreparedModel(m.model_key, m.level_pct, tuple(int(c) for c in m.classes.split(",") if c),
                                  m.method, m.flops, m.flops_pruned_pct, m.model_hash, m.artifact_hash,
@@ -662,7 +654,7 @@ def _accuracies(entries, plan: RunPlan) -> dict[int, float]:
     cls = sorted(plan.classes)
     try:
         test = load_split("test", plan.data or None).select(cls, per_class=ACCURACY_IMAGES_PER_CLASS)
-    except DataError as exc:
+    except DATA_ERRORS as exc:
         log.warning("accuracy skipped: %s", exc)
         return {}
     return {level: 100.0 * float(subset_accuracy(weights, cls, test, None if level == 0 else cls).accuracy)

@@ -20,7 +20,7 @@ import pkgutil  # noqa: E402
 import sys  # noqa: E402
 
 from harness import __version__  # noqa: E402
-from harness.errors import HarnessError, UsageError  # noqa: E402
+from harness.errors import PROJECT_ERRORS, UsageError, exit_code_for  # noqa: E402
 
 log = logging.getLogger("harness")
 
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         code = args.func(args)
         return int(code or 0)
-    except HarnessError as exc:
+    except PROJECT_ERRORS as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_for(KeyboardInterrupt())
 
 
 if __name__ == "__main__":  # pragma: no cover

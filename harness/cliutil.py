@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from device.files import atomic_write_bytes
 from harness.errors import UsageError
 
 T = TypeVar("T")
@@ -86,38 +87,4 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temporary name and rename, so nothing half-written is ever seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def check_known_keys(cls, data: dict, what: str, error: type[Exception] = UsageError) -> dict:
-    """``data`` unchanged when every key is a field of the dataclass ``cls``; else one ``error`` naming the key."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise error(f"{what}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return data
-
-
-def read_options_table(cls, path, table: str, what: str, error: type[Exception] = UsageError) -> dict:
-    """The ``[table]`` of a TOML file (or its top level) for the frozen options dataclass ``cls``.
-
-    Unreadable TOML or a key that is not a field of ``cls``: one ``error`` naming the file.
-    """
-    import tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path}: cannot read TOML ({exc})") from None
-    return check_known_keys(cls, dict(data.get(table, data)), f"{what} {path}", error)
+__all__ = ["add_json_flag", "atomic_write_bytes", "parse_int_list", "print_json", "progress"]

@@ -1,23 +1,23 @@
-"""The one root exception of the project and its few families.
+"""The harness's own exceptions, and the one table that maps every error of the project to an exit code.
 
-Exit codes: :class:`InputError` (bad flags, bad files, bad names) exits 2; any other
-:class:`HarnessError` exits 1.  Device errors carry the device; command errors carry the
-command, its output and its exit code (as Mobly's ``AdbError``).
+Each package owns its errors: ``device.errors`` (phones, monitors, the virtual lab), ``specialist.errors``
+(statistics, builds, export) and this module (the experiment, the store, the CLI).  :func:`exit_code_for`
+is the single place where any of them becomes an exit code: input errors (bad flags, bad files, bad
+names) exit 2, every other project error exits 1, an interrupt 130.
 """
 
 from __future__ import annotations
 
+from device import errors as device_errors
+from specialist import errors as specialist_errors
+
 
 class HarnessError(Exception):
-    """Root of every error the project raises on purpose."""
-
-    exit_code = 1
+    """Root of every error the ``harness`` package raises on purpose."""
 
 
 class InputError(HarnessError):
     """Bad user input: flags, names, files.  Exit code 2."""
-
-    exit_code = 2
 
 
 class UsageError(InputError):
@@ -32,25 +32,41 @@ class ArtifactError(DataError):
     """A saved file (stats artifact, specialist, manifest, results) that cannot be used."""
 
 
-class DeviceError(HarnessError):
-    """A device (phone, host, monitor) failed."""
-
-    def __init__(self, device: str, message: str):
-        super().__init__(f"{device}: {message}")
-        self.device = device
-
-
-class CommandError(DeviceError):
-    """A command on a device exited non-zero or could not be run."""
-
-    def __init__(self, device: str, command: str, output: str, exit_code: int | None):
-        tail = output.strip().splitlines()[-1] if output.strip() else ""
-        msg = f"command {command!r} exited {exit_code}" + (f": {tail}" if tail else "")
-        super().__init__(device, msg)
-        self.command = command
-        self.output = output
-        self.exit_code_device = exit_code
-
-
 class MeasurementError(HarnessError):
     """A measurement that cannot be trusted (integrity gate failed, window misuse)."""
+
+
+#: Every error the project raises on purpose (the CLI turns these into one line and an exit code).
+PROJECT_ERRORS: tuple[type[Exception], ...] = (
+    HarnessError,
+    device_errors.DevicePackageError,
+    specialist_errors.SpecialistError,
+)
+
+#: Errors the user fixes by changing input, in any package.
+INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, device_errors.InputError, specialist_errors.InputError)
+
+#: Bad files in any package.
+DATA_ERRORS: tuple[type[Exception], ...] = (DataError, device_errors.DataError, specialist_errors.DataError)
+
+#: Untrustworthy measurements or failed checks, in any package.
+MEASUREMENT_ERRORS: tuple[type[Exception], ...] = (
+    MeasurementError,
+    device_errors.MeasurementError,
+    specialist_errors.MeasurementError,
+)
+
+#: The exit-code table, first match wins.
+EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
+    (INPUT_ERRORS, 2),
+    (PROJECT_ERRORS, 1),
+    ((KeyboardInterrupt,), 130),
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process exit code for ``exc`` (1 for anything the table does not name)."""
+    for classes, code in EXIT_CODES:
+        if isinstance(exc, classes):
+            return code
+    return 1

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from harness import latency
-from harness.cliutil import read_options_table
 from harness.errors import InputError, MeasurementError, UsageError
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,9 @@ class HostRunOptions:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> HostRunOptions:
-        return cls(**read_options_table(cls, path, "hostrun", "host-run options"))
+        from harness.options import load_options
+
+        return load_options(cls, path, "hostrun", "host-run options", UsageError)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import HarnessError, InputError, MeasurementError
+from harness.errors import PROJECT_ERRORS, InputError, MeasurementError
 from harness.plan import RunPlan, ci_reached, closing_idle, inferences_per_window, round_slots, schedule
 from harness.store import (
     ModelRecord,
@@ -343,7 +343,7 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
         store.add_event(run.run_id, "interrupted", "Ctrl-C")
         bar.close()
         raise
-    except HarnessError as exc:
+    except PROJECT_ERRORS as exc:
         status = "failed"
         store.add_event(run.run_id, "interrupted", str(exc)[:500])
         bar.close()

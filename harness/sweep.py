@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.cliutil import atomic_write_bytes, read_options_table
+from harness.cliutil import atomic_write_bytes
 from harness.errors import ArtifactError, UsageError
+from harness.options import options_from_mapping, read_toml_table
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +197,12 @@ class SweepOptions:
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepOptions:
         """Options from a TOML file: ``[sweep]`` with any of the field names (``sizes`` may be "2-10")."""
-        table = read_options_table(cls, path, "sweep", "sweep options")
+        table = read_toml_table(path, "sweep", "sweep options", UsageError)
         if isinstance(table.get("sizes"), str):
             table["sizes"] = parse_sizes(table["sizes"])
         if isinstance(table.get("levels"), str):
             table["levels"] = parse_levels(table["levels"])
-        for key in ("sizes", "levels", "methods"):
-            if isinstance(table.get(key), list):
-                table[key] = tuple(table[key])
-        try:
-            return cls(**table)
-        except TypeError as exc:
-            raise UsageError(f"sweep options {path}: {exc}") from None
+        return options_from_mapping(cls, table, f"sweep options {path}", UsageError)
 
 
 # --------------------------------------------------------------------------- subsets and statistics

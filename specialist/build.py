@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.errors import ArtifactError
 from specialist import select
 from specialist.allocation import (
     allocate_global,
@@ -18,6 +17,7 @@ from specialist.allocation import (
 )
 from specialist.captor import captor_scores
 from specialist.compensate import COMPENSATIONS, position_covariance
+from specialist.errors import ArtifactError
 from specialist.flops import BASE_FLOPS, layer_costs
 from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError
+from specialist.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness.cliutil import read_options_table
-from harness.errors import UsageError
 from specialist.data import Split
+from specialist.errors import UsageError
 from specialist.model import LAYER_NAMES, NIN_LAYERS, NinNet, NinWeights, build_module
 
 log = logging.getLogger(__name__)
@@ -61,10 +59,6 @@ class EvalOptions:
             raise UsageError(f"threads must be a whole number >= 0, got {self.threads!r}")
         if not isinstance(self.chunk_images, int) or self.chunk_images < 1:
             raise UsageError(f"chunk_images must be a whole number >= 1, got {self.chunk_images!r}")
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> EvalOptions:
-        return cls(**read_options_table(cls, path, "eval", "eval options"))
 
 
 @dataclass

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.cliutil import read_options_table
-from harness.errors import DataError, MeasurementError, UsageError
+from specialist.errors import DataError, UsageError
 from specialist.model import CLASS_NAMES, INPUT_SHAPE, NIN_LAYERS, NinWeights, build_module
 
 log = logging.getLogger(__name__)
@@ -80,10 +77,6 @@ class ExportOptions:
             raise UsageError("verify_images and quant_calib_images must be at least 1")
         if not self.atol > 0:
             raise UsageError(f"atol must be positive, got {self.atol}")
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> ExportOptions:
-        return cls(**read_options_table(cls, path, "export", "export options"))
 
 
 class ExportNet(nn.Module):
@@ -228,21 +221,9 @@ def portable_op_count(pte_bytes: bytes) -> int:
 # --------------------------------------------------------------------------- verification
 
 
-def _host_program(path: Path):
-    from device.runner import HostProgram
-
-    return HostProgram(path)
-
-
 @torch.no_grad()
 def _torch_scores(module: nn.Module, x: np.ndarray) -> np.ndarray:
     return np.concatenate([module(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))])
-
-
-def run_pte(path: Path, x: np.ndarray) -> np.ndarray:
-    """Scores of a ``.pte`` on a batch (one image per execution, as the program has batch 1)."""
-    prog = _host_program(path)
-    return np.concatenate([prog.run(x[i : i + 1]).reshape(1, -1) for i in range(len(x))])
 
 
 @dataclass
@@ -288,12 +269,26 @@ def verify_input(weights: NinWeights, classes, n: int, data=None, seed: int = 0,
         return rng.standard_normal((n, *INPUT_SHAPE)).astype(np.float32), "synthetic N(0,1)"
 
 
-def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOptions = ExportOptions(),
-                   classes=tuple(range(10)), data=None) -> tuple[ExportReport, NinWeights]:
-    """Export, verify and atomically write ``out_path``; returns the report and the exported weights.
+@dataclass
+class BuiltExport:
+    """A lowered program and what checking it needs (no file written, nothing run yet).
 
-    Raises :class:`MeasurementError` (nothing written) when the program does not match PyTorch.
+    ``harness`` writes ``blob``, runs it on ``x`` through the runner contract and compares with ``ref``
+    (max abs diff <= ``tolerance``): the check that runs a program lives beside the runner, not here.
     """
+
+    blob: bytes
+    x: np.ndarray
+    ref: np.ndarray
+    tolerance: float
+    report: ExportReport
+    exported: NinWeights
+    started_s: float
+
+
+def build_export(weights: NinWeights, out_path: str | Path, options: ExportOptions = ExportOptions(),
+                 classes=tuple(range(10)), data=None) -> BuiltExport:
+    """Lower ``weights`` to an ExecuTorch program with its reference scores; nothing is written."""
     t0 = time.perf_counter()
     out_path = Path(out_path)
     report = ExportReport(pte=str(out_path), backend=options.backend, quantize=options.quantize,
@@ -324,51 +319,20 @@ def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOpt
             module = quantize_int8(module, cx)
         ref = _torch_scores(module, x)
     blob = lower(module, options.backend)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        got = run_pte(tmp, x)
-        diff = float(np.abs(got - ref).max())
-        report.max_abs_diff = diff
-        # int8: relative to the output range (integer requantization through 9 layers vs the PT2E reference)
-        tol = options.atol if options.quantize == "none" else options.atol_int8 * max(1.0, float(np.abs(ref).max()))
-        report.atol = tol
-        report.verified = bool(diff <= tol)
-        report.pte_bytes = len(blob)
-        report.pte_sha256 = hashlib.sha256(blob).hexdigest()
-        report.portable_ops = portable_op_count(blob)
-        if options.quantize == "int8":
-            report.accuracy = int8_accuracy(folded, tmp, classes, options, data)
-        if not report.verified:
-            report.export_s = time.perf_counter() - t0
-            raise ExportCheckError(report, f"exported program {out_path} differs from the PyTorch model: max abs "
-                                           f"diff {diff:.3g} > {tol:g} on {len(x)} images; nothing written")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    report.export_s = time.perf_counter() - t0
-    log.info("exported %s (%d bytes, max abs diff %.2g)", out_path, report.pte_bytes, report.max_abs_diff)
-    return report, folded
+    # int8: relative to the output range (integer requantization through 9 layers vs the PT2E reference)
+    tol = options.atol if options.quantize == "none" else options.atol_int8 * max(1.0, float(np.abs(ref).max()))
+    report.atol = tol
+    report.pte_bytes = len(blob)
+    report.pte_sha256 = hashlib.sha256(blob).hexdigest()
+    report.portable_ops = portable_op_count(blob)
+    return BuiltExport(blob=blob, x=x, ref=ref, tolerance=tol, report=report, exported=folded, started_s=t0)
 
 
-class ExportCheckError(MeasurementError):
-    """The exported program does not compute what the PyTorch model computes (exit 1)."""
+def int8_accuracy(weights: NinWeights, run_scores, classes, options: ExportOptions, data=None) -> dict[str, Any]:
+    """Top-1 accuracy (%) on the target classes' test images: float PyTorch model vs the int8 program.
 
-    def __init__(self, report: ExportReport, message: str):
-        super().__init__(message)
-        self.report = report
-
-    def __reduce__(self):  # picklable, so it crosses from an export worker process intact
-        return (type(self), (self.report, str(self)))
-
-
-def int8_accuracy(weights: NinWeights, pte: Path, classes, options: ExportOptions, data=None) -> dict[str, Any]:
-    """Top-1 accuracy (%) on the target classes' test images: float PyTorch model vs the int8 program."""
+    ``run_scores(x) -> scores`` runs the program (the caller owns the runner).
+    """
     from specialist.model import predict_scores
 
     sub = _test_subset(classes, options, data)
@@ -377,7 +341,7 @@ def int8_accuracy(weights: NinWeights, pte: Path, classes, options: ExportOption
     x_u8, y = sub
     x = weights.normalize(x_u8)
     fa = _top1_pct(predict_scores(build_module(weights), x), y, classes)
-    qa = _top1_pct(run_pte(pte, x), y, classes)
+    qa = _top1_pct(run_scores(x), y, classes)
     return {"images": int(len(y)), "float_pct": fa, "int8_pct": qa, "change_pct": qa - fa}
 
 
@@ -415,19 +379,12 @@ def float_accuracy(variants: dict[str, NinWeights], classes, options: ExportOpti
     return out
 
 
-def export_pte(weights: NinWeights, out_path: str | Path, options: ExportOptions | None = None) -> ExportReport:
-    """Export ``weights`` to ``out_path`` with the default options (XNNPACK, bias-folded); verified."""
-    report, _ = export_weights(weights, out_path, options or ExportOptions())
-    return report
-
-
-def write_manifest_for(report: ExportReport, weights: NinWeights, *, base_hash: str, stats_hash: str,
-                       classes, level: float, method: str, flops: int, flops_base: int) -> Path:
-    """Write the manifest next to ``report.pte`` (atomically) and return its path."""
+def manifest_for(report: ExportReport, weights: NinWeights, *, base_hash: str, stats_hash: str,
+                 classes, level: float, method: str, flops: int, flops_base: int):
+    """The :class:`~specialist.manifest.Manifest` of an exported program (the caller writes it)."""
     from importlib.metadata import version
 
-    from harness.cliutil import atomic_write_bytes
-    from specialist.manifest import NORMALISATION, Manifest, manifest_path_for, manifest_to_json
+    from specialist.manifest import NORMALISATION, Manifest
 
     try:
         et_version = version("executorch")
@@ -447,7 +404,4 @@ def write_manifest_for(report: ExportReport, weights: NinWeights, *, base_hash: 
                 "input": report.verify_input, "border_error": report.border_error, "accuracy": report.accuracy},
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    path = manifest_path_for(report.pte)
-    atomic_write_bytes(path, manifest_to_json(m))
-    report.manifest = str(path)
-    return path
+    return m

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ArtifactError
+from specialist.errors import ArtifactError
 
 SCHEMA_VERSION = 1
 KIND = "specialist-harness/pte-manifest"

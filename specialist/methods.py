@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UsageError
+from specialist.errors import UsageError
 
 
 @dataclass(frozen=True)

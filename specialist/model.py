@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.errors import DataError
+from specialist.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.errors import UsageError
+from specialist.errors import UsageError
 
 
 def n_remove(channels: int, level_pct: float, multiple_of: int = 1) -> int:

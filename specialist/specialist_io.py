@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cliutil import atomic_write_bytes
-from harness.errors import ArtifactError
 from specialist.build import Specialist
+from specialist.errors import ArtifactError
 from specialist.methods import Method
 from specialist.model import weights_from_arrays, weights_to_arrays
 
@@ -29,13 +28,6 @@ def specialist_bytes(spec: Specialist) -> bytes:
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()
-
-
-def save_specialist(spec: Specialist, path: str | Path) -> Path:
-    """Write atomically (temporary name, then rename)."""
-    p = Path(path)
-    atomic_write_bytes(p, specialist_bytes(spec))
-    return p
 
 
 def load_specialist(path: str | Path) -> Specialist:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import ArtifactError
+from specialist.errors import ArtifactError
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinNet, NinWeights, build_module
 
 log = logging.getLogger(__name__)

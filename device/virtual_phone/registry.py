@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from harness.cliutil import atomic_write_bytes
+from device.files import atomic_write_bytes
 
 
 def cache_dir() -> Path:

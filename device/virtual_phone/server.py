@@ -571,7 +571,7 @@ class VirtualPhone:
             sock.bind(("127.0.0.1", self._requested_port))
         except OSError as exc:
             sock.close()
-            from harness.errors import InputError
+            from device.errors import InputError
 
             raise InputError(f"virtual phone: cannot listen on 127.0.0.1:{self._requested_port}: "
                              f"{exc.strerror or exc}") from None

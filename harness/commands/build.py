@@ -17,8 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from harness.exportcheck import save_specialist
     from specialist.flops import flops_table_markdown, layer_costs
-    from specialist.specialist_io import save_specialist
 
     spec = build_from_args(args)
     if args.output:

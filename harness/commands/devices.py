@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from harness.cliutil import add_json_flag, print_json
-from harness.errors import HarnessError, UsageError
+from harness.errors import PROJECT_ERRORS, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _probe(address: str, key: str | None) -> dict:
         raise UsageError(f"--connect {address!r}: expected HOST:PORT (ADB over TCP), e.g. 192.168.1.7:5555")
     try:
         dev = adb_connect(address, AdbOptions(key_path=key or "", retries=1, auth_timeout_s=5.0))
-    except HarnessError as exc:
+    except PROJECT_ERRORS as exc:
         state = "unauthorized" if "unauthorized" in str(exc) else "offline"
         return {"address": address, "transport": "tcp", "state": state, "error": str(exc), "profile": None}
     try:

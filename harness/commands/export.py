@@ -40,9 +40,11 @@ def register(sub) -> None:
 def _options(args):
     import dataclasses
 
+    from harness.options import load_options
     from specialist.export import ExportOptions
 
-    opts = ExportOptions.from_toml(args.options) if args.options else ExportOptions()
+    opts = load_options(ExportOptions, args.options, "export", "export options", UsageError) if args.options \
+        else ExportOptions()
     changes: dict = {"measure_accuracy": not args.no_accuracy}
     if args.backend:
         changes["backend"] = args.backend
@@ -89,7 +91,7 @@ def _resolve(args):
 
 
 def run(args) -> int:
-    from specialist.export import ExportCheckError, export_weights, write_manifest_for
+    from harness.exportcheck import ExportCheckError, export_weights, write_manifest_for
 
     out = Path(args.output)
     if out.suffix != ".pte":

@@ -11,8 +11,8 @@ import pytest
 
 from device.adb import AdbDevice, AdbOptions, connect, ensure_adb_key, parse_address
 from device.base import idle_baseline, start_detached
+from device.errors import CommandError, DeviceError, InputError
 from device.virtual_phone import FaultConfig, VirtualPhone
-from harness.errors import CommandError, DeviceError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +198,3 @@ def test_real_phone(key):
         assert dev.shell("exit 3", check=False).exit_code == 3
     finally:
         dev.close()
-
-
-def test_adb_options_from_toml(tmp_path):
-    from harness.errors import DataError
-
-    p = tmp_path / "lab.toml"
-    p.write_text("[adb]\nkey_path = '/keys/adbkey'\nretries = 5\nauth_timeout_s = 60\n")
-    assert AdbOptions.from_toml(p) == AdbOptions(key_path="/keys/adbkey", retries=5, auth_timeout_s=60.0)
-    p.write_text("[adb]\nretries = 'many'\n")
-    with pytest.raises(DataError, match=r"lab.toml: field 'adb.retries'"):
-        AdbOptions.from_toml(p)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from device.errors import DeviceError
 from device.lock import DeviceLock
-from harness.errors import DeviceError
 
 
 def test_second_holder_is_refused_with_the_pid(tmp_path):

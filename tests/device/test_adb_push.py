@@ -8,9 +8,9 @@ import os
 import pytest
 
 from device.adb import AdbOptions, connect, ensure_adb_key
+from device.errors import DeviceError, InputError
 from device.push import checked_push, detect_hash_tool
 from device.virtual_phone import FaultConfig, VirtualPhone
-from harness.errors import DeviceError, InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from device import sync
+from device.errors import DataError, DeviceError, MeasurementError
 from device.monsoon import MonsoonMonitor, MonsoonOptions
 from device.power_model import PowerModelProfile, expected_energy_j, read_busy_timeline, write_busy_timeline
 from device.tracefile import TraceReader
 from device.virtual_monsoon.hvpm import VirtualHVPM, VirtualMonsoonConfig
 from harness import energy as E
-from harness.errors import DataError, DeviceError, MeasurementError
 
 PROFILE = PowerModelProfile(noise_current_a=0.01, seed=3)
 
@@ -111,9 +111,6 @@ def test_options_validation(tmp_path):
         MonsoonOptions(voltage_v=20.0)
     with pytest.raises(DataError):
         MonsoonOptions(model="XVPM")
-    p = tmp_path / "m.toml"
-    p.write_text("[monsoon]\nvoltage_v = 3.8\nserial = 123\n")
-    assert MonsoonOptions.from_toml(p).voltage_v == 3.8
     (tmp_path / "x.ptrc").write_bytes(b"")
     with pytest.raises(DataError, match="overwritten"):
         MonsoonMonitor(MonsoonOptions(), tmp_path / "x.ptrc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from device.errors import DataError
 from device.power_model import (
     PowerModelProfile,
     TimelineFollower,
@@ -14,7 +15,6 @@ from device.power_model import (
     sample_current_a,
     write_busy_timeline,
 )
-from harness.errors import DataError
 
 
 def test_busy_integral_exact():
@@ -38,13 +38,7 @@ def test_samples_integrate_to_exact_energy():
     assert prof.power_w(np.array([0]))[0] < cur[k] * prof.supply_voltage_v < prof.power_w(np.array([3]))[0]
 
 
-def test_profile_validation_and_toml(tmp_path):
-    p = tmp_path / "phone.toml"
-    p.write_text('[power]\nname = "x"\nidle_power_w = 1.5\n')
-    assert PowerModelProfile.from_toml(p).idle_power_w == 1.5
-    p.write_text("[power]\nidle_pwr = 1.5\n")
-    with pytest.raises(DataError, match="unknown key"):
-        PowerModelProfile.from_toml(p)
+def test_profile_validation():
     with pytest.raises(DataError):
         PowerModelProfile(supply_voltage_v=-1)
 

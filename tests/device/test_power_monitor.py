@@ -10,6 +10,7 @@ import pytest
 
 from device import sync
 from device.adb import AdbOptions, connect, ensure_adb_key
+from device.errors import DataError, MeasurementError
 from device.gauge import FuelGaugeMonitor, parse_gauge
 from device.monsoon import MonsoonMonitor, MonsoonOptions
 from device.power_model import PowerModelProfile, expected_energy_j, ground_truth_trace, read_busy_timeline
@@ -18,7 +19,6 @@ from device.tracefile import TraceChunk, write_trace
 from device.virtual_monsoon.hvpm import VirtualMonsoonConfig
 from device.virtual_phone import VirtualPhone
 from harness import energy as E
-from harness.errors import DataError, MeasurementError
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from device.errors import DataError
 from device.tracefile import MAGIC, TraceReader, TraceWriter, open_trace, read_monsoon_csv
-from harness.errors import DataError
 
 
 def _write(path, blocks, trailer=True):

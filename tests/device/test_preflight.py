@@ -10,10 +10,10 @@ import time
 import pytest
 
 from device.adb import AdbOptions, connect, ensure_adb_key
+from device.errors import DeviceError
 from device.preflight import PreflightOptions, inspect_elf, preflight, runner_problems
 from device.profiles import load_profile
 from device.virtual_phone import VirtualPhone
-from harness.errors import DeviceError
 
 
 def make_elf(path, bits: int, machine: int, pie: bool = True, api: int | None = None):
@@ -127,18 +127,3 @@ def test_real_profile_with_a_64bit_runner_on_a_32bit_phone_fails(tmp_path, key):
             rep.raise_for_failures(dev.name)
         assert rep.fingerprint["runner"]["sha256"] and not rep.fingerprint["runner"]["builtin"]
         dev.close()
-
-
-def test_preflight_options_from_toml(tmp_path):
-    from harness.errors import DataError
-
-    p = tmp_path / "run.toml"
-    p.write_text("[preflight]\nwait_cool = false\nmax_temp_c = 35\n")
-    opts = PreflightOptions.from_toml(p)
-    assert opts == PreflightOptions(wait_cool=False, max_temp_c=35.0)
-    p.write_text("[preflight]\nmax_temp_c = 'hot'\n")
-    with pytest.raises(DataError, match=r"run.toml: field 'preflight.max_temp_c'"):
-        PreflightOptions.from_toml(p)
-    p.write_text("[preflight]\ncolour = 1\n")
-    with pytest.raises(DataError, match=r"'preflight.colour': unknown"):
-        PreflightOptions.from_toml(p)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from device.errors import DataError, InputError
 from device.profiles import SHIPPED_DIR, known_profiles, load_profile, load_profile_file, match_profile
-from harness.errors import DataError, InputError
 
 
 def test_shipped_profiles():

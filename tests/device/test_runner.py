@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from device.errors import DataError, InputError, MeasurementError
 from device.runner import (
     RunResult,
     RunSpec,
@@ -18,7 +19,6 @@ from device.runner import (
     run_host,
     write_input_file,
 )
-from harness.errors import DataError, InputError, MeasurementError
 
 # What ExecuTorch 1.x's examples/portable/executor_runner prints (logging build, ET_LOG to stderr merged
 # into the adb shell output), for --num_executions=4: load lines, one line per iteration, the total, and
@@ -136,7 +136,8 @@ def _tiny_weights(width: int = 16):
 @pytest.fixture(scope="module")
 def tiny_pte(tmp_path_factory):
     """A verified XNNPACK program of a 16-wide NIN (shared with other test modules through basetemp)."""
-    from specialist.export import ExportOptions, export_weights
+    from harness.exportcheck import export_weights
+    from specialist.export import ExportOptions
 
     root = tmp_path_factory.getbasetemp() / "export-cache"
     root.mkdir(exist_ok=True)

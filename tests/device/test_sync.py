@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from device import sync
+from device.errors import MeasurementError
 from device.power_model import PowerModelProfile, sample_current_a
-from harness.errors import MeasurementError
 
 
 def test_marker_command_is_dd_and_sleep_only():

@@ -26,7 +26,8 @@ def test_export_workers_one_per_core_capped_and_env_override(monkeypatch):
 
 
 def test_export_check_error_crosses_process_boundary():
-    from specialist.export import ExportCheckError, ExportReport
+    from harness.exportcheck import ExportCheckError
+    from specialist.export import ExportReport
 
     err = ExportCheckError(ExportReport(pte="m.pte", backend="xnnpack", quantize="none", fold="none", atol=1e-4),
                            "differs")

@@ -103,7 +103,8 @@ def _tiny(width: int):
 @pytest.fixture(scope="module")
 def two_programs(tmp_path_factory):
     """A 16-wide XNNPACK program (shared cache with the runner tests) and an 8-wide portable one."""
-    from specialist.export import ExportOptions, export_weights
+    from harness.exportcheck import export_weights
+    from specialist.export import ExportOptions
 
     root = tmp_path_factory.getbasetemp() / "export-cache"
     root.mkdir(exist_ok=True)

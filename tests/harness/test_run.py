@@ -159,7 +159,7 @@ def test_resume_reuses_stored_artifacts_only_when_complete_and_intact(tmp_path):
         p = tmp_path / f"{key}.pte"
         p.write_bytes(key.encode() * 100)
         arts.append(p)
-    from harness.backends import _file_sha256
+    from device.files import file_hash as _file_sha256
 
     recs = [ModelRecord("r", "L0", 0, "0,1", "best", 10, 0.0, "m0", _file_sha256(arts[0]), str(arts[0])),
             ModelRecord("r", "L50", 50, "0,1", "best", 5, 57.8, "m5", _file_sha256(arts[1]), str(arts[1]))]

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from harness.backends import VirtualLabBackend, _file_sha256
+from device.files import file_hash as _file_sha256
+from harness.backends import VirtualLabBackend
 from harness.plan import make_plan
 from harness.report import build_report
 from harness.runloop import PreparedModel, create_run, run_experiment
@@ -20,7 +21,7 @@ from harness.tables import model_rows
 
 @pytest.fixture(scope="module")
 def pte(tmp_path_factory):
-    from specialist.export import export_pte
+    from harness.exportcheck import export_pte
     from specialist.model import load_weights
 
     path = tmp_path_factory.mktemp("pte") / "base.pte"

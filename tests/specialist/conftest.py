@@ -15,7 +15,7 @@ def calib(data_dir):
 @pytest.fixture(scope="session")
 def small_stats(base_weights, calib, tmp_path_factory):
     """Per-class statistics of 12 calibration images per class, saved and loaded like a real artifact."""
-    from harness.cliutil import atomic_write_bytes
+    from device.files import atomic_write_bytes
     from specialist.stats import compute_stats, load_stats, stats_to_bytes
 
     sub = calib.select(range(10), per_class=12)

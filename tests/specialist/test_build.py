@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from harness.errors import ArtifactError
+from harness.exportcheck import save_specialist
 from specialist.build import build_specialist
+from specialist.errors import ArtifactError
 from specialist.model import build_module, predict_scores
-from specialist.specialist_io import load_specialist, save_specialist
+from specialist.specialist_io import load_specialist
 
 
 @pytest.fixture(scope="module")

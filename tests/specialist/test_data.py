@@ -8,8 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from harness.errors import DataError
 from specialist import data
+from specialist.errors import DataError
 
 
 def make_official_tarball(path, n_per_batch=30, seed=0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.errors import UsageError
 from specialist.accuracy import subset_accuracy
+from specialist.errors import UsageError
 from specialist.evaluate import EvalModel, EvalOptions, chunk_plan, evaluate_models, shares_prefix
 
 
@@ -79,14 +79,8 @@ def test_constant_model_has_exactly_known_accuracy(base_weights, test_split):
     assert res.accuracy()[0] == pytest.approx(1 / 3)
 
 
-def test_eval_options_validate_and_load_from_toml(tmp_path):
+def test_eval_options_validate():
     with pytest.raises(UsageError, match="engine"):
         EvalOptions(engine="gpu")
     with pytest.raises(UsageError, match="chunk_images"):
         EvalOptions(chunk_images=0)
-    p = tmp_path / "e.toml"
-    p.write_text('[eval]\nengine = "torch"\nchunk_images = 64\n')
-    assert EvalOptions.from_toml(p) == EvalOptions(engine="torch", chunk_images=64)
-    p.write_text('[eval]\nengines = "torch"\n')
-    with pytest.raises(UsageError, match="unknown key 'engines'"):
-        EvalOptions.from_toml(p)

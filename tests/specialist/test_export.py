@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.errors import ArtifactError
-from specialist.export import (
-    ExportCheckError,
-    ExportNet,
-    ExportOptions,
-    edge_op_counts,
-    export_weights,
-    fold_consts,
-    write_manifest_for,
-)
+from harness.exportcheck import ExportCheckError, export_weights, write_manifest_for
+from specialist.errors import ArtifactError
+from specialist.export import ExportNet, ExportOptions, edge_op_counts, fold_consts
 from specialist.manifest import check_manifest, load_manifest, manifest_path_for
 from specialist.model import NIN_LAYERS, NinWeights, build_module, load_weights, weights_npz_bytes
 

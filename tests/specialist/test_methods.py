@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.errors import UsageError
 from specialist.allocation import plan_flops, uniform_counts
 from specialist.build import build_specialist
+from specialist.errors import UsageError
 from specialist.flops import BASE_FLOPS
 from specialist.methods import DEFAULT_METHOD, PRESETS, get_method, load_method_toml
 

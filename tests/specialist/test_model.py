@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.errors import DataError
+from specialist.errors import DataError
 from specialist.model import (
     LAYER_NAMES,
     NIN_LAYERS,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from harness.errors import UsageError
 from specialist import select
+from specialist.errors import UsageError
 
 
 def test_paper_selection_prunes_below_percentile():

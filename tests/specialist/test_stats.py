@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from harness.cliutil import atomic_write_bytes
-from harness.errors import ArtifactError
+from device.files import atomic_write_bytes
+from specialist.errors import ArtifactError
 from specialist.stats import SCHEMA_VERSION, compute_stats, default_stats_path, load_stats, stats_to_bytes
 
 
