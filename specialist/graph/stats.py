@@ -1,0 +1,170 @@
+"""Per-class statistics of any CNN at the inputs of every consumer of a channel group (forward hooks).
+
+For each consumer layer (conv with groups=1 or linear reading a group) and each class k, over the images of
+class k:
+
+- ``mean[name]``: ``[K, C, *spatial]`` the per-position mean input (what mean compensation folds in);
+- ``abs_mean[name]``: ``[K, C]`` mean |input| per channel (an activation impact proxy);
+- ``sq_mean[name]``: ``[K, C]`` second moment E[x^2] per channel;
+- ``gram[name]`` (optional): ``[K, C, C]`` E[x x^T] over positions (correlations, least squares).
+
+Accumulated in float64 with ``index_add_`` per batch (no per-image Python loop).  The statistics of a class
+subset are the count-weighted average of its classes (:meth:`GraphStats.subset`).
+
+Impact proxies per group channel: :data:`CRITERIA` (``l1``: L1 norm of the producing filters, ``activation``:
+mean |activation| at the consumers' inputs for the target classes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from specialist.errors import InputError, UsageError
+from specialist.graph.groups import ChannelGraph, ChannelGroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraphStats:
+    """Per-class statistics keyed by consumer layer name (see the module docstring)."""
+
+    counts: np.ndarray  # [K] images per class
+    mean: dict[str, torch.Tensor]
+    abs_mean: dict[str, torch.Tensor]
+    sq_mean: dict[str, torch.Tensor]
+    gram: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.counts)
+
+    def weights(self, classes: Sequence[int]) -> torch.Tensor:
+        """Count weights ``[len(classes)]`` of a class subset (sum 1); UsageError for classes without images."""
+        cls = list(classes)
+        bad = [c for c in cls if not 0 <= c < self.num_classes or self.counts[c] == 0]
+        if bad or not cls:
+            raise UsageError(f"no statistics for classes {bad or cls} (have {self.num_classes} classes, "
+                             f"counts {self.counts.tolist()})")
+        w = torch.as_tensor(self.counts[cls], dtype=torch.float64)
+        return w / w.sum()
+
+    def subset(self, table: dict[str, torch.Tensor], name: str, classes: Sequence[int]) -> torch.Tensor:
+        """The count-weighted average of ``table[name]`` over ``classes``."""
+        w = self.weights(classes)
+        t = table[name][list(classes)]
+        return torch.tensordot(w, t, dims=([0], [0]))
+
+
+@torch.no_grad()
+def collect_stats(graph: ChannelGraph, x: torch.Tensor, y, num_classes: int, batch: int = 256,
+                  gram: bool = False, layers: Sequence[str] | None = None) -> GraphStats:
+    """Run ``graph.model`` over normalised images ``x`` [N, C, H, W] with labels ``y`` and hook every consumer."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    if len(x) != len(y) or len(x) == 0:
+        raise InputError(f"need as many labels as images (got {len(x)} images, {len(y)} labels)")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise InputError(f"labels must lie in 0..{num_classes - 1}")
+    names = list(layers) if layers is not None else graph.consumers()
+    sums: dict[str, torch.Tensor] = {}
+    abs_s: dict[str, torch.Tensor] = {}
+    sq_s: dict[str, torch.Tensor] = {}
+    gram_s: dict[str, torch.Tensor] = {}
+    labels: list[torch.Tensor] = [torch.zeros(0)]
+
+    def hook(name: str) -> Callable:
+        def fn(_mod, inputs):
+            a = inputs[0].detach()
+            onehot = labels[0]  # [K, B] float32: per-class sums are one matrix product (float32 per batch)
+            flat = a.reshape(a.shape[0], a.shape[1], -1)  # [B, C, P]
+            if name not in sums:
+                sums[name] = torch.zeros((num_classes, *a.shape[1:]), dtype=torch.float64)
+                abs_s[name] = torch.zeros((num_classes, a.shape[1]), dtype=torch.float64)
+                sq_s[name] = torch.zeros((num_classes, a.shape[1]), dtype=torch.float64)
+                if gram:
+                    gram_s[name] = torch.zeros((num_classes, a.shape[1], a.shape[1]), dtype=torch.float64)
+            sums[name] += (onehot @ a.reshape(a.shape[0], -1)).reshape(sums[name].shape)
+            abs_s[name] += onehot @ flat.abs().mean(2)
+            sq_s[name] += onehot @ flat.square().mean(2)
+            if gram:
+                for k in torch.nonzero(onehot.sum(1)).flatten().tolist():
+                    fk = flat[onehot[k] > 0].permute(1, 0, 2).reshape(a.shape[1], -1).double()  # [C, Bk * P]
+                    gram_s[name][k] += fk @ fk.T / flat.shape[2]
+        return fn
+
+    hooks = [graph.modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        graph.model.eval()
+        for i in range(0, len(x), batch):
+            labels[0] = torch.nn.functional.one_hot(y[i : i + batch], num_classes).T.to(torch.float32)
+            graph.model(x[i : i + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+    div = counts.clamp(min=1)
+
+    def per_class(t: torch.Tensor) -> torch.Tensor:
+        return t / div.reshape(-1, *([1] * (t.dim() - 1)))
+
+    return GraphStats(counts.numpy().astype(np.int64), {n: per_class(t) for n, t in sums.items()},
+                      {n: per_class(t) for n, t in abs_s.items()}, {n: per_class(t) for n, t in sq_s.items()},
+                      {n: per_class(t) for n, t in gram_s.items()})
+
+
+# --------------------------------------------------------------------------- impact proxies
+
+
+def _l1(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes) -> np.ndarray:
+    score = np.zeros(group.size)
+    for name in group.producers:
+        w = graph.modules[name].weight.detach()
+        score += w.abs().reshape(w.shape[0], -1).sum(1).double().numpy()[: group.size]
+    return score
+
+
+def _activation(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes) -> np.ndarray:
+    if stats is None:
+        raise UsageError("the activation criterion needs statistics")
+    score = np.zeros(group.size)
+    hits = np.zeros(group.size)
+    for c in group.consumers:
+        a = stats.subset(stats.abs_mean, c.module, classes).numpy()  # [C] (a linear: its features)
+        np.add.at(score, np.asarray(c.root_idx), a[np.asarray(c.in_idx)])
+        np.add.at(hits, np.asarray(c.root_idx), 1.0)
+    return score / np.maximum(hits, 1.0)
+
+
+#: Impact proxy name -> function(graph, stats, group, classes) -> score per group channel (higher = keep).
+CRITERIA: dict[str, Callable[..., np.ndarray]] = {"l1": _l1, "activation": _activation}
+
+
+def channel_scores(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes,
+                   criterion: str = "activation") -> np.ndarray:
+    """Scores of ``group``'s channels by ``criterion`` (one of :data:`CRITERIA`)."""
+    try:
+        fn = CRITERIA[criterion]
+    except KeyError:
+        raise UsageError(f"unknown criterion {criterion!r}; one of {', '.join(CRITERIA)}") from None
+    return fn(graph, stats, group, classes)
+
+
+def uniform_keep(graph: ChannelGraph, level_pct: float, stats: GraphStats | None = None, classes=(),
+                 criterion: str = "activation") -> dict[str, list[int]]:
+    """Kept channels of every prunable group (keyed by root layer) when ``level_pct`` % of each is removed,
+    the lowest-scoring ones first; every group keeps at least one channel."""
+    if not 0 <= level_pct < 100:
+        raise UsageError(f"level must be in [0, 100), got {level_pct}")
+    keep: dict[str, list[int]] = {}
+    for g in graph.prunable:
+        n_remove = min(g.size - 1, int(round(g.size * level_pct / 100.0)))
+        s = channel_scores(graph, stats, g, classes, criterion)
+        order = np.argsort(-s, kind="stable")
+        keep[g.root] = sorted(int(i) for i in order[: g.size - n_remove])
+    return keep
