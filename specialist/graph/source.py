@@ -21,8 +21,15 @@ import torch
 from torch import nn
 
 from specialist.errors import DataError, InputError, UsageError
-from specialist.zoo import CIFAR10_MEAN, CIFAR10_SHAPE, CIFAR10_STD, ZOO, ModelDescription, load_state_dict_file, \
-    zoo_model
+from specialist.zoo import (
+    CIFAR10_MEAN,
+    CIFAR10_SHAPE,
+    CIFAR10_STD,
+    ZOO,
+    ModelDescription,
+    load_state_dict_file,
+    zoo_model,
+)
 
 log = logging.getLogger(__name__)
 

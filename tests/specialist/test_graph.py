@@ -82,7 +82,7 @@ def _reference(graph, stats, keep, classes, x):
     for g in graph.groups:
         gone = set(range(g.size)) - set(keep.get(g.root, range(g.size)))
         for c in g.consumers:
-            removed.setdefault(c.module, set()).update(i for i, r in zip(c.in_idx, c.root_idx) if r in gone)
+            removed.setdefault(c.module, set()).update(i for i, r in zip(c.in_idx, c.root_idx, strict=True) if r in gone)
     w = torch.tensor(stats.counts[classes], dtype=torch.float64)
     w = w / w.sum()
     hooks = []
@@ -176,7 +176,7 @@ def test_concat_and_flatten_map_channels_by_offset_and_position():
     assert mix.module == "mix" and list(mix.in_idx) == [6 + r for r in mix.root_idx]
     gm = next(g for g in graph.groups if g.producers == ("mix",))
     (fc,) = gm.consumers
-    assert fc.module == "fc" and sorted(zip(fc.root_idx, fc.in_idx)) == [(c, 4 * c + p) for c in range(12)
+    assert fc.module == "fc" and sorted(zip(fc.root_idx, fc.in_idx, strict=True)) == [(c, 4 * c + p) for c in range(12)
                                                                         for p in range(4)]
 
 
