@@ -145,7 +145,7 @@ def test_tasks_keep_subsets_whole_and_cover_every_job_once():
         subsets = {j.subset for j in t}
         assert all(sum(j.subset == s for j in t) == 3 for s in subsets)
     assert len(tasks) == 1 + 2 * 2  # two subsets (6 jobs) per task, two tasks per size
-    costs = [sw._task_cost(t, 100) for t in tasks]
+    costs = [sw.task_cost(t, 100) for t in tasks]
     assert costs == sorted(costs, reverse=True)
 
 
