@@ -10,19 +10,13 @@ from typing import Any
 import numpy as np
 
 from specialist import select
-from specialist.allocation import (
-    allocate_global,
-    elimination_path,
-    next_layer_matrix,
-    plan_flops,
-    uniform_counts,
-)
 from specialist.compensate import COMPENSATIONS
 from specialist.errors import ArtifactError, UsageError
 from specialist.flops import BASE_FLOPS, layer_costs
 from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights
-from specialist.scores import SCORES, ScoreInput, layer_cov, next_weights
+from specialist.plans import ALLOCATIONS, plan_global, plan_uniform  # noqa: F401 (re-exported)
+from specialist.scores import SCORES, ScoreInput, next_weights
 from specialist.stats import CalibStats, SubsetStats, default_stats_path, load_stats
 
 
@@ -71,45 +65,6 @@ def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=No
     if score is None:
         raise ArtifactError(f"unknown score {method.score!r}; known: {', '.join(SCORES)}")
     return {L: score(ScoreInput(L, method, base, st, classes, impact_all, curves_out)) for L in PRUNABLE}
-
-
-def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int = 1) -> dict[str, np.ndarray]:
-    """Paper 4.2.2: in every prunable layer, prune the level's share of lowest-scoring channels."""
-    return {L: select.select_prune(s, select.n_remove(len(s), level, multiple_of)) for L, s in scores.items()}
-
-
-def plan_global(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
-                level: float, classes, curves: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Global allocation: the uniform plan's FLOPs budget spent where the normalised next-layer
-    reconstruction error (see :mod:`specialist.allocation`) grows least per FLOP saved; inside each
-    layer the method's scores still decide which channels go."""
-    orders, curves = {}, dict(curves or {})
-    for L in PRUNABLE:
-        orders[L] = select.order_from_scores(scores[L])
-        if L in curves:
-            continue
-        wf = next_layer_matrix(*next_weights(base, L, classes))
-        _, curves[L] = elimination_path(layer_cov(st, L), wf, method.ridge, order=orders[L])
-    target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
-    counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
-                             dict(method.layer_weights) if method.layer_weights else None)
-    return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}
-
-
-def _allocate_uniform(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
-                      level: float, classes, curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return plan_uniform(scores, level, method.multiple_of)
-
-
-def _allocate_global(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
-                     level: float, classes, curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if level <= 0:  # nothing to spend
-        return plan_uniform(scores, level, method.multiple_of)
-    return plan_global(method, base, st, scores, level, classes, curves)
-
-
-#: Allocation by name (``Method.allocation``): which channels each prunable layer loses.
-ALLOCATIONS = {"uniform": _allocate_uniform, "global": _allocate_global}
 
 
 def subset_arrays(st: SubsetStats, L: str, base: NinWeights | None = None, classes=None,

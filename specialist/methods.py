@@ -82,8 +82,8 @@ FOLDS = ("exact", "bias")
 def choices() -> dict[str, tuple[str, ...]]:
     """The names each named field of a :class:`Method` accepts: impacts and folds, and the keys of the
     registries the builder dispatches through (scores, compensations, allocations)."""
-    from specialist.build import ALLOCATIONS
     from specialist.compensate import COMPENSATIONS
+    from specialist.plans import ALLOCATIONS
     from specialist.scores import SCORES
 
     return {"impact": IMPACTS, "compensation": tuple(COMPENSATIONS), "fold": FOLDS, "score": tuple(SCORES),

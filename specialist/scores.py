@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +21,6 @@ from specialist.compensate import position_covariance
 from specialist.model import LAYER_NAMES, NinWeights
 from specialist.stats import SubsetStats
 from specialist.thinet import contribution_gram, greedy_order
-
-if TYPE_CHECKING:
-    from specialist.methods import Method
 
 
 def next_weights(base: NinWeights, L: str, classes) -> tuple[np.ndarray, np.ndarray | None]:
@@ -48,7 +45,7 @@ class ScoreInput:
     """What a score function may read about one prunable layer."""
 
     layer: str
-    method: Method
+    method: Any  # specialist.methods.Method (which validates its names against this registry)
     base: NinWeights
     stats: SubsetStats
     classes: Sequence[int]
