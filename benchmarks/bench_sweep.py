@@ -13,12 +13,10 @@ On a shared machine the figures move with the load: compare rows of one run.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.pool import WorkerPool  # noqa: E402
 from specialist.accuracy import subset_accuracy  # noqa: E402
 from specialist.build import build_specialist  # noqa: E402
 from specialist.data import load_split  # noqa: E402
@@ -73,8 +72,7 @@ def main() -> int:
             res = evaluate_models(base, models, split, EvalOptions(engine=engine, chunk_images=args.chunk))
             row(f"sweep engine {engine}, {threads} thread{'s' if threads > 1 else ''}", time.perf_counter() - t,
                 res.correct.sum(axis=1))
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+    with WorkerPool(2) as pool:  # as the sweep's: spawned, Ctrl-C left to this process
         pool.submit(int, 0).result()  # start both workers before timing
         pool.submit(int, 0).result()
         for engine in ("torch", "torch-cl"):

@@ -489,9 +489,6 @@ def export_workers(n_exports: int) -> int:
 
 
 def _init_export_worker() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import torch
 
@@ -523,11 +520,9 @@ class _Exporter:
             self.export_s.append(_export_job(weights, str(pte))[1])
             return
         if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+            from harness.pool import WorkerPool  # spawned workers that leave Ctrl-C to the parent
 
-            self._pool = ProcessPoolExecutor(max_workers=self.n_workers, initializer=_init_export_worker,
-                                             mp_context=multiprocessing.get_context("spawn"))
+            self._pool = WorkerPool(self.n_workers, initializer=_init_export_worker)
         self._futures.append(self._pool.submit(_export_job, weights, str(pte)))
 
     def wait(self) -> None:

@@ -13,7 +13,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, level: bool = True) -> None:
-    from specialist.methods import COMPENSATION_NAMES, DEFAULT_METHOD, PRESETS
+    from specialist.methods import DEFAULT_METHOD, PRESETS, choices
+
+    names = choices()
 
     p.add_argument("--classes", required=classes_required, metavar="LIST",
                    help="target classes, e.g. 0,1,2 (CIFAR-10 indices 0-9)")
@@ -22,17 +24,18 @@ def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, le
                        help="percent of channels removed from CCCP2..CCCP5 (0 = the unpruned model)")
     p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
                    help=f"method preset ({', '.join(PRESETS)}) or a .toml file (default {DEFAULT_METHOD})")
-    p.add_argument("--compensation", choices=COMPENSATION_NAMES, help="override the preset's compensation")
-    p.add_argument("--impact", choices=("fd", "grad"), help="override the preset's impact (finite difference or autograd)")
-    p.add_argument("--fold", choices=("exact", "bias"),
+    p.add_argument("--compensation", choices=names["compensation"], help="override the preset's compensation")
+    p.add_argument("--impact", choices=names["impact"], help="override the preset's impact (finite difference or autograd)")
+    p.add_argument("--fold", choices=names["fold"],
                    help="mean constants: exact per-position add node, or folded into the bias")
     add_model_args(p)
 
 
 def parse_classes(text: str) -> list[int]:
+    from specialist.model import N_CLASSES
     from specialist.select import check_classes
 
-    return check_classes(parse_int_list(text, "--classes", 0, 9))
+    return check_classes(parse_int_list(text, "--classes", 0, N_CLASSES - 1))
 
 
 def load_base(args):
@@ -41,15 +44,13 @@ def load_base(args):
     return load_weights(getattr(args, "model", None))
 
 
-def build_from_args(args, level: float | None = None, base=None):
-    """Build the specialist the flags describe (level 0 still goes through the builder)."""
+def build_from_args(args, level: float | None = None, base=None, **overrides):
+    """Build the specialist the flags describe (level 0 still goes through the builder): the one call of
+    :func:`specialist.build.build_specialist` for every command.  ``overrides`` (method fields such as
+    ``fold`` or ``multiple_of``) win over the flags."""
     from specialist.build import build_specialist
-    from specialist.stats import load_stats
 
-    base = base if base is not None else load_base(args)
-    stats = None
-    if getattr(args, "stats", None):
-        stats = load_stats(args.stats, expect_model_hash=base.content_hash())
+    flags = {"compensation": args.compensation, "impact": args.impact, "fold": getattr(args, "fold", None)}
     return build_specialist(parse_classes(args.classes), args.level if level is None else level, args.method,
-                            compensation=args.compensation, impact=args.impact, fold=args.fold,
-                            stats=stats, base=base)
+                            base=base if base is not None else load_base(args),
+                            stats_path=getattr(args, "stats", None) or None, **{**flags, **overrides})

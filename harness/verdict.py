@@ -19,18 +19,34 @@ from scipy import stats
 MWU_EFFICIENCY = 3.0 / math.pi
 
 
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and Student-t half-width of its ``confidence`` interval (NaN half-width below 2 values)."""
+def mean_ci_along(values, axis: int = -1, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, Student-t confidence half-width and count along ``axis``, ignoring NaN (vectorised).
+
+    Half-width = t_{(1+confidence)/2, n-1} * s / sqrt(n) with the sample standard deviation s; NaN where
+    fewer than two values (no interval from one value: Table 2's 10-class row).
+    """
     v = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    n = ok.sum(axis=axis)
+    total = np.where(ok, v, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        dev = np.where(ok, v - np.expand_dims(mean, axis), 0.0)
+        var = (dev**2).sum(axis=axis) / np.maximum(n - 1, 1)
+        tq = stats.t.ppf(0.5 + confidence / 2.0, np.maximum(n - 1, 1))
+        half = np.where(n >= 2, tq * np.sqrt(var / np.maximum(n, 1)), np.nan)
+    return mean, half, n
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and Student-t half-width of its ``confidence`` interval over the finite values (NaN half-width
+    below 2 values): :func:`mean_ci_along` of one flat sample."""
+    v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return math.nan, math.nan
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, math.nan
-    sd = float(v.std(ddof=1))
-    t = float(stats.t.ppf(0.5 + confidence / 2.0, len(v) - 1))
-    return mean, t * sd / math.sqrt(len(v))
+    mean, half, _ = mean_ci_along(v, confidence=confidence)
+    return float(mean), float(half)
 
 
 @dataclass(frozen=True)

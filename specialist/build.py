@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from specialist import select
-from specialist.allocation import (
-    allocate_global,
-    elimination_path,
-    next_layer_matrix,
-    plan_flops,
-    uniform_counts,
-)
-from specialist.captor import captor_scores
-from specialist.compensate import COMPENSATIONS, position_covariance
-from specialist.errors import ArtifactError
+from specialist.compensate import COMPENSATIONS
+from specialist.errors import ArtifactError, UsageError
 from specialist.flops import BASE_FLOPS, layer_costs
 from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights
+from specialist.plans import ALLOCATIONS, plan_global, plan_uniform  # noqa: F401 (re-exported)
+from specialist.scores import SCORES, ScoreInput, next_weights
 from specialist.stats import CalibStats, SubsetStats, default_stats_path, load_stats
-from specialist.thinet import contribution_gram, greedy_order
 
 
 @dataclass
@@ -55,86 +50,21 @@ class Specialist:
         }
 
 
-def next_weights(base: NinWeights, L: str, classes) -> tuple[np.ndarray, np.ndarray | None]:
-    """The next layer's full weights after L and the weight of each of its outputs in reconstruction
-    objectives (CCCP6: only the target classes count; elsewhere all outputs equally)."""
-    nxt = LAYER_NAMES[LAYER_NAMES.index(L) + 1]
-    w = base.weights[nxt]
-    if nxt == LAYER_NAMES[-1]:
-        ow = np.zeros(w.shape[0])
-        ow[np.asarray(classes, np.int64)] = 1.0
-        return w, ow
-    return w, None
-
-
-def layer_cov(st: SubsetStats, L: str) -> np.ndarray:
-    """Covariance of layer L's output around its per-position mean (target classes)."""
-    return position_covariance(st.gram[L], st.mean[L])
-
-
 def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=None,
                    impact_all: dict[str, np.ndarray] | None = None,
                    curves_out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Per prunable layer, one score per output channel (higher = keep).
+    """Per prunable layer, one score per output channel (higher = keep): ``method.score`` from
+    :data:`specialist.scores.SCORES`.
 
     ``impact_all``: gradient impacts on all ten classes per layer (CAPTOR's class preferences; without
     them CAPTOR clusters by preference over the target classes only).  ``curves_out``: filled with the
     reconstruction-error curves the ``recon`` score computes anyway (reused by global allocation).
     """
     classes = st.classes if classes is None else classes
-    out = {}
-    for L in PRUNABLE:
-        if method.score == "impact":
-            out[L] = select.paper_scores(st.impacts(method.impact)[L])
-        elif method.score == "impact_abs":
-            out[L] = select.abs_scores(st.impacts(method.impact)[L])
-        elif method.score == "l1":
-            out[L] = select.l1_scores(base.weights[L])
-        elif method.score == "variance":
-            out[L] = select.variance_scores(st.gram[L], st.mean[L])
-        elif method.score == "captor":
-            imp = impact_all.get(L) if impact_all else None
-            if imp is None:  # statistics of one subset only: preferences over the target classes
-                imp = st.impact_grad[L]
-                out[L] = captor_scores(imp, range(imp.shape[1]))
-            else:
-                out[L] = captor_scores(imp, classes)
-        elif method.score in ("thinet", "recon"):
-            w, ow = next_weights(base, L, classes)
-            wf = next_layer_matrix(w, ow)
-            if method.score == "thinet":
-                order = greedy_order(contribution_gram(st.gram[L], wf))
-            else:
-                order, curve = elimination_path(layer_cov(st, L), wf, method.ridge)
-                if curves_out is not None:
-                    curves_out[L] = curve
-            out[L] = select.scores_from_order(order)
-        else:
-            raise ArtifactError(f"unknown score {method.score!r}")
-    return out
-
-
-def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int = 1) -> dict[str, np.ndarray]:
-    """Paper 4.2.2: in every prunable layer, prune the level's share of lowest-scoring channels."""
-    return {L: select.select_prune(s, select.n_remove(len(s), level, multiple_of)) for L, s in scores.items()}
-
-
-def plan_global(method: Method, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
-                level: float, classes, curves: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Global allocation: the uniform plan's FLOPs budget spent where the normalised next-layer
-    reconstruction error (see :mod:`specialist.allocation`) grows least per FLOP saved; inside each
-    layer the method's scores still decide which channels go."""
-    orders, curves = {}, dict(curves or {})
-    for L in PRUNABLE:
-        orders[L] = select.order_from_scores(scores[L])
-        if L in curves:
-            continue
-        w, ow = next_weights(base, L, classes)
-        _, curves[L] = elimination_path(layer_cov(st, L), next_layer_matrix(w, ow), method.ridge, order=orders[L])
-    target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
-    counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
-                             dict(method.layer_weights) if method.layer_weights else None)
-    return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}
+    score = SCORES.get(method.score)
+    if score is None:
+        raise ArtifactError(f"unknown score {method.score!r}; known: {', '.join(SCORES)}")
+    return {L: score(ScoreInput(L, method, base, st, classes, impact_all, curves_out)) for L in PRUNABLE}
 
 
 def subset_arrays(st: SubsetStats, L: str, base: NinWeights | None = None, classes=None,
@@ -176,6 +106,17 @@ def apply_plan(base: NinWeights, classes: list[int], pruned: dict[str, np.ndarra
     return w_out, {L: [int(v) for v in kept[L]] for L in LAYER_NAMES}
 
 
+def with_overrides(method: Method, overrides: dict[str, Any]) -> Method:
+    """``method`` with the given fields replaced (None values ignored), validated; unknown fields refused."""
+    known = {f.name for f in dataclasses.fields(Method)}
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise UsageError(f"unknown method field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    m = method.replace(**overrides)
+    validate_method(m)
+    return m
+
+
 _STATS_CACHE: dict[str, CalibStats] = {}
 
 
@@ -189,19 +130,19 @@ def load_default_stats(base: NinWeights, stats_path=None) -> CalibStats:
 
 
 def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
-                     compensation: str | None = None, impact: str | None = None, fold: str | None = None,
                      stats: CalibStats | SubsetStats | None = None, base: NinWeights | None = None,
-                     stats_path=None) -> Specialist:
+                     stats_path=None, **overrides: Any) -> Specialist:
     """Build a specialist for ``classes`` with ``level`` percent of channels removed (paper sections 4-5).
 
-    Needs only the statistics artifact (``stats``/``stats_path``, default: shipped for the default model).
+    The one way to build from options: ``method`` is a preset name, a TOML file or a :class:`Method`;
+    ``overrides`` replace its fields (``compensation``, ``impact``, ``fold``, ``multiple_of``, ...; None
+    keeps the method's).  Needs only the statistics artifact: ``stats``, or loaded from ``stats_path``
+    (default: the one shipped for the default model; checked against ``base`` and cached).
     """
     t0 = time.perf_counter()
     classes = select.check_classes(classes)
     level = select.check_level(level)
-    m = get_method(method) if isinstance(method, str) else method
-    m = m.replace(compensation=compensation, impact=impact, fold=fold)
-    validate_method(m)
+    m = with_overrides(get_method(method) if isinstance(method, str) else method, overrides)
     base = base if base is not None else load_weights()
     if stats is None:
         stats = load_default_stats(base, stats_path)
@@ -215,10 +156,7 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
     curves: dict[str, np.ndarray] = {}
     scores = channel_scores(m, base, sub, classes,
                             stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
-    if m.allocation == "global" and level > 0:
-        pruned = plan_global(m, base, sub, scores, level, classes, curves)
-    else:
-        pruned = plan_uniform(scores, level, m.multiple_of)
+    pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, curves)
     weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())
     spec = Specialist(

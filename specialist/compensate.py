@@ -177,12 +177,14 @@ def compensate_merge(w, kept, pruned, st, padding, fold="bias", threshold: float
     return w_new[:, kept], np.zeros(w.shape[0]), None
 
 
+#: Compensation by name (``Method.compensation``): a registry of the functions above, all with the signature
+#: ``(w, kept, pruned, st, padding, fold=, threshold=, ridge=) -> (w_kept, bias_delta, const | None)``.
 COMPENSATIONS = {
     "none": compensate_none,
-    "scale": compensate_scale,
-    "merge": compensate_merge,
     "mean": compensate_mean,
     "correlated": compensate_correlated,
     "auto": compensate_auto,
     "lsq": compensate_lsq,
+    "scale": compensate_scale,
+    "merge": compensate_merge,
 }

@@ -33,7 +33,7 @@ import torch
 
 from specialist.data import Split
 from specialist.errors import UsageError
-from specialist.model import LAYER_NAMES, NIN_LAYERS, NinNet, NinWeights, build_module
+from specialist.model import LAYER_NAMES, N_CLASSES, NIN_LAYERS, NinNet, NinWeights, build_module
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ ENGINES: tuple[str, ...] = ("torch", "torch-cl")
 DEFAULT_ENGINE = "torch-cl"
 #: Layers computed once per chunk with the base model: CONV1 and CCCP1 (specialists start at CCCP2).
 SHARED_LAYERS: tuple[str, ...] = LAYER_NAMES[:2]
-N_CLASSES = 10
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,18 @@ PRESETS: dict[str, Method] = {
 #: ``best`` beat ``paper`` in every cell measured (docs/methods.md), so it is the default of every command.
 DEFAULT_METHOD = "best"
 IMPACTS = ("fd", "grad")
-COMPENSATION_NAMES = ("none", "mean", "correlated", "auto", "lsq", "scale", "merge")
-SCORES = ("impact", "impact_abs", "l1", "variance", "thinet", "captor", "recon")
-ALLOCATIONS = ("uniform", "global")
+FOLDS = ("exact", "bias")
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The names each named field of a :class:`Method` accepts: impacts and folds, and the keys of the
+    registries the builder dispatches through (scores, compensations, allocations)."""
+    from specialist.compensate import COMPENSATIONS
+    from specialist.plans import ALLOCATIONS
+    from specialist.scores import SCORES
+
+    return {"impact": IMPACTS, "compensation": tuple(COMPENSATIONS), "fold": FOLDS, "score": tuple(SCORES),
+            "allocation": tuple(ALLOCATIONS)}
 
 
 def get_method(name: str) -> Method:
@@ -111,16 +120,10 @@ def load_method_toml(path: Path) -> Method:
 
 
 def validate_method(m: Method, where: str = "method") -> None:
-    if m.impact not in IMPACTS:
-        raise UsageError(f"{where}: impact {m.impact!r} is not one of {', '.join(IMPACTS)}")
-    if m.compensation not in COMPENSATION_NAMES:
-        raise UsageError(f"{where}: compensation {m.compensation!r} is not one of {', '.join(COMPENSATION_NAMES)}")
-    if m.fold not in ("exact", "bias"):
-        raise UsageError(f"{where}: fold {m.fold!r} is not exact or bias")
-    if m.score not in SCORES:
-        raise UsageError(f"{where}: score {m.score!r} is not one of {', '.join(SCORES)}")
-    if m.allocation not in ALLOCATIONS:
-        raise UsageError(f"{where}: allocation {m.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+    for name, known in choices().items():
+        value = getattr(m, name)
+        if value not in known:
+            raise UsageError(f"{where}: {name} {value!r} is not one of {', '.join(known)}")
     if not (isinstance(m.multiple_of, int) and m.multiple_of >= 1):
         raise UsageError(f"{where}: multiple_of must be a positive integer")
     if not (0 < m.max_remove_pct < 100):

@@ -51,6 +51,8 @@ INPUT_SHAPE: tuple[int, int, int] = (3, 32, 32)
 CLASS_NAMES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
+#: Classes of the base model (CIFAR-10): the one definition every part uses.
+N_CLASSES = len(CLASS_NAMES)
 
 
 def default_model_path() -> Path:

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 
 from specialist.errors import ArtifactError
-from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinNet, NinWeights, build_module
+from specialist.model import LAYER_NAMES, N_CLASSES, NIN_LAYERS, PRUNABLE, NinNet, NinWeights, build_module
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KIND = "specialist-harness/calib-stats"
-N_CLASSES = 10
 #: Candidate partner channels stored per channel for k x k next layers.
 N_CANDIDATES = 8
 

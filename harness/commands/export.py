@@ -57,7 +57,7 @@ def _options(args):
 
 def _resolve(args):
     """(weights, classes, level, method name, flops, flops_base, base hash, stats hash)."""
-    from harness.buildargs import load_base, parse_classes
+    from harness.buildargs import build_from_args, load_base, parse_classes
     from specialist.flops import BASE_FLOPS, total_flops
 
     if args.spec and args.level is not None:
@@ -76,16 +76,8 @@ def _resolve(args):
         return base, classes, 0.0, "base", total_flops(base.channels()), BASE_FLOPS, base.content_hash(), ""
     if not args.classes:
         raise UsageError("--level needs --classes (e.g. --classes 0,1,2)")
-    from specialist.build import build_specialist
-    from specialist.methods import get_method
-    from specialist.stats import load_stats
-
-    method = get_method(args.method).replace(compensation=args.compensation, impact=args.impact,
-                                             multiple_of=args.multiple_of)
-    stats = load_stats(args.stats, expect_model_hash=base.content_hash()) if args.stats else None
     # Built with exact constants, so the export can fold them itself and measure the border error.
-    s = build_specialist(parse_classes(args.classes), float(args.level), method, fold="exact", stats=stats,
-                         base=base)
+    s = build_from_args(args, float(args.level), base=base, fold="exact", multiple_of=args.multiple_of)
     return (s.weights, list(s.classes), float(s.level), s.method.name, int(s.flops), int(s.flops_base),
             s.hashes.get("base_model", ""), s.hashes.get("stats", ""))
 

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-
+from harness.buildargs import add_model_args
 from harness.cliutil import add_json_flag, print_json
 
-log = logging.getLogger(__name__)
+DESCRIPTION = ("For each subset size, --subsets seeded random class subsets; for each level, build the specialist "
+               "and measure its accuracy on the test images of its classes.  Cells: mean and 95%% CI half-width "
+               "over the subsets, plus the unpruned 'None' column.  Writes Markdown, CSV, PNG and JSON under "
+               "--out; finished work is kept in --out/sweep.sqlite, so an interrupted sweep continues where it "
+               "stopped.")
 
 
 def register(sub) -> None:
     from specialist.evaluate import ENGINES
     from specialist.methods import DEFAULT_METHOD
 
-    p = sub.add_parser(
-        "sweep", help="accuracy sweep over subset sizes and levels (Table 2), resumable",
-        description="For each subset size, --subsets seeded random class subsets; for each level, build the "
-                    "specialist and measure its accuracy on the test images of its classes.  Cells: mean and "
-                    "95%% CI half-width over the subsets, plus the unpruned 'None' column.  Writes Markdown, "
-                    "CSV, PNG and JSON under --out; finished work is kept in --out/sweep.sqlite, so an "
-                    "interrupted sweep continues where it stopped.")
+    p = sub.add_parser("sweep", help="accuracy sweep over subset sizes and levels (Table 2), resumable",
+                       description=DESCRIPTION)
     p.add_argument("--sizes", metavar="LIST", help="subset sizes, e.g. 2-10 or 2,5,10 (default 2-10)")
     p.add_argument("--levels", metavar="LIST", help="percent of channels removed, e.g. 10,20,30,40,50 (default)")
     p.add_argument("--subsets", type=int, metavar="N", help="random class subsets per size (default 10)")
@@ -34,8 +32,7 @@ def register(sub) -> None:
     p.add_argument("--paper-table", metavar="CSV",
                    help="the paper's Table 2 in table2_accuracy.csv layout (default: the published numbers)")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
-    p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
-    p.add_argument("--stats", metavar="FILE", help="statistics artifact (default: the one shipped for the default model)")
+    add_model_args(p)
     p.add_argument("--out", metavar="DIR", default="results/sweep", help="output directory (default results/sweep)")
     p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
     p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")

@@ -12,6 +12,7 @@ import pytest
 
 from harness import sweep as sw
 from harness.errors import ArtifactError, UsageError
+from harness.verdict import mean_ci, mean_ci_along
 
 T2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t_{0.975, 2}
 SHARED_TABLE2 = Path(__file__).resolve().parents[3] / "shared" / "paper" / "table2_accuracy.csv"
@@ -48,7 +49,7 @@ def test_more_subsets_than_exist_uses_them_all_and_says_so():
 
 
 def test_mean_ci_known_answers():
-    mean, ci, n = sw.mean_ci(np.array([1.0, 2.0, 3.0]))
+    mean, ci, n = mean_ci_along(np.array([1.0, 2.0, 3.0]))
     assert mean == pytest.approx(2.0)
     # s = 1; with 2 degrees of freedom t_p = (2p - 1) / sqrt(2 p (1 - p)) exactly
     assert ci == pytest.approx(T2 / math.sqrt(3), rel=1e-12)
@@ -57,15 +58,21 @@ def test_mean_ci_known_answers():
 
 def test_mean_ci_vectorised_ignores_nan_and_needs_two_values():
     v = np.array([[1.0, 2.0, 3.0, np.nan], [5.0, np.nan, np.nan, np.nan], [4.0, 4.0, 4.0, 4.0]])
-    mean, ci, n = sw.mean_ci(v)
+    mean, ci, n = mean_ci_along(v)
     assert mean.tolist() == pytest.approx([2.0, 5.0, 4.0])
     assert ci[0] == pytest.approx(T2 / math.sqrt(3))
     assert np.isnan(ci[1]) and ci[2] == 0.0
     assert n.tolist() == [3, 1, 4]
     # ten values 0..9: s = sqrt(110/12); t_{0.975, 9} = 2.262157 (printed tables)
-    m, c, _ = sw.mean_ci(np.arange(10.0))
+    m, c, _ = mean_ci_along(np.arange(10.0))
     assert c == pytest.approx(2.262157 * math.sqrt(110 / 12 / 10), rel=1e-6)
     assert m == pytest.approx(4.5)
+
+
+def test_scalar_mean_ci_is_the_vectorised_one_on_finite_values():
+    v = [3.0, np.nan, 4.5, np.inf, 7.25, 1.0]
+    m, c, _ = mean_ci_along(np.array([3.0, 4.5, 7.25, 1.0]))
+    assert mean_ci(v) == (float(m), float(c))
 
 
 # --------------------------------------------------------------------------- store
@@ -91,15 +98,92 @@ def test_store_refuses_newer_schema_and_corrupt_files(tmp_path):
     p = tmp_path / "s.sqlite"
     sw.CellStore(p).close()
     db = sqlite3.connect(p)
-    db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(sw.SCHEMA_VERSION + 1), "schema_version"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == sw.SCHEMA_VERSION
+    db.execute(f"PRAGMA user_version = {sw.SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
     with pytest.raises(ArtifactError, match="newer"):
         sw.CellStore(p)
+    # a store from before user_version: its meta table says newer (as an older harness records it)
+    legacy = tmp_path / "legacy.sqlite"
+    db = sqlite3.connect(legacy)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", str(sw.SCHEMA_VERSION + 1)))
+    db.commit()
+    db.close()
+    with pytest.raises(ArtifactError, match="newer"):
+        sw.CellStore(legacy)
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"not a database at all" * 100)
     with pytest.raises(ArtifactError, match="not a usable SQLite"):
         sw.CellStore(bad)
+
+
+@pytest.mark.parametrize("with_cpu", [True, False])
+def test_store_migrates_a_version_1_store_keeping_its_jobs(tmp_path, with_cpu):
+    """The layout of the first sweeps (a meta table, no user_version; the oldest without ``cpu_s``)."""
+    p = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(p)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", "1"))
+    cpu = ", cpu_s REAL NOT NULL DEFAULT 0" if with_cpu else ""
+    db.execute("CREATE TABLE jobs (context TEXT NOT NULL, subset TEXT NOT NULL, level REAL NOT NULL, "
+               "correct INTEGER NOT NULL, n INTEGER NOT NULL, flops INTEGER NOT NULL, flops_pruned_pct REAL NOT NULL, "
+               f"build_ms REAL NOT NULL, eval_s REAL NOT NULL, finished_at TEXT NOT NULL{cpu}, "
+               "PRIMARY KEY (context, subset, level))")
+    cols = "context, subset, level, correct, n, flops, flops_pruned_pct, build_ms, eval_s, finished_at"
+    vals = ("a", "0,1", 30.0, 7, 10, 1000, 38.9, 12.5, 0.25, "2026-01-01T00:00:00+00:00")
+    if with_cpu:
+        cols, vals = cols + ", cpu_s", (*vals, 1.5)
+    db.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(vals))})", vals)
+    db.commit()
+    db.close()
+    st = sw.CellStore(p)
+    got = st.load("a")
+    assert got == {((0, 1), 30.0): sw.JobRecord("a", (0, 1), 30.0, 7, 10, 1000, 38.9, 12.5, 0.25,
+                                                1.5 if with_cpu else 0.0)}
+    st.put([_rec("a", (2, 3), 30.0)])  # and it takes new jobs
+    assert len(st.load("a")) == 2
+    st.close()
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == sw.SCHEMA_VERSION
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(sw.SCHEMA_VERSION)
+    db.close()
+
+
+def test_store_is_append_only_duplicates_are_refused_and_not_overwritten(tmp_path):
+    from harness.store import DuplicateError
+
+    st = sw.CellStore(tmp_path / "s.sqlite")
+    st.put([_rec("a", (0, 1), 30.0, correct=7)])
+    with pytest.raises(DuplicateError, match="already stored"):
+        st.put([_rec("a", (4, 5), 30.0), _rec("a", (0, 1), 30.0, correct=3)])
+    assert set(st.load("a")) == {((0, 1), 30.0)}  # nothing of the failed call was written
+    assert st.load("a")[((0, 1), 30.0)].correct == 7
+    # --fresh starts a new epoch: the old job stays in the file but no longer counts, and may be run again
+    assert st.forget("a") == 1 and st.load("a") == {}
+    st.put([_rec("a", (0, 1), 30.0, correct=3)])
+    assert st.load("a")[((0, 1), 30.0)].correct == 3
+    assert st.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
+    st.close()
+
+
+def test_builder_code_hash_follows_builder_sources_only(tmp_path):
+    import shutil
+
+    import specialist
+
+    root = tmp_path / "specialist"
+    shutil.copytree(Path(specialist.__file__).parent, root, ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    h0 = sw.builder_code_hash(root)
+    assert h0 == sw.builder_code_hash() and len(h0) == 64
+    (root / "evaluate.py").write_text((root / "evaluate.py").read_text() + "\n# evaluation only\n")
+    assert sw.builder_code_hash(root) == h0
+    (root / "compensate.py").write_text((root / "compensate.py").read_text() + "\n# changed\n")
+    h1 = sw.builder_code_hash(root)
+    assert h1 != h0
+    (root / "newcriterion.py").write_text("X = 1\n")  # a new builder module counts too
+    assert sw.builder_code_hash(root) != h1
 
 
 # --------------------------------------------------------------------------- options and tasks
@@ -145,7 +229,7 @@ def test_tasks_keep_subsets_whole_and_cover_every_job_once():
         subsets = {j.subset for j in t}
         assert all(sum(j.subset == s for j in t) == 3 for s in subsets)
     assert len(tasks) == 1 + 2 * 2  # two subsets (6 jobs) per task, two tasks per size
-    costs = [sw._task_cost(t, 100) for t in tasks]
+    costs = [sw.task_cost(t, 100) for t in tasks]
     assert costs == sorted(costs, reverse=True)
 
 

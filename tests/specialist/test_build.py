@@ -91,3 +91,58 @@ def test_stats_from_other_model_refused(base_weights, small_stats):
     other.biases["CONV1"] = other.biases["CONV1"] + 1.0
     with pytest.raises(ArtifactError, match="another base model"):
         build_specialist([0, 1], 10, stats=small_stats, base=other)
+
+
+#: Weight hashes of NIN specialists built from the shipped artifact on the commit before the builder's
+#: registries (63c677d): the scores, compensations and allocations moved without changing one bit.
+#: A change that moves the numbers on purpose updates these (and says so in docs/methods.md).
+PINNED = [
+    (["paper", [0, 3], 20.0, {}], "204379e64d85768e2fec90f6afe4d52a175c952824f0fed5c4a28a5ad52246d0"),
+    (["best", [1, 4, 6, 8, 9], 50.0, {}], "190bc70ef6b91c808d2dc065bec27611815437acc8486f22838aab6cc7289d47"),
+    (["captor", [0, 3], 50.0, {}], "1a57734a416b8d4063af3fd00ed732cfc562d756272f54376a8d7f4bde990b64"),
+    (["merge", [1, 4, 6, 8, 9], 20.0, {}], "0f96d653d220ce061fa989755e1ea01dc955f22062b92203644797e980ab4430"),
+    (["thinet", [0, 3], 20.0, {}], "90bf22e3c4d7bfe4b6b856b8ae982ccb36c6b89aea1c137b0cba835f9e5f26b4"),
+    (["paper", [2, 5, 7], 30.0, {"compensation": "lsq", "impact": "grad", "fold": "bias"}],
+     "af947a777bfcd2ff52a777992193c562bc62404abecaa996621a20c421da57ef"),
+]
+
+
+@pytest.mark.parametrize("args, digest", PINNED, ids=[f"{a[0]}-{a[2]:g}" for a, _ in PINNED])
+def test_nin_builds_are_bit_identical_to_before_the_registries(base_weights, args, digest):
+    method, classes, level, overrides = args
+    spec = build_specialist(classes, level, method, base=base_weights, **overrides)
+    assert spec.weights.content_hash() == digest
+
+
+def test_overrides_are_method_fields_and_unknown_ones_are_refused(base_weights, small_stats):
+    from specialist.errors import UsageError
+
+    spec = build_specialist([0, 1, 2], 30, "best", multiple_of=16, stats=small_stats, base=base_weights)
+    assert spec.method.multiple_of == 16
+    assert all(c % 16 == 0 for name, c in spec.weights.channels().items() if name != "CCCP6")
+    with pytest.raises(UsageError, match="unknown method field 'colour'"):
+        build_specialist([0, 1], 10, "paper", colour="red", stats=small_stats, base=base_weights)
+    with pytest.raises(UsageError, match="compensation 'magic' is not one of none, mean"):
+        build_specialist([0, 1], 10, "paper", compensation="magic", stats=small_stats, base=base_weights)
+
+
+def test_scores_dispatch_through_the_registry(base_weights, small_stats):
+    """A criterion registered under a new name is accepted by the method check and used by the builder."""
+    from specialist import select
+    from specialist.methods import PRESETS, choices
+    from specialist.scores import SCORES, register_score
+
+    assert {m.score for m in PRESETS.values()} <= set(SCORES)
+    assert choices()["score"] == tuple(SCORES)
+
+    @register_score("test_l1_twice")
+    def _l1_twice(s):
+        return 2.0 * select.l1_scores(s.base.weights[s.layer])
+
+    try:
+        mine = build_specialist([0, 1], 30, PRESETS["l1"].replace(score="test_l1_twice"), stats=small_stats,
+                                base=base_weights)
+    finally:
+        del SCORES["test_l1_twice"]
+    ref = build_specialist([0, 1], 30, "l1", stats=small_stats, base=base_weights)
+    assert mine.kept == ref.kept and mine.weights.content_hash() == ref.weights.content_hash()

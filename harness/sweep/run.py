@@ -1,0 +1,147 @@
+"""Run (or resume) a sweep: check inputs, draw subsets, skip stored jobs, run the rest in tasks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UsageError
+from harness.pool import WorkerPool
+from harness.sweep.jobs import Job, draw_subsets, make_tasks
+from harness.sweep.keys import builder_code_hash, context_keys, data_fingerprint, sha
+from harness.sweep.options import SweepOptions
+from harness.sweep.store import CellStore, JobRecord
+from harness.sweep.tables import Subsets, SweepResult, method_table
+from harness.sweep.worker import WorkerSetup, init_worker, load_test_images, run_task, worker_state
+from specialist.model import N_CLASSES
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+Accept = Callable[[list[JobRecord]], None]
+
+
+def _draw_all(options: SweepOptions) -> tuple[Subsets, list[str]]:
+    notes: list[str] = []
+    subsets: Subsets = {}
+    for size in options.sizes:
+        subsets[size], note = draw_subsets(size, options.subsets, options.seed)
+        if note:
+            notes.append(note)
+            log.warning("%s", note)
+    return subsets, notes
+
+
+def _all_jobs(options: SweepOptions, subsets: Subsets, ctx_none: str, ctx_method: Sequence[str],
+              methods: Sequence) -> list[Job]:
+    jobs: list[Job] = []
+    for size in options.sizes:
+        for subset in subsets[size]:
+            jobs.append(Job(ctx_none, subset, 0.0))
+            for ctx, m in zip(ctx_method, methods, strict=True):
+                jobs.extend(Job(ctx, subset, float(level), m) for level in options.levels)
+    return jobs
+
+
+def _execute(tasks: list[list[Job]], setup: WorkerSetup, options: SweepOptions, accept: Accept) -> None:
+    """Run the tasks here (one worker, or one task) or in worker processes; every result goes to
+    ``accept`` as it arrives.  An interrupt or failure stops the workers at once."""
+    if options.workers == 1 or len(tasks) == 1:
+        import torch
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        for task in tasks:
+            accept(run_task(setup, task))
+        return
+    with WorkerPool(min(options.workers, len(tasks)), initializer=init_worker,
+                    initargs=(options.threads or 1,)) as pool:
+        futures = {pool.submit(run_task, setup, task) for task in tasks}
+        while futures:
+            finished_now, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in finished_now:
+                accept(fut.result())
+
+
+def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_path: str | None = None,
+              data_dir: str | None = None, out_dir: str | Path = "results/sweep", fresh: bool = False,
+              progress: ProgressFn | None = None) -> SweepResult:
+    """Run (or resume) a sweep; results are saved per task in ``out_dir/sweep.sqlite``.
+
+    Everything is checked before any work starts (unknown methods, missing data or artifact: one clear
+    error); files other than the store are written by :func:`harness.sweep.writers.write_outputs`.
+    """
+    from specialist.build import load_default_stats
+    from specialist.data import resolve_data_dir
+    from specialist.methods import get_method
+    from specialist.model import load_weights
+
+    t0 = time.perf_counter()
+    methods = [get_method(name) for name in options.methods]
+    base = load_weights(model_path)
+    stats = load_default_stats(base, stats_path)
+    data_path = str(resolve_data_dir(data_dir))
+    setup = WorkerSetup(model_path, stats_path, data_path, options.per_class, options.exact_only, options.engine,
+                        options.threads, options.chunk_images)
+    test = load_test_images(setup)
+    counts = np.bincount(test.y, minlength=N_CLASSES)
+    if counts.min() == 0:
+        raise UsageError(f"the test images hold no image of class {int(np.argmin(counts))} "
+                         f"(per-class {options.per_class}, exact-only {options.exact_only})")
+    worker_state(setup, base=base, test=test)  # the in-process path reuses what is loaded here
+    data_fp = data_fingerprint(test.x, test.y)
+    model_hash = base.content_hash()
+    stats_hash = str(stats.meta.get("sha256", "")) or sha(stats.model_hash, stats.counts.tolist())
+    code_hash = builder_code_hash()
+    ctx_none, ctx_method = context_keys(model_hash, data_fp, stats_hash, methods, code_hash)
+    names = [m.name for m in methods]
+    labels = [m.name if names.count(m.name) == 1 else Path(opt).stem
+              for m, opt in zip(methods, options.methods, strict=True)]
+    subsets, notes = _draw_all(options)
+
+    store = CellStore(Path(out_dir) / "sweep.sqlite")
+    try:
+        if fresh:
+            for ctx in [ctx_none, *ctx_method]:
+                store.forget(ctx)
+        done = {ctx: store.load(ctx) for ctx in [ctx_none, *ctx_method]}
+        jobs = _all_jobs(options, subsets, ctx_none, ctx_method, methods)
+        pending = [j for j in jobs if (j.subset, j.level) not in done[j.context]]
+        resumed = len(jobs) - len(pending)
+        if resumed:
+            log.info("resuming: %d of %d jobs already in %s", resumed, len(jobs), store.path)
+        tasks = make_tasks(pending, options.task_jobs, int(counts.mean()))
+        totals = {"image_evals": 0, "eval_s": 0.0, "cpu_s": 0.0, "tasks": 0}
+
+        def accept(records: list[JobRecord]) -> None:
+            store.put(records)
+            for r in records:
+                done[r.context][(r.subset, r.level)] = r
+                totals["eval_s"] += r.eval_s
+                totals["cpu_s"] += r.cpu_s
+                totals["image_evals"] += r.n
+            totals["tasks"] += 1
+            if progress is not None:
+                progress(totals["tasks"], len(tasks))
+
+        if tasks:
+            _execute(tasks, setup, options, accept)
+    finally:
+        store.close()
+
+    tables = [method_table(m, labels[mi], options, subsets, done[ctx_none], done[ctx_method[mi]])
+              for mi, m in enumerate(methods)]
+    return SweepResult(
+        options=options, subsets=subsets, tables=tables, notes=notes, wall_s=time.perf_counter() - t0,
+        jobs_total=len(jobs), jobs_run=len(pending), jobs_resumed=resumed, image_evals=int(totals["image_evals"]),
+        eval_s=float(totals["eval_s"]), cpu_s=float(totals["cpu_s"]),
+        build_ms_total=float(sum(np.nansum(t.build_ms) for t in tables)),
+        data={"dir": data_path, "images": int(len(test)), "per_class_images": counts.tolist(),
+              "exact_only": options.exact_only},
+        hashes={"base_model": model_hash, "stats": stats_hash, "data": data_fp, "builder_code": code_hash},
+    )

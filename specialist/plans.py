@@ -1,0 +1,63 @@
+"""Which channels each prunable layer loses: allocations by name (``Method.allocation``), a registry of small
+functions over the method, the statistics and the channel scores.
+
+``method`` is a :class:`specialist.methods.Method` (typed loosely: the method module validates names against
+this registry, so it cannot be imported here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from specialist import select
+from specialist.allocation import (
+    allocate_global,
+    elimination_path,
+    next_layer_matrix,
+    plan_flops,
+    uniform_counts,
+)
+from specialist.model import PRUNABLE, NinWeights
+from specialist.scores import layer_cov, next_weights
+from specialist.stats import SubsetStats
+
+
+def plan_uniform(scores: dict[str, np.ndarray], level: float, multiple_of: int = 1) -> dict[str, np.ndarray]:
+    """Paper 4.2.2: in every prunable layer, prune the level's share of lowest-scoring channels."""
+    return {L: select.select_prune(s, select.n_remove(len(s), level, multiple_of)) for L, s in scores.items()}
+
+
+def plan_global(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
+                level: float, classes, curves: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Global allocation: the uniform plan's FLOPs budget spent where the normalised next-layer
+    reconstruction error (see :mod:`specialist.allocation`) grows least per FLOP saved; inside each
+    layer the method's scores still decide which channels go."""
+    orders, curves = {}, dict(curves or {})
+    for L in PRUNABLE:
+        orders[L] = select.order_from_scores(scores[L])
+        if L in curves:
+            continue
+        wf = next_layer_matrix(*next_weights(base, L, classes))
+        _, curves[L] = elimination_path(layer_cov(st, L), wf, method.ridge, order=orders[L])
+    target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
+    counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
+                             dict(method.layer_weights) if method.layer_weights else None)
+    return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}
+
+
+def _allocate_uniform(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
+                      level: float, classes, curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return plan_uniform(scores, level, method.multiple_of)
+
+
+def _allocate_global(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],
+                     level: float, classes, curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if level <= 0:  # nothing to spend
+        return plan_uniform(scores, level, method.multiple_of)
+    return plan_global(method, base, st, scores, level, classes, curves)
+
+
+#: Allocation by name (``Method.allocation``): which channels each prunable layer loses.
+ALLOCATIONS = {"uniform": _allocate_uniform, "global": _allocate_global}
