@@ -62,7 +62,7 @@ def run(args) -> int:
         raise UsageError("--threshold must be a non-negative percent")
     if not 0 < args.alpha < 1:
         raise UsageError("--alpha must be between 0 and 1")
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         res = compare_runs(st, args.run_a, args.run_b, args.threshold, args.alpha)
     if args.json:
         print_json(res)

@@ -53,7 +53,7 @@ def run(args) -> int:
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise UsageError(f"--format: {', '.join(bad) or '(empty)'} not one of {', '.join(FORMATS)}")
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         ids = [st.get_run(r).run_id for r in args.run_ids] if args.run_ids else [
             s.run.run_id for s in st.list_runs()]
         dfs = frames(st, ids)

@@ -99,7 +99,7 @@ def run(args) -> int:
     from harness.cliutil import atomic_write_bytes
     from harness.store import Store
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         res = history(st, args.device, args.metric, args.model)
     if not args.no_plot:
         path = Path(args.plot) if args.plot else Path(args.db).parent / (

@@ -21,7 +21,7 @@ def run(args) -> int:
     from harness.report import build_report
     from harness.store import Store
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         run_id = st.get_run(args.run_id).run_id
         rep = build_report(st, run_id, args.out)
     if args.json:
