@@ -147,6 +147,11 @@ def bounded_int(lo: int | None = None, hi: int | None = None):
     return convert
 
 
+def max_threads() -> int:
+    """The most inference threads a command may ask for: 256, or four per core on bigger machines."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
 def check_output_file(path: str | Path, flag: str = "-o") -> Path:
     """The output file ``path`` if it can be written: not a directory, under a writable directory.
 

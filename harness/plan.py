@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.cliutil import short
+from harness.cliutil import max_threads, short
 from harness.errors import UsageError
 
 #: Device kinds and their defaults.  Real phones follow published practice (>= 60 s and >= 1024
@@ -104,11 +103,6 @@ MAX_COOLDOWN_S = 3600.0
 MAX_TEMPERATURE_C = 150.0
 MAX_SEED = 2**32 - 1
 MAX_TEXT_CHARS = 4096
-
-
-def max_threads() -> int:
-    """The most inference threads a plan may ask for: 256, or four per core on bigger machines."""
-    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def _coerce_settings(data: Mapping[str, Any], what: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def frames(st, run_ids: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from harness.cliutil import atomic_write_bytes
+    from harness.cliutil import write_output
     from harness.store import Store
 
     fmts = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -70,7 +70,7 @@ def run(args) -> int:
                 buf = io.BytesIO()
                 df.to_parquet(buf, index=False)
                 data = buf.getvalue()
-            atomic_write_bytes(path, data)
+            write_output(path, data, "--out")
             written.append(str(path))
     if args.json:
         print_json({"runs": ids, "files": written, "windows": int(len(dfs["windows"]))})
