@@ -16,8 +16,9 @@ import json
 import math
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(PLAN_KEYS))
     if unknown:
         raise UsageError(f"{where}: unknown key(s) {short(', '.join(unknown))}; known: {', '.join(PLAN_KEYS)}")
-    return _coerce_settings(data, where)
+    settings = _coerce_settings(data, where)
+    for key, value in settings.items():
+        if key in FIELD_CHECKS:
+            try:
+                FIELD_CHECKS[key](value)
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
+    return settings
 
 
 def make_plan(kind: str, device: str, overrides: Mapping[str, Any] | None = None) -> RunPlan:
@@ -184,40 +192,64 @@ def _int_in(name: str, v: int, lo: int, hi: int) -> None:
         raise UsageError(f"{name} must be a whole number from {lo} to {hi} (got {v})")
 
 
-def validate(plan: RunPlan) -> None:
-    """One clear UsageError for the first bad setting (types, ranges, upper bounds, NaN and infinity)."""
-    if not plan.device.strip():
-        raise UsageError("device: give a device name (virtual, host or a profile such as nexus4)")
-    if not plan.levels:
+def _levels(levels: tuple[int, ...]) -> None:
+    if not levels:
         raise UsageError("levels: give at least one level, e.g. --levels 10,20,30")
-    for lv in plan.levels:
+    for lv in levels:
         if not 1 <= lv <= 99:
             raise UsageError(f"levels: {lv} is out of range 1..99 (percent of channels removed)")
-    if len(set(plan.levels)) != len(plan.levels):
-        raise UsageError(f"levels: {short(','.join(map(str, plan.levels)))} repeats a level")
-    if len(plan.classes) < 2 or len(set(plan.classes)) != len(plan.classes):
+    if len(set(levels)) != len(levels):
+        raise UsageError(f"levels: {short(','.join(map(str, levels)))} repeats a level")
+
+
+def _classes(classes: tuple[int, ...]) -> None:
+    if len(classes) < 2 or len(set(classes)) != len(classes):
         raise UsageError("classes: give at least two different classes, e.g. --classes 0,1,2,3,4")
-    if any(not 0 <= c <= 9 for c in plan.classes):
+    if any(not 0 <= c <= 9 for c in classes):
         raise UsageError("classes: CIFAR-10 classes are 0..9")
-    _finite_in("window_s", plan.window_s, 0.0, MAX_WINDOW_S, lo_open=True, unit=" s")
-    _finite_in("idle_s", plan.idle_s, 0.0, MAX_WINDOW_S, unit=" s")
-    _int_in("min_reps", plan.min_reps, 2, MAX_REPS)
-    _int_in("max_reps", plan.max_reps, 2, MAX_REPS)
+
+
+def _device(name: str) -> None:
+    if not name.strip():
+        raise UsageError("device: give a device name (virtual, host or a profile such as nexus4)")
+
+
+def _monitor(name: str) -> None:
+    if name not in ("monsoon", "gauge"):
+        raise UsageError(f"monitor: {short(name, 40)} is not monsoon or gauge")
+
+
+#: The check of each plan setting on its own (ranges, upper bounds, NaN and infinity); cross-setting
+#: rules are in :func:`validate`.  ``load_toml`` runs them too, so a bad run file is named in the error.
+FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
+    "device": _device,
+    "levels": _levels,
+    "classes": _classes,
+    "monitor": _monitor,
+    "window_s": partial(_finite_in, "window_s", lo=0.0, hi=MAX_WINDOW_S, lo_open=True, unit=" s"),
+    "idle_s": partial(_finite_in, "idle_s", lo=0.0, hi=MAX_WINDOW_S, unit=" s"),
+    "min_reps": partial(_int_in, "min_reps", lo=2, hi=MAX_REPS),
+    "max_reps": partial(_int_in, "max_reps", lo=2, hi=MAX_REPS),
+    "target_ci_pct": partial(_finite_in, "target_ci_pct", lo=0.0, hi=100.0, lo_open=True, unit=" %"),
+    "warmup_inferences": partial(_int_in, "warmup_inferences", lo=0, hi=MAX_WARMUP_INFERENCES),
+    "min_inferences_per_model": partial(_int_in, "min_inferences_per_model", lo=1, hi=MAX_INFERENCES_PER_MODEL),
+    "min_inference_s_per_model": partial(_finite_in, "min_inference_s_per_model", lo=0.0,
+                                         hi=MAX_INFERENCE_S_PER_MODEL, unit=" s"),
+    "cooldown_temp_c": partial(_finite_in, "cooldown_temp_c", lo=0.0, hi=MAX_TEMPERATURE_C, unit=" C"),
+    "cooldown_timeout_s": partial(_finite_in, "cooldown_timeout_s", lo=0.0, hi=MAX_COOLDOWN_S, unit=" s"),
+    "cooldown_pause_s": partial(_finite_in, "cooldown_pause_s", lo=0.0, hi=MAX_WINDOW_S, unit=" s"),
+    "threads": lambda v: _int_in("threads", v, 1, max_threads()),
+    "seed": partial(_int_in, "seed", lo=0, hi=MAX_SEED),
+    "max_consecutive_failures": partial(_int_in, "max_consecutive_failures", lo=1, hi=MAX_REPS),
+}
+
+
+def validate(plan: RunPlan) -> None:
+    """One clear UsageError for the first bad setting (types, ranges, upper bounds, NaN and infinity)."""
+    for key, check in FIELD_CHECKS.items():
+        check(getattr(plan, key))
     if plan.max_reps < plan.min_reps:
         raise UsageError(f"repetitions: need 2 <= min_reps <= max_reps (got {plan.min_reps}, {plan.max_reps})")
-    _finite_in("target_ci_pct", plan.target_ci_pct, 0.0, 100.0, lo_open=True, unit=" %")
-    _int_in("warmup_inferences", plan.warmup_inferences, 0, MAX_WARMUP_INFERENCES)
-    _int_in("min_inferences_per_model", plan.min_inferences_per_model, 1, MAX_INFERENCES_PER_MODEL)
-    _finite_in("min_inference_s_per_model", plan.min_inference_s_per_model, 0.0, MAX_INFERENCE_S_PER_MODEL,
-               unit=" s")
-    _finite_in("cooldown_temp_c", plan.cooldown_temp_c, 0.0, MAX_TEMPERATURE_C, unit=" C")
-    _finite_in("cooldown_timeout_s", plan.cooldown_timeout_s, 0.0, MAX_COOLDOWN_S, unit=" s")
-    _finite_in("cooldown_pause_s", plan.cooldown_pause_s, 0.0, MAX_WINDOW_S, unit=" s")
-    _int_in("threads", plan.threads, 1, max_threads())
-    _int_in("seed", plan.seed, 0, MAX_SEED)
-    if plan.monitor not in ("monsoon", "gauge"):
-        raise UsageError(f"monitor: {short(plan.monitor, 40)} is not monsoon or gauge")
-    _int_in("max_consecutive_failures", plan.max_consecutive_failures, 1, MAX_REPS)
 
 
 def check_inputs(plan: RunPlan) -> None:
