@@ -521,7 +521,7 @@ def open_trace(path: str | Path, rate_hz: float | None = None, time_unit: str | 
         if rate_hz is not None and not abs(rate_hz - r.rate_hz) <= 1e-9:
             raise DataError(f"{p}: the file says {r.rate_hz:g} Hz; --rate-hz {rate_hz:g} contradicts it")
         return r
-    return read_monsoon_csv(p, rate_hz or 5000.0, time_unit)
+    return read_monsoon_csv(p, 5000.0 if rate_hz is None else rate_hz, time_unit)
 
 
 def write_trace(path: str | Path, chunks, header: dict[str, Any], trailer: dict[str, Any] | None = None) -> int:
