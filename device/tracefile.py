@@ -16,6 +16,10 @@ whose "Time(ms)" actually holds seconds since start, one host value per USB pack
 Monsoon PowerTool exports one time per sample, in ms.  :func:`open_trace` tells them apart from the sample
 spacing and the rate (or ``time_unit``), rebuilds times from the sample index and rate, and turns gaps in
 per-sample times into dropped samples.
+
+Malformed input (crafted headers, a CSV header of millions of columns, a line of 50 MB) is one
+:class:`DataError` whose quoted input is cut to about 80 characters.  The module is one thing, the
+trace formats, and a little over 500 lines for it.
 """
 
 from __future__ import annotations
@@ -123,8 +127,73 @@ class _Block:
     usb_current_a: float
 
 
+#: Largest JSON header or trailer a trace may carry (ours are a few hundred bytes).
+MAX_JSON_BYTES = 1 << 20
+#: Highest sample rate a trace may claim (the Monsoon HVPM samples at 5 kHz).
+MAX_RATE_HZ = 1e7
+#: Highest sample index a block may start at (2**48: 1,600 years at 5 kHz; keeps index sums in int64).
+MAX_SAMPLE_INDEX = 1 << 48
+#: A Monsoon CSV header line is short and has a handful of columns; more is not a Monsoon CSV.
+MAX_CSV_HEADER_BYTES = 64 * 1024
+MAX_CSV_COLUMNS = 256
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``value`` quoted for a one-line error, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit] + "...") if len(text) > limit else repr(text)
+
+
+def _json_object(path: Path, blob: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a trace's header or trailer; one DataError for anything else."""
+    try:
+        obj = json.loads(blob)
+    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise DataError(f"{path}: corrupt trace {what} (not JSON)") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: corrupt trace {what} (a JSON {type(obj).__name__}, not an object)")
+    return obj
+
+
+def _number(path: Path, header: dict[str, Any], key: str, default: float | None = None) -> float:
+    v = header.get(key, default)
+    if v is None:
+        raise DataError(f"{path}: trace header lacks {key}")
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise DataError(f"{path}: trace header {key} is not a number ({_short(v, 40)})")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = float("inf")
+    if not np.isfinite(f):
+        raise DataError(f"{path}: trace header {key} is not finite ({_short(v, 40)})")
+    return f
+
+
+def parse_header(path: Path, blob: bytes) -> tuple[dict[str, Any], float, float, dict[str, Any]]:
+    """(header, rate_hz, anchor_mono_s, instrument) of a ``.ptrc`` header; one DataError when malformed."""
+    header = _json_object(path, blob, "header")
+    ver = header.get("schema_version", 0)
+    if isinstance(ver, bool) or not isinstance(ver, int):
+        raise DataError(f"{path}: trace header schema_version is not a whole number ({_short(ver, 40)})")
+    if ver > SCHEMA_VERSION:
+        raise DataError(f"{path}: trace schema_version {ver} is newer than this harness ({SCHEMA_VERSION})")
+    rate_hz = _number(path, header, "rate_hz")
+    if not 0 < rate_hz <= MAX_RATE_HZ:
+        raise DataError(f"{path}: trace header rate_hz {rate_hz:g} is not in (0, {MAX_RATE_HZ:g}] Hz")
+    anchor = _number(path, header, "anchor_mono_s", 0.0)
+    instrument = header.get("instrument", {})
+    if not isinstance(instrument, dict):
+        raise DataError(f"{path}: trace header instrument is not a table ({_short(instrument, 40)})")
+    return header, rate_hz, anchor, dict(instrument)
+
+
 class TraceReader:
-    """Reads a ``.ptrc`` file in chunks; can be polled while another process is still writing it."""
+    """Reads a ``.ptrc`` file in chunks; can be polled while another process is still writing it.
+
+    A malformed file (bad magic, header or trailer JSON of the wrong shape, a zero or non-finite rate,
+    a header over 1 MiB) is one :class:`DataError`, never a ``KeyError`` or ``ZeroDivisionError``.
+    """
 
     kind = "ptrc"
 
@@ -136,19 +205,14 @@ class TraceReader:
                 if len(head) < 12 or head[:8] != MAGIC:
                     raise DataError(f"{self.path}: not a power trace file (bad magic)")
                 (n,) = struct.unpack("<I", head[8:12])
+                if n > MAX_JSON_BYTES:
+                    raise DataError(f"{self.path}: corrupt trace header (claims {n} bytes)")
                 blob = fh.read(n)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read trace: {exc.strerror or exc}") from None
-        try:
-            self.header: dict[str, Any] = json.loads(blob)
-        except ValueError:
-            raise DataError(f"{self.path}: corrupt trace header") from None
-        ver = int(self.header.get("schema_version", 0))
-        if ver > SCHEMA_VERSION:
-            raise DataError(f"{self.path}: trace schema_version {ver} is newer than this harness ({SCHEMA_VERSION})")
-        self.rate_hz = float(self.header["rate_hz"])
-        self.anchor_mono_s = float(self.header.get("anchor_mono_s", 0.0))
-        self.instrument: dict[str, Any] = dict(self.header.get("instrument", {}))
+        if len(blob) != n:
+            raise DataError(f"{self.path}: truncated trace header ({len(blob)} of {n} bytes)")
+        self.header, self.rate_hz, self.anchor_mono_s, self.instrument = parse_header(self.path, blob)
         self._data_start = 12 + n
         self._scan_pos = self._data_start
         self.blocks: list[_Block] = []
@@ -164,6 +228,12 @@ class TraceReader:
         """Index blocks appended since the last call (header reads only, no sample data)."""
         if self.trailer is not None:
             return
+        try:
+            self._scan()
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot read trace: {exc.strerror or exc}") from None
+
+    def _scan(self) -> None:
         size = self.path.stat().st_size
         with open(self.path, "rb") as fh:
             pos = self._scan_pos
@@ -172,9 +242,11 @@ class TraceReader:
                 tag = fh.read(4)
                 if tag == END_MAGIC:
                     (n,) = struct.unpack("<I", fh.read(4))
+                    if n > MAX_JSON_BYTES:
+                        raise DataError(f"{self.path}: corrupt trace trailer (claims {n} bytes)")
                     blob = fh.read(n)
                     if len(blob) == n:
-                        self.trailer = json.loads(blob)
+                        self.trailer = _json_object(self.path, blob, "trailer")
                         pos += 8 + n
                     break
                 if tag != BLOCK_MAGIC:
@@ -186,6 +258,8 @@ class TraceReader:
                 end = pos + _BLOCK_HDR.size + 8 * n
                 if end > size:
                     break  # block still being written
+                if not 0 <= start <= MAX_SAMPLE_INDEX:
+                    raise DataError(f"{self.path}: corrupt trace (sample index {start} at byte {pos})")
                 if self.blocks and start < self.blocks[-1].start_index + self.blocks[-1].n:
                     raise DataError(f"{self.path}: sample index goes backwards at byte {pos}")
                 self.blocks.append(_Block(pos + _BLOCK_HDR.size, start, n, bool(flags & FLAG_CALIBRATED), usb))
@@ -323,6 +397,17 @@ def _find_col(names: list[str], *keys: str, exclude: str = "") -> str | None:
     return None
 
 
+def _check_csv_header(p: Path, head: bytes) -> None:
+    """Refuse, before parsing, a header line that is too long or has too many columns to be a Monsoon CSV."""
+    line_end = head.find(b"\n")
+    line = head if line_end < 0 else head[:line_end]
+    if line_end < 0 and len(head) > MAX_CSV_HEADER_BYTES:
+        raise DataError(f"{p}: not a Monsoon CSV (the first line is longer than {MAX_CSV_HEADER_BYTES} bytes)")
+    n_cols = line.count(b",") + 1
+    if n_cols > MAX_CSV_COLUMNS:
+        raise DataError(f"{p}: not a Monsoon CSV ({n_cols} columns in the header; at most {MAX_CSV_COLUMNS})")
+
+
 def read_monsoon_csv(path: str | Path, rate_hz: float = 5000.0, time_unit: str | None = None) -> CsvTrace:
     """Read a Monsoon CSV (sampleEngine or PowerTool flavour); see the module doc for the rules."""
     import pandas as pd
@@ -332,11 +417,15 @@ def read_monsoon_csv(path: str | Path, rate_hz: float = 5000.0, time_unit: str |
         raise DataError(f"{p}: no such trace file")
     if time_unit not in (None, "s", "ms"):
         raise DataError(f"time unit must be 's' or 'ms', not {time_unit!r}")
-    if not rate_hz > 0:
-        raise DataError(f"rate must be positive, not {rate_hz}")
+    if not (isinstance(rate_hz, int | float) and 0 < rate_hz <= MAX_RATE_HZ):
+        raise DataError(f"rate must be a positive number of Hz up to {MAX_RATE_HZ:g}, not {_short(rate_hz, 40)}")
     src: Any = p
-    with open(p, "rb") as fh:
-        head = fh.read(4096)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(MAX_CSV_HEADER_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read trace: {exc.strerror or exc}") from None
+    _check_csv_header(p, head)
     if b"np.float64(" in head:
         # the monsoon library writes repr() of numpy scalars: under numpy >= 2 that is "np.float64(0.1)"
         import io
@@ -346,15 +435,18 @@ def read_monsoon_csv(path: str | Path, rate_hz: float = 5000.0, time_unit: str |
         df = pd.read_csv(src, index_col=False, skipinitialspace=True, engine="c", low_memory=False)
     except pd.errors.ParserError as exc:
         msg = str(exc).replace("Error tokenizing data. C error: ", "")
-        raise DataError(f"{p}: malformed CSV: {msg.strip()}") from None
+        raise DataError(f"{p}: malformed CSV: {_short(msg.strip(), 120)}") from None
     except (pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: not a Monsoon CSV ({exc})") from None
+        raise DataError(f"{p}: not a Monsoon CSV ({_short(str(exc), 120)})") from None
+    except (ValueError, OverflowError, MemoryError) as exc:  # pandas' other refusals of odd input
+        raise DataError(f"{p}: malformed CSV ({_short(str(exc), 120)})") from None
     names = [str(c) for c in df.columns]
     tcol = _find_col(names, "time")
     icol = _find_col(names, "main", exclude="volt")
     vcol = _find_col(names, "main", "volt")
     if tcol is None or icol is None:
-        raise DataError(f"{p}: not a Monsoon CSV (need Time and Main current columns, found {names})")
+        raise DataError(f"{p}: not a Monsoon CSV (need Time and Main current columns, found "
+                        f"{_short(', '.join(names), 120)})")
     cols = {"time": tcol, "current": icol} | ({"voltage": vcol} if vcol else {})
     arrays: dict[str, np.ndarray] = {}
     for key, col in cols.items():
@@ -363,14 +455,15 @@ def read_monsoon_csv(path: str | Path, rate_hz: float = 5000.0, time_unit: str |
             num = pd.to_numeric(s, errors="coerce")
             bad = np.flatnonzero(num.isna().to_numpy() & s.notna().to_numpy())
             if bad.size:
-                raise DataError(f"{p}: malformed CSV: line {int(bad[0]) + 2}: {col}={s.iloc[bad[0]]!r} is not a number")
+                raise DataError(f"{p}: malformed CSV: line {int(bad[0]) + 2}: {_short(col, 40)}="
+                                f"{_short(s.iloc[bad[0]])} is not a number")
             s = num
         arrays[key] = s.to_numpy(dtype=np.float64)
     t = arrays["time"]
     if t.size == 0:
         raise DataError(f"{p}: empty trace (no samples)")
-    if np.isnan(t).any():
-        raise DataError(f"{p}: line {int(np.flatnonzero(np.isnan(t))[0]) + 2}: missing time value")
+    if not np.isfinite(t).all():
+        raise DataError(f"{p}: line {int(np.flatnonzero(~np.isfinite(t))[0]) + 2}: missing or infinite time value")
     d = np.diff(t)
     back = np.flatnonzero(d < 0)
     if back.size:
@@ -429,10 +522,10 @@ def open_trace(path: str | Path, rate_hz: float | None = None, time_unit: str | 
         raise DataError(f"{p}: cannot open trace: {exc.strerror or exc}") from None
     if head == MAGIC:
         r = TraceReader(p)
-        if rate_hz is not None and abs(rate_hz - r.rate_hz) > 1e-9:
+        if rate_hz is not None and not abs(rate_hz - r.rate_hz) <= 1e-9:
             raise DataError(f"{p}: the file says {r.rate_hz:g} Hz; --rate-hz {rate_hz:g} contradicts it")
         return r
-    return read_monsoon_csv(p, rate_hz or 5000.0, time_unit)
+    return read_monsoon_csv(p, 5000.0 if rate_hz is None else rate_hz, time_unit)
 
 
 def write_trace(path: str | Path, chunks, header: dict[str, Any], trailer: dict[str, Any] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -47,30 +48,154 @@ def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def parse_int_list(text: str, what: str, lo: int | None = None, hi: int | None = None) -> list[int]:
-    """Parse ``"1,2,3"`` (and ranges ``"2-5"``) into ints; one clear UsageError on anything odd."""
+#: Most items a list flag (``--levels``, ``--classes``) may expand to; ranges are checked before expanding.
+MAX_LIST_ITEMS = 1000
+
+
+def parse_int_list(text: str, what: str, lo: int | None = None, hi: int | None = None,
+                   max_items: int = MAX_LIST_ITEMS) -> list[int]:
+    """Parse ``"1,2,3"`` (and ranges ``"2-5"``) into ints; one clear UsageError on anything odd.
+
+    Bounds are checked on the ends of a range before it is expanded, and the list may hold at most
+    ``max_items`` numbers, so ``1-300000000`` is refused at once instead of filling memory.
+    """
     if text is None or not str(text).strip():
         raise UsageError(f"{what}: empty list; give comma-separated numbers like 0,1,2")
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            raise UsageError(f"{what}: empty item in {text!r}; give comma-separated numbers like 0,1,2")
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo_v, hi_v = int(a), int(b)
-                if hi_v < lo_v:
-                    raise ValueError
-                out.extend(range(lo_v, hi_v + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise UsageError(f"{what}: {part!r} is not a whole number or range (in {text!r})") from None
-    for v in out:
+    text = str(text)
+    shown = short(text)
+
+    def check(v: int) -> int:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise UsageError(f"{what}: {v} is out of range {lo}..{hi}")
+        return v
+
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise UsageError(f"{what}: empty item in {shown}; give comma-separated numbers like 0,1,2")
+        try:
+            if "-" in part[1:]:
+                a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                lo_v, hi_v = _int(a), _int(b)
+                if hi_v < lo_v:
+                    raise ValueError
+                check(lo_v)
+                check(hi_v)
+                if len(out) + (hi_v - lo_v + 1) > max_items:
+                    raise UsageError(f"{what}: more than {max_items} numbers in {shown}")
+                out.extend(range(lo_v, hi_v + 1))
+            else:
+                out.append(check(_int(part)))
+        except ValueError:
+            raise UsageError(f"{what}: {short(part, 40)} is not a whole number or range (in {shown})") from None
+        if len(out) > max_items:
+            raise UsageError(f"{what}: more than {max_items} numbers in {shown}")
     return out
+
+
+def _int(text: str) -> int:
+    """A plain decimal integer (no ``1_000``, no 5000-digit numbers)."""
+    t = text.strip()
+    body = t[1:] if t[:1] in "+-" else t
+    if not body.isdigit() or not body.isascii() or len(body) > 18:
+        raise ValueError(text)
+    return int(t)
+
+
+def short(value: object, limit: int = 80) -> str:
+    """``value`` quoted for a one-line error, cut to ``limit`` characters (a 50 MB line is not echoed whole)."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit] + "...") if len(text) > limit else repr(text)
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    """An argparse ``type=`` for a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``): NaN/inf refused."""
+
+    def convert(text: str) -> float:
+        try:
+            v = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a finite number")
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise argparse.ArgumentTypeError(f"{v:g} must be {'above' if lo_open else 'at least'} {lo:g}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v:g} is above the limit {hi:g}")
+        return v
+
+    convert.__name__ = "number"
+    return convert
+
+
+def bounded_int(lo: int | None = None, hi: int | None = None):
+    """An argparse ``type=`` for a whole number in ``[lo, hi]``."""
+
+    def convert(text: str) -> int:
+        try:
+            v = _int(str(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a whole number") from None
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be at least {lo}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v} is above the limit {hi}")
+        return v
+
+    convert.__name__ = "whole number"
+    return convert
+
+
+def max_threads() -> int:
+    """The most inference threads a command may ask for: 256, or four per core on bigger machines."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
+def check_output_file(path: str | Path, flag: str = "-o") -> Path:
+    """The output file ``path`` if it can be written: not a directory, under a writable directory.
+
+    Checked before slow work; nothing is left behind by the check.  One UsageError (exit 2) otherwise.
+    """
+    p = Path(path)
+    if not str(path).strip():
+        raise UsageError(f"{flag}: give a file name")
+    if p.is_dir():
+        raise UsageError(f"{flag} {short(str(p))}: is a directory; give a file name")
+    writable_dir(p.parent, f"{flag} {short(str(p))}")
+    return p
+
+
+def writable_dir(d: str | Path, what: str) -> None:
+    """UsageError unless ``d`` (or its nearest existing ancestor, if ``d`` does not exist yet) is a writable directory.
+
+    Probed by creating and removing a temporary file there, which is also true for root and for
+    read-only or immutable mounts, where ``os.access`` is not.
+    """
+    import tempfile
+
+    d = Path(d) if str(d) else Path(".")
+    probe = d
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{what}: {short(str(probe))} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".harness-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in {short(str(probe))} ({exc.strerror or exc})") from None
+
+
+def write_output(path: str | Path, data: bytes, flag: str = "-o") -> Path:
+    """``atomic_write_bytes`` with an OSError as one UsageError line (the temporary file is removed)."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise UsageError(f"{flag} {short(str(path))}: cannot write ({exc.strerror or exc})") from None
+    return Path(path)
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
@@ -87,4 +212,5 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
-__all__ = ["add_json_flag", "atomic_write_bytes", "parse_int_list", "print_json", "progress"]
+__all__ = ["add_json_flag", "atomic_write_bytes", "bounded_int", "check_output_file", "finite_float", "parse_int_list",
+           "print_json", "progress", "short", "writable_dir", "write_output"]

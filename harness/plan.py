@@ -15,13 +15,16 @@ import dataclasses
 import json
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.cliutil import max_threads, short
 from harness.errors import UsageError
 
 #: Device kinds and their defaults.  Real phones follow published practice (>= 60 s and >= 1024
@@ -91,68 +94,185 @@ class RunPlan:
 
 PLAN_KEYS = tuple(f.name for f in dataclasses.fields(RunPlan) if f.name not in ("extra",))
 
+#: Upper bounds of plan settings: sane runs stay far below them; beyond them a typo costs hours or memory.
+MAX_WINDOW_S = 600.0
+MAX_REPS = 1000
+MAX_WARMUP_INFERENCES = 1_000_000
+MAX_INFERENCES_PER_MODEL = 10_000_000
+MAX_INFERENCE_S_PER_MODEL = 3600.0
+MAX_COOLDOWN_S = 3600.0
+MAX_TEMPERATURE_C = 150.0
+MAX_SEED = 2**32 - 1
+MAX_TEXT_CHARS = 4096
+
+
+def _coerce_settings(data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``data`` with every value converted to its :class:`RunPlan` field type; one UsageError otherwise.
+
+    Whole numbers stay whole (``levels = [10.7, 20]`` is refused, not truncated), lists stay lists
+    (``levels = "10,20"`` and ``levels = 10`` are refused), numbers are finite, text has no NUL.
+    """
+    from harness.options import _type_name, coerce_value
+
+    hints = typing.get_type_hints(RunPlan)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in hints or key == "extra":
+            raise UsageError(f"{what}: unknown key {short(key, 40)}; known: {', '.join(PLAN_KEYS)}")
+        tp = hints[key]
+        try:
+            v = coerce_value(tp, value)
+        except (TypeError, ValueError, OverflowError):
+            want = "a list of whole numbers, e.g. [10, 20, 30]" if key in ("levels", "classes") else _type_name(tp)
+            raise UsageError(f"{what}: {key} must be {want}, not {short(value, 60)}") from None
+        if isinstance(v, str) and ("\x00" in v or len(v) > MAX_TEXT_CHARS):
+            raise UsageError(f"{what}: {key} must be text without NUL and at most {MAX_TEXT_CHARS} characters")
+        out[key] = v
+    return out
+
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a run file: keys at top level or under ``[run]``; unknown keys are refused."""
+    """Read a run file: keys at top level or under ``[run]``; unknown keys and wrong types are refused."""
     p = Path(path)
+    where = f"--config {short(str(p))}"
+    if not str(path).strip():
+        raise UsageError("--config: give a TOML file")
     if not p.is_file():
-        raise UsageError(f"--config {p}: no such file")
+        raise UsageError(f"{where}: no such file")
     try:
+        if p.stat().st_size > 1 << 20:
+            raise UsageError(f"{where}: larger than 1 MiB; a run file holds a few settings")
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--config {p}: not valid TOML ({exc})") from None
-    if "run" in data and isinstance(data["run"], dict):
+        raise UsageError(f"{where}: not valid TOML ({short(str(exc))})") from None
+    except (OSError, RecursionError) as exc:
+        raise UsageError(f"{where}: cannot read ({short(getattr(exc, 'strerror', None) or str(exc))})") from None
+    if "run" in data:
+        if not isinstance(data["run"], dict):
+            raise UsageError(f"{where}: [run] must be a table")
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
     unknown = sorted(set(data) - set(PLAN_KEYS))
     if unknown:
-        raise UsageError(f"--config {p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(PLAN_KEYS)}")
-    return data
+        raise UsageError(f"{where}: unknown key(s) {short(', '.join(unknown))}; known: {', '.join(PLAN_KEYS)}")
+    settings = _coerce_settings(data, where)
+    for key, value in settings.items():
+        if key in FIELD_CHECKS:
+            try:
+                FIELD_CHECKS[key](value)
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
+    return settings
 
 
 def make_plan(kind: str, device: str, overrides: Mapping[str, Any] | None = None) -> RunPlan:
-    """Defaults for the device kind, then ``overrides`` (TOML, then flags); validated."""
+    """Defaults for the device kind, then ``overrides`` (TOML, then flags); every setting checked."""
     if kind not in KIND_DEFAULTS:
         raise UsageError(f"unknown device kind {kind!r}; known: {', '.join(KIND_DEFAULTS)}")
     values: dict[str, Any] = dict(KIND_DEFAULTS[kind])
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["kind"] = kind
     values["device"] = device
-    for k in ("levels", "classes"):
-        if k in values:
-            values[k] = tuple(int(v) for v in values[k])
-    try:
-        plan = RunPlan(**values)
-    except TypeError as exc:
-        raise UsageError(f"bad run settings: {exc}") from None
+    plan = RunPlan(**_coerce_settings(values, "run settings"))
     validate(plan)
     return plan
 
 
-def validate(plan: RunPlan) -> None:
-    """One clear UsageError for the first bad setting."""
-    if not plan.levels:
+def _finite_in(name: str, v: float | None, lo: float, hi: float, *, lo_open: bool = False,
+               unit: str = "") -> None:
+    if v is None:
+        return
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        rel = ">" if lo_open else ">="
+        raise UsageError(f"{name} must be a finite number {rel} {lo:g} and <= {hi:g}{unit} (got {v!r})")
+
+
+def _int_in(name: str, v: int, lo: int, hi: int) -> None:
+    if not lo <= v <= hi:
+        raise UsageError(f"{name} must be a whole number from {lo} to {hi} (got {v})")
+
+
+def _levels(levels: tuple[int, ...]) -> None:
+    if not levels:
         raise UsageError("levels: give at least one level, e.g. --levels 10,20,30")
-    for lv in plan.levels:
+    for lv in levels:
         if not 1 <= lv <= 99:
             raise UsageError(f"levels: {lv} is out of range 1..99 (percent of channels removed)")
-    if len(set(plan.levels)) != len(plan.levels):
-        raise UsageError(f"levels: {','.join(map(str, plan.levels))} repeats a level")
-    if len(plan.classes) < 2 or len(set(plan.classes)) != len(plan.classes):
+    if len(set(levels)) != len(levels):
+        raise UsageError(f"levels: {short(','.join(map(str, levels)))} repeats a level")
+
+
+def _classes(classes: tuple[int, ...]) -> None:
+    if len(classes) < 2 or len(set(classes)) != len(classes):
         raise UsageError("classes: give at least two different classes, e.g. --classes 0,1,2,3,4")
-    if any(not 0 <= c <= 9 for c in plan.classes):
+    if any(not 0 <= c <= 9 for c in classes):
         raise UsageError("classes: CIFAR-10 classes are 0..9")
-    if not (plan.window_s > 0 and math.isfinite(plan.window_s)) or not plan.idle_window_s >= 0:
-        raise UsageError("window_s must be positive and idle_s non-negative seconds")
-    if plan.min_reps < 2 or plan.max_reps < plan.min_reps:
+
+
+def _device(name: str) -> None:
+    if not name.strip():
+        raise UsageError("device: give a device name (virtual, host or a profile such as nexus4)")
+
+
+def _monitor(name: str) -> None:
+    if name not in ("monsoon", "gauge"):
+        raise UsageError(f"monitor: {short(name, 40)} is not monsoon or gauge")
+
+
+#: The check of each plan setting on its own (ranges, upper bounds, NaN and infinity); cross-setting
+#: rules are in :func:`validate`.  ``load_toml`` runs them too, so a bad run file is named in the error.
+FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
+    "device": _device,
+    "levels": _levels,
+    "classes": _classes,
+    "monitor": _monitor,
+    "window_s": partial(_finite_in, "window_s", lo=0.0, hi=MAX_WINDOW_S, lo_open=True, unit=" s"),
+    "idle_s": partial(_finite_in, "idle_s", lo=0.0, hi=MAX_WINDOW_S, unit=" s"),
+    "min_reps": partial(_int_in, "min_reps", lo=2, hi=MAX_REPS),
+    "max_reps": partial(_int_in, "max_reps", lo=2, hi=MAX_REPS),
+    "target_ci_pct": partial(_finite_in, "target_ci_pct", lo=0.0, hi=100.0, lo_open=True, unit=" %"),
+    "warmup_inferences": partial(_int_in, "warmup_inferences", lo=0, hi=MAX_WARMUP_INFERENCES),
+    "min_inferences_per_model": partial(_int_in, "min_inferences_per_model", lo=1, hi=MAX_INFERENCES_PER_MODEL),
+    "min_inference_s_per_model": partial(_finite_in, "min_inference_s_per_model", lo=0.0,
+                                         hi=MAX_INFERENCE_S_PER_MODEL, unit=" s"),
+    "cooldown_temp_c": partial(_finite_in, "cooldown_temp_c", lo=0.0, hi=MAX_TEMPERATURE_C, unit=" C"),
+    "cooldown_timeout_s": partial(_finite_in, "cooldown_timeout_s", lo=0.0, hi=MAX_COOLDOWN_S, unit=" s"),
+    "cooldown_pause_s": partial(_finite_in, "cooldown_pause_s", lo=0.0, hi=MAX_WINDOW_S, unit=" s"),
+    "threads": lambda v: _int_in("threads", v, 1, max_threads()),
+    "seed": partial(_int_in, "seed", lo=0, hi=MAX_SEED),
+    "max_consecutive_failures": partial(_int_in, "max_consecutive_failures", lo=1, hi=MAX_REPS),
+}
+
+
+def validate(plan: RunPlan) -> None:
+    """One clear UsageError for the first bad setting (types, ranges, upper bounds, NaN and infinity)."""
+    for key, check in FIELD_CHECKS.items():
+        check(getattr(plan, key))
+    if plan.max_reps < plan.min_reps:
         raise UsageError(f"repetitions: need 2 <= min_reps <= max_reps (got {plan.min_reps}, {plan.max_reps})")
-    if plan.target_ci_pct <= 0:
-        raise UsageError("target_ci_pct must be positive")
-    if plan.warmup_inferences < 0 or plan.min_inferences_per_model < 1 or plan.threads < 1:
-        raise UsageError("warmup_inferences >= 0, min_inferences_per_model >= 1 and threads >= 1 are required")
-    if plan.monitor not in ("monsoon", "gauge"):
-        raise UsageError(f"monitor: {plan.monitor!r} is not monsoon or gauge")
-    if plan.max_consecutive_failures < 1:
-        raise UsageError("max_consecutive_failures must be at least 1")
+
+
+def check_inputs(plan: RunPlan) -> None:
+    """The plan's named inputs exist and are of the right kind: method, base model, stats artifact, data.
+
+    Cheap (a preset lookup or a small TOML, the weights file, the artifact the build reads anyway, which
+    is then cached), and run before anything is written or built, so a typo costs no exports.
+    """
+    from specialist.build import load_default_stats
+    from specialist.methods import get_method
+    from specialist.model import load_weights
+
+    if plan.method:
+        get_method(plan.method)
+    if plan.model and not Path(plan.model).is_file():
+        raise UsageError(f"--model {short(plan.model)}: no such file (give a base model .npz)")
+    base = load_weights(plan.model or None)
+    if plan.stats:
+        if not Path(plan.stats).is_file():
+            raise UsageError(f"--stats {short(plan.stats)}: no such file (make one with 'harness stats -o FILE')")
+        load_default_stats(base, plan.stats)
+    if plan.data and not Path(plan.data).is_dir():
+        raise UsageError(f"data {short(plan.data)}: no such directory")
 
 
 def inferences_per_window(plan: RunPlan, est_ms_per_inference: float) -> int:

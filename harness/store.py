@@ -271,9 +271,9 @@ class TraceStore:
             return digest
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
         try:
+            p.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(buf.getvalue())
                 fh.flush()
@@ -308,7 +308,78 @@ def _os_error(exc: OSError, where: Path | str) -> HarnessError:
 # --------------------------------------------------------------------------- the store
 
 
-def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
+#: Tables every harness results database has (its marker); any other application's SQLite file lacks them.
+_MARKER_TABLES = frozenset({"schema_version", "runs", "run_events", "models", "windows"})
+
+
+def _connect_ro(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``; ``immutable=1`` when even the WAL index cannot be opened)."""
+    from urllib.parse import quote
+
+    base = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        con = sqlite3.connect(base, uri=True, timeout=timeout_s, isolation_level=None)
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
+        return con
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc).lower():
+            raise
+    # a WAL database in a read-only or immutable directory: no -shm can be made; nobody can be writing it
+    return sqlite3.connect(base + "&immutable=1", uri=True, timeout=timeout_s, isolation_level=None)
+
+
+def check_db_path(path: str | Path, *, must_exist: bool = False, timeout_s: float = 10.0) -> Path:
+    """Check a ``--db`` path before anything is written; InputError/ArtifactError (exit 2) with one line.
+
+    Refused: a directory, a path under a file, a file that is not SQLite, and another application's
+    SQLite file (it has tables but not the harness's marker tables).  The existing file is only read
+    (read-only connection), so a foreign database is neither given tables nor switched to WAL.
+    """
+    p = Path(path)
+    if not str(path).strip():
+        raise InputError("--db: give a file name, e.g. results/harness.db")
+    if p.is_dir():
+        raise InputError(f"--db {p}: is a directory; give a database file such as {p / 'harness.db'}")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--db {p}: {parent} is a file, not a directory")
+            break
+    if not p.exists():
+        if must_exist:
+            raise InputError(f"no results database at {p}; run 'harness run' first or give --db PATH")
+        return p
+    if not p.is_file():
+        raise InputError(f"--db {p}: not a regular file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(f"--db {p}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        return p  # an empty file: SQLite makes a new database in it
+    if head != b"SQLite format 3\x00":
+        raise ArtifactError(f"--db {p}: not a SQLite database; give a harness results database or a new path")
+    try:
+        con = _connect_ro(p, timeout_s)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            app_id = int(con.execute("PRAGMA application_id").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise _db_error(exc, p) from None
+    tables = {t for t in tables if not t.startswith("sqlite_")}
+    if app_id or not (tables <= {"schema_version"} or _MARKER_TABLES <= tables):  # (a new store starts so)
+        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        raise InputError(f"--db {p}: another application's SQLite database (tables: {shown or 'none'}), "
+                         "not a harness results database; give another --db")
+    return p
+
+
+def _connect(path: Path, timeout_s: float, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        return _connect_ro(path, timeout_s)
     con = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
     con.execute("PRAGMA foreign_keys=ON")
     try:
@@ -342,19 +413,22 @@ class Store:
 
     def __init__(self, path: str | Path = DEFAULT_DB, *, create: bool = True, timeout_s: float = 10.0,
                  migrations: Sequence[tuple[int, Sequence[str]]] = MIGRATIONS,
-                 traces_dir: str | Path | None = None):
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise InputError(f"no results database at {self.path}; run 'harness run' first or give --db PATH")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, self.path.parent) from None
+                 traces_dir: str | Path | None = None, readonly: bool = False):
+        self.path = check_db_path(path, must_exist=not create or readonly, timeout_s=timeout_s)
+        self.readonly = readonly
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _os_error(exc, self.path.parent) from None
         self.traces = TraceStore(traces_dir if traces_dir is not None else self.path.parent / "traces")
         self._migrations = tuple((int(v), tuple(s)) for v, s in migrations)
         try:
-            self._con = _connect(self.path, timeout_s)
-            self._migrate()
+            self._con = _connect(self.path, timeout_s, readonly)
+            if readonly:  # read what is there; a store that needs migrating is migrated by the next writer
+                self._check_version()
+            else:
+                self._migrate()
         except sqlite3.Error as exc:
             raise _db_error(exc, self.path) from None
 
@@ -397,6 +471,15 @@ class Store:
             return 0
         got = self._con.execute("SELECT MAX(version) FROM schema_version").fetchone()
         return int(got[0] or 0)
+
+    def _check_version(self) -> None:
+        current = self.schema_version()
+        latest = self._migrations[-1][0] if self._migrations else 0
+        if current > latest:
+            raise ArtifactError(f"results database {self.path} has schema version {current}, newer than this "
+                                f"harness ({latest}); upgrade the harness")
+        if current == 0 and self._migrations:
+            raise InputError(f"no results in {self.path} yet; run 'harness run' first or give --db PATH")
 
     def _migrate(self) -> None:
         current = self.schema_version()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from harness.buildargs import add_build_args, build_from_args, load_base
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, bounded_int, print_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("accuracy", help="accuracy of a specialist on the test images of its classes")
     add_build_args(p)
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
-    p.add_argument("--per-class", type=int, metavar="N", help="at most N test images per class")
+    p.add_argument("--per-class", type=bounded_int(1, 100_000), metavar="N", help="at most N test images per class")
     p.add_argument("--exact-only", action="store_true", help="only the bit-exact test images")
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, bounded_int, max_threads, print_json
 
 
 def register(sub) -> None:
@@ -15,9 +15,9 @@ def register(sub) -> None:
                     "input file given (raw little-endian float32, normalised NCHW, as executor_runner --inputs "
                     "reads it; or .npy) or on all ones.  A manifest next to the file must match it.")
     p.add_argument("model", metavar="FILE.pte", help="ExecuTorch program")
-    p.add_argument("--iterations", type=int, default=200, metavar="N", help="timed inferences (default 200)")
-    p.add_argument("--warmup", type=int, default=20, metavar="W", help="warm-up inferences (default 20)")
-    p.add_argument("--threads", type=int, default=1, metavar="T", help="runtime threads (default 1)")
+    p.add_argument("--iterations", type=bounded_int(1, 1_000_000), default=200, metavar="N", help="timed inferences (default 200)")
+    p.add_argument("--warmup", type=bounded_int(0, 1_000_000), default=20, metavar="W", help="warm-up inferences (default 20)")
+    p.add_argument("--threads", type=bounded_int(1, max_threads()), default=1, metavar="T", help="runtime threads (default 1)")
     p.add_argument("--input", metavar="FILE", help="input tensor file (default: all ones, as executor_runner)")
     p.add_argument("--no-manifest", action="store_true", help="do not look for FILE.manifest.json")
     add_json_flag(p)

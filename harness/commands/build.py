@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from harness.buildargs import add_build_args, build_from_args
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, check_output_file, print_json, short
+from harness.errors import UsageError
 
 
 def register(sub) -> None:
@@ -20,9 +21,14 @@ def run(args) -> int:
     from harness.exportcheck import save_specialist
     from specialist.flops import flops_table_markdown, layer_costs
 
+    if args.output:
+        check_output_file(args.output)  # before the build: a bad -o costs nothing and leaves nothing
     spec = build_from_args(args)
     if args.output:
-        save_specialist(spec, args.output)
+        try:
+            save_specialist(spec, args.output)
+        except OSError as exc:  # the temporary file is already removed
+            raise UsageError(f"-o {short(args.output)}: cannot write ({exc.strerror or exc})") from None
     if args.json:
         out = spec.summary()
         out["output"] = args.output

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, finite_float, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import UsageError
 
@@ -20,9 +20,9 @@ def register(subparsers) -> None:
                     "repetitions would decide.  Exit code 1 if anything regressed.")
     p.add_argument("run_a", help="baseline run")
     p.add_argument("run_b", help="run to judge")
-    p.add_argument("--threshold", type=float, default=2.0, metavar="PCT",
+    p.add_argument("--threshold", type=finite_float(0.0, 1000.0), default=2.0, metavar="PCT",
                    help="minimum effect size, percent of the baseline median (default 2)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the U test (default 0.05)")
+    p.add_argument("--alpha", type=finite_float(0.0, 1.0, lo_open=True), default=0.05, help="significance level of the U test (default 0.05)")
     add_db_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -62,7 +62,7 @@ def run(args) -> int:
         raise UsageError("--threshold must be a non-negative percent")
     if not 0 < args.alpha < 1:
         raise UsageError("--alpha must be between 0 and 1")
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         res = compare_runs(st, args.run_a, args.run_b, args.threshold, args.alpha)
     if args.json:
         print_json(res)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, bounded_int, check_output_file, finite_float, print_json, short
 from harness.errors import UsageError
 
 
@@ -21,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="specialist file (.pt from 'harness build -o')")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pte", help="program to write")
     add_build_args(p, classes_required=False, level=False)
-    p.add_argument("--level", type=float, default=None, metavar="PCT",
+    p.add_argument("--level", type=finite_float(0.0, 99.0), default=None, metavar="PCT",
                    help="build on the fly: percent of channels removed (0 = the base model)")
-    p.add_argument("--multiple-of", type=int, default=None, metavar="N",
+    p.add_argument("--multiple-of", type=bounded_int(1, 1024), default=None, metavar="N",
                    help="round kept channel counts to a multiple of N (XNNPACK-friendly widths)")
     p.add_argument("--backend", choices=("xnnpack", "portable"), default=None,
                    help="XNNPACK delegate (default) or ExecuTorch's portable kernels")
@@ -87,19 +87,22 @@ def run(args) -> int:
 
     out = Path(args.output)
     if out.suffix != ".pte":
-        raise UsageError(f"-o {out}: the output must end in .pte")
+        raise UsageError(f"-o {short(str(out))}: the output must end in .pte")
+    check_output_file(out)  # before the build and export: a bad -o costs nothing and leaves nothing
     opts = _options(args)
     weights, classes, level, method, flops, flops_base, base_hash, stats_hash = _resolve(args)
     try:
         report, exported = export_weights(weights, out, opts, classes=classes, data=args.data)
+        write_manifest_for(report, exported, base_hash=base_hash, stats_hash=stats_hash, classes=classes,
+                           level=level, method=method, flops=flops, flops_base=flops_base)
     except ExportCheckError as exc:
         if args.json:
             d = exc.report.to_dict()
             d["error"] = str(exc)
             print_json(d)
         raise
-    write_manifest_for(report, exported, base_hash=base_hash, stats_hash=stats_hash, classes=classes, level=level,
-                       method=method, flops=flops, flops_base=flops_base)
+    except OSError as exc:  # the exporter removes its temporary file
+        raise UsageError(f"-o {short(str(out))}: cannot write ({exc.strerror or exc})") from None
     d = report.to_dict()
     d.update({"classes": classes, "level": level, "method": method, "flops": flops,
               "flops_pruned_pct": round(100.0 * (1 - flops / flops_base), 3), "channels": exported.channels()})

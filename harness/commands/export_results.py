@@ -46,14 +46,14 @@ def frames(st, run_ids: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from harness.cliutil import atomic_write_bytes
+    from harness.cliutil import write_output
     from harness.store import Store
 
     fmts = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise UsageError(f"--format: {', '.join(bad) or '(empty)'} not one of {', '.join(FORMATS)}")
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         ids = [st.get_run(r).run_id for r in args.run_ids] if args.run_ids else [
             s.run.run_id for s in st.list_runs()]
         dfs = frames(st, ids)
@@ -70,7 +70,7 @@ def run(args) -> int:
                 buf = io.BytesIO()
                 df.to_parquet(buf, index=False)
                 data = buf.getvalue()
-            atomic_write_bytes(path, data)
+            write_output(path, data, "--out")
             written.append(str(path))
     if args.json:
         print_json({"runs": ids, "files": written, "windows": int(len(dfs["windows"]))})

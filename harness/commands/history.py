@@ -96,15 +96,15 @@ def plot_history(res: dict) -> bytes:
 
 
 def run(args) -> int:
-    from harness.cliutil import atomic_write_bytes
+    from harness.cliutil import write_output
     from harness.store import Store
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         res = history(st, args.device, args.metric, args.model)
     if not args.no_plot:
         path = Path(args.plot) if args.plot else Path(args.db).parent / (
             f"history-{res['device_fingerprint']}-{res['metric']}.png")
-        atomic_write_bytes(path, plot_history(res))
+        write_output(path, plot_history(res), "--plot")
         res["plot"] = str(path)
     if args.json:
         print_json(res)

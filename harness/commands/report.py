@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, print_json, short
 from harness.commands.run import add_db_flag
+from harness.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -21,9 +22,13 @@ def run(args) -> int:
     from harness.report import build_report
     from harness.store import Store
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         run_id = st.get_run(args.run_id).run_id
-        rep = build_report(st, run_id, args.out)
+        try:
+            rep = build_report(st, run_id, args.out)
+        except OSError as exc:
+            raise UsageError(f"--out {short(str(args.out or exc.filename or ''))}: cannot write the report "
+                             f"({exc.strerror or exc})") from None
     if args.json:
         print_json({"run_id": run_id, "out_dir": str(rep.out_dir),
                     "files": {k: str(v) for k, v in sorted(rep.files.items())}, "rows": rep.rows})

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cliutil import add_json_flag, parse_int_list, print_json
-from harness.errors import UsageError
+from harness.cliutil import add_json_flag, bounded_int, finite_float, parse_int_list, print_json, writable_dir
+from harness.errors import HarnessError, UsageError
 from harness.store import DEFAULT_DB
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,13 @@ def register(subparsers) -> None:
     p.add_argument("--monitor", choices=("monsoon", "gauge"), default=None, help="power monitor (real phones)")
     p.add_argument("--serial", default=None, help="phone serial (real phones)")
     p.add_argument("--monitor-serial", default=None, help="Monsoon serial number (real phones)")
-    p.add_argument("--window-s", type=float, default=None, help="inference window length (s)")
-    p.add_argument("--idle-s", type=float, default=None, help="idle window length (s; default = window)")
-    p.add_argument("--min-reps", type=int, default=None, help="rounds before the CI target may stop the run")
-    p.add_argument("--max-reps", type=int, default=None, help="cap on rounds")
-    p.add_argument("--target-ci-pct", type=float, default=None, help="stop when every CI half-width < this %% of the mean")
-    p.add_argument("--seed", type=int, default=None, help="seed of the randomized window order")
-    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--window-s", type=finite_float(0.0, 600.0, lo_open=True), default=None, help="inference window length (s)")
+    p.add_argument("--idle-s", type=finite_float(0.0, 600.0), default=None, help="idle window length (s; default = window)")
+    p.add_argument("--min-reps", type=bounded_int(2, 1000), default=None, help="rounds before the CI target may stop the run")
+    p.add_argument("--max-reps", type=bounded_int(2, 1000), default=None, help="cap on rounds")
+    p.add_argument("--target-ci-pct", type=finite_float(0.0, 100.0, lo_open=True), default=None, help="stop when every CI half-width < this %% of the mean")
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=None, help="seed of the randomized window order")
+    p.add_argument("--threads", type=bounded_int(1, None), default=None, help="inference threads")
     p.add_argument("--model", default=None, help="base model .npz (default: the shipped NIN)")
     p.add_argument("--stats", default=None, help="calibration stats artifact (default: the project's)")
     p.add_argument("--accuracy", action="store_true", help="also measure accuracy on the target classes")
@@ -72,41 +72,83 @@ def _overrides(args) -> dict[str, Any]:
     return over
 
 
+def _device_name(text: str | None, flag: str = "--device") -> str | None:
+    """``--device`` as given (None when absent); an empty or blank name is refused, not taken for virtual."""
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{flag}: give a device name (virtual, host or a profile such as nexus4)")
+    return text.strip()
+
+
+def _check_work_dir(work_dir: Path) -> None:
+    """The results directory and the sub-directories a run writes must be writable (checked before any work)."""
+    writable_dir(work_dir, f"results directory {work_dir}")
+    for sub in ("cache", "traces", "virtual-lab", "phone-traces"):
+        d = work_dir / sub
+        if d.exists():
+            writable_dir(d, f"results directory {work_dir}")
+
+
+class RunFileError(HarnessError):
+    """A results, cache or lab file that cannot be used during a run (exit code 1)."""
+
+
 def run(args) -> int:
+    """``harness run``: every input checked first, then the work; an OS failure on the way is one line."""
+    try:
+        return _run(args)
+    except OSError as exc:  # e.g. a results, cache or lab file that cannot be written
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise RunFileError(f"run stopped: {exc.strerror or exc}{where}") from None
+
+
+def _run(args) -> int:
     from harness.backends import ModelPreparation, make_backend, resolve_device, stored_models
-    from harness.plan import RunPlan, load_toml, make_plan
+    from harness.plan import RunPlan, check_inputs, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
-    from harness.store import Store
+    from harness.store import Store, check_db_path
     from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
 
     t_start = time.monotonic()
     # ---- everything about the input is checked before anything is written
+    device_arg = _device_name(args.device)
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in PLAN_FLAGS if getattr(args, k, None) is not None]
         if given:
             raise UsageError(f"--resume uses the run's stored plan; drop {', '.join(given)}")
     over = _overrides(args) if not args.resume else {}
     toml = load_toml(args.config) if args.config else {}
+    check_db_path(args.db, must_exist=bool(args.resume))
+    stored_plan = None
     if args.resume:
-        with Store(args.db, create=False) as st:
+        with Store(args.db, readonly=True) as st:  # read only: a refused resume writes nothing
             stored = st.get_run(args.resume)
-            device_name = args.device or stored.device
-            if args.device and args.device != stored.device:
-                raise UsageError(f"--device {args.device} conflicts with run {stored.run_id}, measured on {stored.device}")
+            if st.run_status(stored.run_id) == "complete":
+                raise UsageError(f"run {stored.run_id} is already complete; see 'harness show {stored.run_id}'")
+            device_name = device_arg or stored.device
+            if device_arg and device_arg != stored.device:
+                raise UsageError(f"--device {device_arg} conflicts with run {stored.run_id}, measured on {stored.device}")
+            stored_plan = RunPlan.from_json(stored.plan_json)
     else:
-        device_name = args.device or toml.get("device") or "virtual"
+        device_name = device_arg or _device_name(toml.get("device"), "device (in --config)") or "virtual"
     choice = resolve_device(device_name)
     if choice.kind != "real" and any(getattr(args, k) for k in ("monitor", "serial", "monitor_serial")):
         raise UsageError(f"--monitor/--serial/--monitor-serial are for real phones, not --device {choice.name}")
     plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
-
+    if stored_plan is not None:
+        plan = stored_plan
+    if choice.kind == "real" and not plan.serial.strip():
+        raise UsageError(f"--device {choice.name}: give the phone with --serial (USB serial or host:port)")
+    check_inputs(plan)
     work_dir = Path(args.db).parent
+    _check_work_dir(work_dir)
+
     models = None
     if args.resume:
-        with Store(args.db, create=False) as st:  # the stored plan and artifacts decide what to measure
+        with Store(args.db, readonly=True) as st:  # the stored plan and artifacts decide what to measure
             rec = st.get_run(args.resume)
-            plan = RunPlan.from_json(rec.plan_json)
             models = stored_models(st.models(rec.run_id), plan)
     backend = make_backend(choice, plan, work_dir)
     with Store(args.db) as st:  # a locked or corrupt database fails here, before any work

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from harness.store import Store
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         runs = st.list_runs(args.device)
     items = [{"run_id": s.run.run_id, "created_utc": s.run.created_utc, "device": s.run.device,
               "device_fingerprint": s.run.device_fingerprint, "virtual": s.run.virtual, "status": s.status,

@@ -21,7 +21,7 @@ def run(args) -> int:
     from harness.store import Store
     from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
 
-    with Store(args.db, create=False) as st:
+    with Store(args.db, readonly=True) as st:
         r = st.get_run(args.run_id)
         events = st.events(r.run_id)
         models = st.models(r.run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from harness.cliutil import add_json_flag, atomic_write_bytes, print_json
+from harness.cliutil import add_json_flag, bounded_int, check_output_file, print_json, write_output
 
 log = logging.getLogger(__name__)
 
@@ -13,12 +13,12 @@ def register(sub) -> None:
     p = sub.add_parser("stats", help="compute the calibration statistics artifact of a base model")
     p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
-    p.add_argument("--per-class", type=int, default=500, metavar="N", help="calibration images per class (default 500)")
+    p.add_argument("--per-class", type=bounded_int(1, 100_000), default=500, metavar="N", help="calibration images per class (default 500)")
     p.add_argument("--impact", choices=("grad", "fd", "both"), default="grad",
                    help="impacts by autograd (fast), finite differences (slow), or both (default grad)")
-    p.add_argument("--fd-per-class", type=int, default=10, metavar="N",
+    p.add_argument("--fd-per-class", type=bounded_int(1, 100_000), default=10, metavar="N",
                    help="images per class for finite differences (each costs one partial forward per channel)")
-    p.add_argument("--shift-per-class", type=int, default=100, metavar="N",
+    p.add_argument("--shift-per-class", type=bounded_int(1, 100_000), default=100, metavar="N",
                    help="images per class for the spatial cross-correlations (default 100)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="artifact path (.npz)")
     add_json_flag(p)
@@ -37,6 +37,7 @@ def run(args) -> int:
     for flag in ("per_class", "fd_per_class", "shift_per_class"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    check_output_file(args.output)  # before hours of statistics
     w = load_weights(args.model)
     calib = load_split("calib", args.data).select(range(10), per_class=args.per_class)
     bars: dict = {}
@@ -54,7 +55,7 @@ def run(args) -> int:
     st = compute_stats(w, calib.x, calib.y, impact=args.impact, fd_per_class=args.fd_per_class,
                        shift_per_class=args.shift_per_class, progress=cb)
     blob = stats_to_bytes(st, {"per_class": args.per_class, "data": calib.source})
-    atomic_write_bytes(args.output, blob)
+    write_output(args.output, blob)
     out = {"output": args.output, "model_hash": st.model_hash, "images": int(st.counts.sum()),
            "impact": args.impact, "seconds": round(time.perf_counter() - t0, 2), "bytes": len(blob)}
     if args.json:

@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, bounded_int, finite_float, print_json
 from harness.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         description="Serve a virtual phone that speaks the ADB wire protocol on 127.0.0.1 (adb connect "
                     "127.0.0.1:PORT). It runs pushed .pte models with the ExecuTorch runtime on this host and "
                     "records its busy timeline in ROOT/busy_timeline.tsv. Stop it with Ctrl-C.")
-    p.add_argument("--port", type=int, default=5555, help="TCP port on 127.0.0.1 (0 = any free port; default 5555)")
+    p.add_argument("--port", type=bounded_int(0, 65535), default=5555, help="TCP port on 127.0.0.1 (0 = any free port; default 5555)")
     p.add_argument("--profile", default="virtual-nexus4", help="device profile to emulate (default virtual-nexus4)")
     p.add_argument("--root", default=None,
                    help="directory for the phone's files, keys and timeline (default ~/.cache/harness/virtual-phone/PROFILE)")
@@ -29,12 +29,12 @@ def register(subparsers) -> None:
     p.add_argument("--authorize-key", action="append", default=[], metavar="ADBKEY_PUB",
                    help="pre-authorise this public key file (repeatable)")
     p.add_argument("--serial", default=None, help="serial number the phone reports (default virtual-PID)")
-    p.add_argument("--duration-s", type=float, default=None, help="stop by itself after this many seconds")
+    p.add_argument("--duration-s", type=finite_float(0.0, lo_open=True), default=None, help="stop by itself after this many seconds")
     p.add_argument("--fault-drop-after-bytes", type=int, default=None, metavar="N",
                    help="fault injection: drop the link once it has received N bytes")
-    p.add_argument("--fault-drop-mid-run-s", type=float, default=None, metavar="S",
+    p.add_argument("--fault-drop-mid-run-s", type=finite_float(0.0), default=None, metavar="S",
                    help="fault injection: drop every link S seconds after executor_runner starts")
-    p.add_argument("--fault-delay-ms", type=float, default=0.0, metavar="MS",
+    p.add_argument("--fault-delay-ms", type=finite_float(0.0, 60_000.0), default=0.0, metavar="MS",
                    help="fault injection: delay every packet the phone sends")
     p.add_argument("--fault-refuse-auth", action="store_true", help="fault injection: refuse every key")
     p.add_argument("--fault-corrupt-push", action="store_true",

@@ -86,3 +86,37 @@ def test_csv_modes(tmp_path):
     np.testing.assert_allclose(tr.current_a, 0.25)
     with pytest.raises(DataError, match="neither"):
         read_monsoon_csv(pt, rate_hz=50.0)
+
+
+@pytest.mark.parametrize("header,msg", [
+    (b"{}", "lacks rate_hz"),
+    (b"[]", "a JSON list, not an object"),
+    (b'{"rate_hz": 0}', "rate_hz 0 is not in"),
+    (b'{"rate_hz": "fast"}', "rate_hz is not a number"),
+    (b'{"rate_hz": true}', "rate_hz is not a number"),
+    (b'{"rate_hz": 5000, "anchor_mono_s": Infinity}', "anchor_mono_s is not finite"),
+    (b'{"rate_hz": 5000, "instrument": [1]}', "instrument is not a table"),
+    (b'{"rate_hz": 5000, "schema_version": 1.5}', "schema_version is not a whole number"),
+    (b"\xff\xfe", "not JSON"),
+])
+def test_crafted_ptrc_header_is_one_data_error(tmp_path, header, msg):
+    import struct
+
+    from device.errors import DataError
+    from device.tracefile import TraceReader
+
+    p = tmp_path / "t.ptrc"
+    p.write_bytes(b"PWRTRC01" + struct.pack("<I", len(header)) + header)
+    with pytest.raises(DataError, match=msg):
+        TraceReader(p)
+
+
+def test_csv_long_value_is_cut_in_the_error(tmp_path):
+    from device.errors import DataError
+    from device.tracefile import read_monsoon_csv
+
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"Time(s),Main(mA)\n" + b"z" * 1_000_000 + b",1\n")
+    with pytest.raises(DataError) as info:
+        read_monsoon_csv(p)
+    assert len(str(info.value)) < 300 and "zzz..." in str(info.value)

@@ -65,9 +65,26 @@ def test_defaults_by_kind_and_overrides():
     ({"levels": [10, 10]}, "repeats"),
     ({"classes": [3]}, "at least two"),
     ({"min_reps": 5, "max_reps": 3}, "min_reps"),
-    ({"window_s": -1}, "positive"),
+    ({"window_s": -1}, "window_s must be a finite number > 0"),
     ({"monitor": "usb"}, "monsoon or gauge"),
-    ({"bogus": 1}, "bad run settings"),
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"window_s": "abc"}, "window_s must be a number, not 'abc'"),
+    ({"levels": "10,20"}, "levels must be a list of whole numbers"),
+    ({"levels": 10}, "levels must be a list of whole numbers"),
+    ({"levels": [10.7, 20]}, "levels must be a list of whole numbers"),
+    ({"classes": [[0, 1]]}, "classes must be a list of whole numbers"),
+    ({"target_ci_pct": "5"}, "target_ci_pct must be a number"),
+    ({"min_reps": "2"}, "min_reps must be a whole number"),
+    ({"seed": "abc"}, "seed must be a whole number"),
+    ({"seed": -1}, "seed must be a whole number from 0"),
+    ({"cooldown_temp_c": "hot"}, "cooldown_temp_c must be a number or none"),
+    ({"min_reps": True}, "min_reps must be a whole number"),
+    ({"target_ci_pct": float("nan")}, "target_ci_pct must be a number"),
+    ({"idle_s": float("inf")}, "idle_s must be a number or none"),
+    ({"window_s": 1e6}, "window_s must be a finite number > 0 and <= 600"),
+    ({"threads": 10000}, "threads must be a whole number from 1 to"),
+    ({"max_reps": 10**9}, "max_reps must be a whole number from 2 to 1000"),
+    ({"serial": "a\x00b"}, "without NUL"),
 ])
 def test_bad_settings(over, msg):
     with pytest.raises(UsageError, match=msg):
@@ -99,3 +116,26 @@ def test_ci_reached():
     assert not ci_reached(tight, 5.0, 4)  # b has only 3
     assert not ci_reached({"a": [10.0, 20.0, 5.0]}, 5.0, 3)
     assert not ci_reached({"a": list(np.full(3, np.nan))}, 5.0, 2)
+
+
+def test_bad_settings_from_toml_name_the_file(tmp_path):
+    p = tmp_path / "run.toml"
+    p.write_text('levels = [10.7, 20]\n')
+    with pytest.raises(UsageError, match=r"--config '.*run.toml': levels must be a list of whole numbers"):
+        load_toml(p)
+    p.write_text('run = 3\n')
+    with pytest.raises(UsageError, match=r"\[run\] must be a table"):
+        load_toml(p)
+
+
+def test_check_inputs_refuses_unknown_method_model_stats(tmp_path):
+    from harness.plan import check_inputs
+
+    for over, msg in (({"method": "bogus"}, "unknown method 'bogus'"),
+                      ({"model": str(tmp_path / "missing.npz")}, "--model .*no such file"),
+                      ({"stats": str(tmp_path / "missing.npz")}, "--stats .*no such file")):
+        with pytest.raises(Exception, match=msg) as info:
+            check_inputs(make_plan("virtual", "virtual", over))
+        from harness.errors import INPUT_ERRORS
+
+        assert isinstance(info.value, INPUT_ERRORS)
