@@ -32,13 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from device import sync as S
 from device.errors import MeasurementError
 from harness.energy import IntegrityGate, NetEnergy, WindowStats, analyse_windows, net_energy
+
+if TYPE_CHECKING:
+    from device.sync import MarkerMatch
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class WindowAnalysis:
     stats: WindowStats  # the integrity gate's statistics of the span
     sync: str  # markers | host | none
     sync_error_bound_s: float | None
-    markers: dict[str, S.MarkerMatch]
+    markers: dict[str, MarkerMatch]
     phases: tuple[tuple[str, float, float], ...]
     net: NetEnergy | None
     n_inferences: int
@@ -170,12 +172,14 @@ def _samples_near(src: Any, t_s: float, pad_s: float) -> tuple[np.ndarray, np.nd
 
 
 def find_markers(src: Any, start_s: float, end_s: float, search_s: float = 1.0,
-                 busy_scales: tuple[float, ...] = (1.0,)) -> dict[str, S.MarkerMatch]:
+                 busy_scales: tuple[float, ...] = (1.0,)) -> dict[str, MarkerMatch]:
     """The start and end sync markers nearest the host estimates ``start_s``/``end_s`` of their sync points.
 
     Raises :class:`device.errors.MeasurementError` when either is not found.
     """
-    found: dict[str, S.MarkerMatch] = {}
+    from device import sync as S  # scipy.signal: imported when a window is synced
+
+    found: dict[str, MarkerMatch] = {}
     for kind, t_est in (("start", start_s), ("end", end_s)):
         pad = search_s + S.marker_duration_s(kind, max(busy_scales))
         idx, cur = _samples_near(src, t_est, pad)
@@ -219,7 +223,9 @@ def analyse_window(trace: Any, marks: WindowMarks, limits: WindowLimits | None =
     phases: list[tuple[str, float, float]] = []
     guard = 0.0
     if marks.sync:
-        guard = S.GUARD_S
+        from device.sync import GUARD_S
+
+        guard = GUARD_S
         try:
             markers = find_markers(trace, a, b, lim.sync_search_s, lim.busy_scales)
         except MeasurementError as exc:
