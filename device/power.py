@@ -4,7 +4,8 @@ A monitor streams samples to a ``.ptrc`` file (device/tracefile.py) from ``start
 them, ``begin(key)`` / ``end(key)`` mark windows by host time (``time.monotonic()``); ``end`` returns the
 window's :class:`Trace`.  Sample times are never per-packet host times: they are rebuilt from the sample index
 and the rate from one anchor (the host time of sample 0), so duplicated or truncated packet timestamps cannot
-leak in.  Gaps in the index are dropped samples.  Misuse (begin twice, end unknown, windows before start or
+leak in.  Gaps in the index are dropped samples.  A ``Trace`` only carries samples: its energy, sync and
+integrity verdict come from the harness's one analysis path (``harness.window.analyse_window``).  Misuse (begin twice, end unknown, windows before start or
 after stop) raises :class:`~harness.errors.MeasurementError`.
 
 Implementations: ``device.monsoon.MonsoonMonitor`` (HVPM/LVPM through the ``monsoon`` package; the virtual
@@ -73,12 +74,6 @@ class Trace:
     @property
     def duration_s(self) -> float:
         return self.expected_samples / self.rate_hz if self.expected_samples else self.samples / self.rate_hz
-
-    def energy_j(self) -> float:
-        """Mean power of received samples times the window duration (dropped samples do not bias it)."""
-        if self.samples == 0:
-            raise MeasurementError("empty trace: no samples to integrate")
-        return float(np.mean(self.power_w) * self.duration_s)
 
 
 @dataclass

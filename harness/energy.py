@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from harness.errors import UsageError
 
@@ -407,6 +406,8 @@ def marginal_energy(inferences: Sequence[int], net_energy_j: Sequence[float],
         resid = y - (intercept + slope * x)
         se_res = math.sqrt(float(np.sum(resid**2)) / (x.size - 2) / sxx)
         if se_res > se_meas:
+            from scipy import stats  # only here: keeps scipy.stats out of every command's start-up
+
             se_slope = se_res
             q = float(stats.t.ppf(0.975, x.size - 2))
     ratio = y / x

@@ -93,7 +93,8 @@ class WindowResult:
 
 
 class Backend(ABC):
-    """One device kind.  Implementations: host, virtual lab, real phone (see harness/backends.py)."""
+    """One device kind.  Implementations: ``harness.backend_host``, ``harness.backend_phone`` (real phone) and
+    ``harness.backend_virtual`` (virtual lab); ``harness.backends.make_backend`` picks one."""
 
     name: str = "backend"
     virtual: bool = False

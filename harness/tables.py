@@ -2,7 +2,9 @@
 
 Energy per inference of one window = (energy over the window's busy span - idle power x busy
 span) / inferences, the idle power being the mean of the two idle windows that bracket it (the
-paper's "inference run minus an idle run of the same duration").  Table values are means over the
+paper's "inference run minus an idle run of the same duration"): the idle-subtraction step of the one
+analysis path, :func:`harness.window.energy_per_inference_mj`, over the stored windows (each window's
+energy, span and validity came from :func:`harness.window.analyse_window`).  Table values are means over the
 valid windows with Student-t 95% CIs; savings are against the base model (level 0).
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from harness.store import ModelRecord, WindowRecord
 from harness.verdict import mean_ci
+from harness.window import energy_per_inference_mj
 
 #: The paper's Nexus 4 numbers (Guo & Potkonjak 2017, Tables 3 and 4), by channels removed (%).
 PAPER_NEXUS4: dict[int, dict[str, float]] = {
@@ -37,22 +40,6 @@ PAPER_NEXUS4: dict[int, dict[str, float]] = {
 
 VIRTUAL_NOTE = "Numbers from the virtual lab (virtual phone + virtual Monsoon), not from a real phone."
 HOST_NOTE = "Host timing only (no power monitor): energy is not measured."
-
-
-def energy_per_inference_mj(energy_j, busy_s, n_inferences, idle_before_w, idle_after_w) -> np.ndarray:
-    """(E - busy_s * mean idle power) / n, in mJ; NaN where an input is missing or n <= 0.
-
-    One idle neighbour suffices (the other may be NaN); with none the result is NaN.
-    """
-    e = np.asarray(energy_j, dtype=np.float64)
-    t = np.asarray(busy_s, dtype=np.float64)
-    n = np.asarray(n_inferences, dtype=np.float64)
-    idle = np.stack([np.asarray(idle_before_w, dtype=np.float64), np.asarray(idle_after_w, dtype=np.float64)])
-    cnt = np.isfinite(idle).sum(axis=0)
-    p_idle = np.where(cnt > 0, np.nansum(idle, axis=0) / np.maximum(cnt, 1), np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (e - t * p_idle) / n * 1000.0
-    return np.where(n > 0, out, np.nan)
 
 
 def window_metrics(windows: Sequence[WindowRecord]) -> dict[str, np.ndarray]:

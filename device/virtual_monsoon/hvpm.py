@@ -84,6 +84,7 @@ class VirtualMonsoonConfig:
     present: bool = True  # False: nothing on the bus
     fail_after_s: float | None = None  # the monitor "disconnects" this long after sampling starts
     fifo_samples: int = 10000
+    voltage_drift_v_per_s: float = 0.0  # fault: the main output voltage ramps by this much per second of sampling
 
     def state_path(self) -> Path:
         return Path(self.root) / f"virtual_monsoon_{self.serial}.json"
@@ -289,6 +290,9 @@ class VirtualHVPM:
         rows[:, 0] = coarse
         rows[:, 1] = fine
         rows[:, 2:8] = self._static_cols
+        if self.cfg.voltage_drift_v_per_s:  # fault: a drifting supply (the phone's current is unchanged)
+            dv = np.rint((t - self._t0) * self.cfg.voltage_drift_v_per_s / (ADC_V_PER_LSB * MAIN_VOLTAGE_SCALE))
+            rows[:, 6] = np.clip(rows[:, 6] + dv.astype(np.int64), 0, 0xFFFF)
         rows[:, 8] = 0x00
         rows[:, 9] = 0
         if self._rest.size:

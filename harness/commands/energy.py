@@ -1,4 +1,7 @@
-"""``harness energy``: energy of a window of a power trace, idle-subtracted, per inference, with 95% CIs."""
+"""``harness energy``: energy of a window of a power trace, idle-subtracted, per inference, with 95% CIs.
+
+The analysis is :func:`harness.window.analyse_window`, the one path ``harness run`` also takes.
+"""
 
 from __future__ import annotations
 
@@ -42,16 +45,16 @@ def _ci(pair) -> list[float]:
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the command reports, as one dict (raises InputError/DataError on bad input)."""
-    import numpy as np
-
-    from device import sync
     from device.tracefile import open_trace
     from harness import energy as E
+    from harness.window import WindowLimits, WindowMarks, analyse_window
 
     win = E.parse_window(args.window, "--window")
     idles = [E.parse_window(t, "--idle") for t in args.idle]
     if args.inferences is not None and args.inferences <= 0:
         raise UsageError(f"--inferences must be a positive whole number, not {args.inferences}")
+    if args.inferences and not idles:
+        raise UsageError("--inferences needs at least one --idle window (net energy = window - idle baseline)")
     if args.rate_hz is not None and not (math.isfinite(args.rate_hz) and args.rate_hz > 0):
         raise UsageError(f"--rate-hz must be positive, not {args.rate_hz}")
     src = open_trace(args.trace, args.rate_hz, args.time_unit)
@@ -73,60 +76,39 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
         if a >= trace_end_s or (b > trace_end_s + 1e-9 and not ended_early):
             raise UsageError(f"{name} {a:g}:{b:g} is outside the trace (0 to {trace_end_s:.4f} s)")
         # a monitor that stopped mid-window: the window is analysed and marked invalid, not refused
-    if args.sync:
-        found = {}
-        for kind, t_est in (("start", win[0]), ("end", win[1])):
-            pad = args.sync_search_s + sync.marker_duration_s(kind)
-            i0 = first + max(int((t_est - pad) * rate), 0)
-            i1 = first + int(math.ceil((t_est + pad) * rate))
-            idx, cur = [], []
-            for c in src.iter_chunks(i0, i1):
-                idx.append(np.arange(c.start_index, c.start_index + c.current_a.size))
-                cur.append(c.current_a)
-            if not idx:
-                raise UsageError(f"--sync: no samples near {t_est:g} s")
-            m = sync.find_marker(
-                np.concatenate(cur), rate, kind, t_offset_s=-first / rate, expected_sync_s=t_est,
-                search_s=args.sync_search_s, sample_index=np.concatenate(idx),
-            )
-            found[kind] = m
-        win = (found["start"].sync_point_s, found["end"].sync_point_s)
-        if win[1] <= win[0]:
-            raise UsageError("--sync: the end marker comes before the start marker")
+    marks = WindowMarks(win[0], win[1], kind="window", sync=bool(args.sync), n_inferences=args.inferences or 0)
+    res = analyse_window(src, marks, WindowLimits(sync_search_s=args.sync_search_s), idles)
+    if res.markers:
         out["sync"] = {
             k: {"sync_point_s": m.sync_point_s, "sync_error_s": m.sync_error_s, "score": m.score,
                 "busy_scale": m.busy_scale}
-            for k, m in found.items()
+            for k, m in res.markers.items()
         }
-    stats = E.analyse_windows(src.iter_chunks(), [win, *idles], rate, first)
-    w = stats[0]
+    win = res.window_s
+    w = res.stats
     out.update(
         window_s=[win[0], win[1]],
         energy_j=w.energy_j, energy_j_ci=_ci(w.energy_ci_j),
         mean_power_w=w.mean_power_w, mean_power_w_ci=_ci(w.mean_power_ci_w),
         duration_s=w.duration_s, samples=w.samples, expected_samples=w.expected_samples, dropped=w.dropped,
         trace_samples=src.samples, trace_dropped=src.dropped_samples,
-        mean_voltage_v=w.mean_voltage_v,
+        mean_voltage_v=w.mean_voltage_v, voltage_drift_frac=w.voltage_drift_frac, sync_mode=res.sync,
     )
-    valid = w.valid
-    reasons = list(w.reasons)
-    if idles:
-        ne = E.net_energy(w, stats[1:])
+    if res.net is not None:
+        ne = res.net
         out.update(
             idle_power_w=ne.idle_power_w, idle_power_w_ci=_ci(ne.idle_power_ci_w),
-            idle_windows_s=[[stats[1 + i].start_s, stats[1 + i].end_s] for i in ne.idle_windows],
+            idle_windows_s=[list(idles[i]) for i in ne.idle_windows],
             net_energy_j=ne.net_energy_j, net_energy_j_ci=_ci(ne.net_energy_ci_j),
         )
-        valid = ne.valid
-        reasons = list(ne.reasons)
         if args.inferences:
             n = args.inferences
             out.update(
-                inferences=n, net_energy_per_inference_j=ne.net_energy_j / n,
+                inferences=n, net_energy_per_inference_j=res.net_energy_per_inference_j,
                 net_energy_per_inference_j_ci=[v / n for v in ne.net_energy_ci_j],
             )
-    elif args.inferences:
-        raise UsageError("--inferences needs at least one --idle window (net energy = window - idle baseline)")
+    valid = res.valid
+    reasons = list(res.reasons)
     if ended_early and win[1] > trace_end_s:
         why = trailer.get("end_reason") or "the sampler did not close the file"
         reasons.append(f"the trace ends at {trace_end_s:.4f} s, inside the window ({why})")

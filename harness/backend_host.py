@@ -1,0 +1,66 @@
+"""``--device host``: this machine timed through ExecuTorch's runtime (no energy), as ``harness.hostrun``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from harness.runloop import Backend, PreparedModel, WindowResult
+
+
+class HostBackend(Backend):
+    """This machine, timed with ExecuTorch's runtime (``device.runner.HostProgram``, as ``harness.hostrun``).
+
+    Each model is loaded once in :meth:`prepare`; a window is ``warmup`` untimed then N timed
+    ``run_once`` calls on the runner's default input.  No energy: idle windows only keep the
+    schedule's shape.
+    """
+
+    name = "host"
+    virtual = False
+    measures_energy = False
+    instrument = "none (host timing)"
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+        from device import runner  # the ExecuTorch runtime: imported when a host backend is made
+
+        self._runner = runner
+        self._progs: dict[str, Any] = {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        from harness import hostrun
+
+        fp = dict(hostrun.host_fingerprint(self.threads))
+        fp.pop("load_avg_1min", None)  # not part of what the device is
+        return {"kind": "host", **fp}
+
+    def prepare(self, model: PreparedModel, warmup: int) -> float:
+        r = self._runner
+        prog = r.HostProgram(model.artifact_path)
+        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
+        r.set_host_threads(self.threads)
+        self._progs[model.key] = prog
+        for _ in range(max(1, warmup)):
+            prog.run_once()
+        return float(np.median([prog.run_once() for _ in range(5)]))
+
+    def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
+        prog = self._progs[model.key]
+        t0 = time.monotonic()
+        for _ in range(warmup):
+            prog.run_once()
+        lat = np.fromiter((prog.run_once() for _ in range(n_inferences)), dtype=np.float64, count=n_inferences)
+        if not np.all(np.isfinite(prog.output())):
+            return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0, valid=False,
+                                reason="model produced NaN/inf", latencies_ms=lat)
+        return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0,
+                            busy_s=float(lat.sum()) / 1000.0, latencies_ms=lat)
+
+    def idle_window(self, duration_s: float) -> WindowResult:
+        t0 = time.monotonic()
+        if duration_s > 0:
+            time.sleep(duration_s)
+        return WindowResult(duration_s=time.monotonic() - t0, busy_s=duration_s)
