@@ -62,9 +62,11 @@ class BoundedBuffer:
     def __init__(self, limit: int = PIPE_MAX_BYTES):
         self.data = bytearray()
         self.limit = limit
+        self.overflowed = False
 
     def write(self, b: bytes) -> None:
         if len(self.data) + len(b) > self.limit:
+            self.overflowed = True
             raise OutputLimit(f"pipe output over {self.limit >> 20} MiB")
         self.data += b
 

@@ -49,8 +49,8 @@ class Connection:
         self._token = b""
         self._rx_bytes = 0
         self._rx = sock.makefile("rb", buffering=P.MAX_PAYLOAD_BYTES + P.HEADER_SIZE)
-        self._auth_timer = threading.Timer(AUTH_TIMEOUT_S, self._auth_deadline)
-        self._auth_timer.daemon = True
+        self.opened_mono_s = time.monotonic()
+        self._auth_deadline_mono_s = self.opened_mono_s + AUTH_TIMEOUT_S
 
     # --- I/O
     def send(self, command: int, arg0: int, arg1: int, data: bytes = b"") -> None:
@@ -67,6 +67,12 @@ class Connection:
                 self.kill()
 
     def _read(self, n: int) -> bytes:
+        if not self.authed:  # the whole handshake, not each read, has AUTH_TIMEOUT_S
+            left = self._auth_deadline_mono_s - time.monotonic()
+            if left <= 0:
+                log.info("virtual phone: %s did not authenticate within %g s; closing", self.peer, AUTH_TIMEOUT_S)
+                raise Closed()
+            self.sock.settimeout(left)
         data = self._rx.read(n) if n else b""
         if len(data) < n:
             raise Closed()
@@ -89,17 +95,11 @@ class Connection:
         for s in list(self._streams.values()):
             s.remote_closed()
 
-    def _auth_deadline(self) -> None:
-        if not self.authed and self.alive:
-            log.info("virtual phone: %s did not authenticate within %g s; closing", self.peer, AUTH_TIMEOUT_S)
-            self.kill()
-
     def forget(self, local_id: int) -> None:
         self._streams.pop(local_id, None)
 
     # --- main loop
     def serve(self) -> None:
-        self._auth_timer.start()
         try:
             while self.alive:
                 hdr = P.unpack_header(self._read(P.HEADER_SIZE))
@@ -114,7 +114,6 @@ class Connection:
         except P.ProtocolError as exc:
             log.warning("virtual phone: %s: %s; closing the link", self.peer, exc)
         finally:
-            self._auth_timer.cancel()
             self.kill()
             try:
                 self.sock.close()
@@ -187,6 +186,7 @@ class Connection:
 
     def _connected(self) -> None:
         self.authed = True
+        self.sock.settimeout(None)
         props = self.phone.props
         banner = (f"device::ro.product.name={props.get('ro.product.name', '')};"
                   f"ro.product.model={props.get('ro.product.model', '')};"

@@ -1,7 +1,8 @@
 """The virtual phone's adbd: the ADB wire protocol over TCP on 127.0.0.1.
 
 :class:`VirtualPhone` listens and hands each client to a :class:`~.connection.Connection` (one thread
-each, at most ``MAX_CONNECTIONS`` at once; more are closed on accept, as an exhausted adbd would).
+each, at most ``MAX_CONNECTIONS`` at once and ``MAX_UNAUTHENTICATED`` of them still in the handshake, the
+oldest of which is dropped to make room; when every slot is authenticated, a new link is closed on accept).
 Streams: ``OPEN``/``OKAY``/``WRTE``/``CLSE`` with one-packet-in-flight flow control both ways
 (:mod:`.stream`).  Services: ``shell:`` (v1: stdout and stderr merged), ``shell,v2,...:`` (the shell
 protocol with exit codes), ``exec:``, ``sync:`` (:mod:`.filesync`), ``reboot:``, ``root:`` (:mod:`.services`).
@@ -22,6 +23,9 @@ from device.virtual_phone.phone import FaultConfig, PhoneState
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
+#: links still in the handshake (at most ``connection.AUTH_TIMEOUT_S`` each); a new link evicts the oldest
+#: of them, so a client without a key cannot take the slots of those with one
+MAX_UNAUTHENTICATED = 16
 
 
 class VirtualPhone:
@@ -123,6 +127,16 @@ class VirtualPhone:
         with self._lock:
             self._conns.discard(conn)
 
+    def _admit(self) -> bool:
+        """Room for one more link?  The oldest link still in the handshake makes room when needed."""
+        with self._lock:
+            pending = sorted((c for c in self._conns if not c.authed), key=lambda c: c.opened_mono_s)
+            full = len(self._conns) >= MAX_CONNECTIONS
+        if len(pending) >= MAX_UNAUTHENTICATED or (full and pending):
+            pending[0].kill()  # a client without a key cannot hold the slots of those with one
+            return True
+        return not full
+
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self._stopping.is_set():
@@ -135,9 +149,7 @@ class VirtualPhone:
             if time.monotonic() < self.state.rebooting_until_mono_s:
                 client.close()  # rebooting: nobody home
                 continue
-            with self._lock:
-                full = len(self._conns) >= MAX_CONNECTIONS
-            if full:
+            if not self._admit():
                 log.warning("virtual phone: %d connections open; refusing %s:%s", MAX_CONNECTIONS, *addr[:2])
                 client.close()
                 continue

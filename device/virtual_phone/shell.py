@@ -126,6 +126,9 @@ class Shell:
             else:
                 buf = BoundedBuffer()
                 status = self._run_simple(cmd, Output(buf.write, out.err), data)
+                if buf.overflowed:  # the pipe broke: the pipeline fails here (the stage said why)
+                    self.status = 1
+                    return 1
                 data = bytes(buf.data)
         self.status = status
         return status
