@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 RUNNER_NAME = "executor_runner"
-PIPE_MAX_BYTES = 16 << 20
+PIPE_MAX_BYTES = 4 << 20
 IO_BLOCK_BYTES = 64 << 10
 FIELD_WIDTH_MAX = 1 << 16
 TOYBOX_ONLY = frozenset({"sha256sum", "sha1sum", "stat", "which", "timeout", "nproc", "seq"})

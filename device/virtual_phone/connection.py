@@ -4,7 +4,8 @@ Handshake ``CNXN`` -> ``AUTH`` token -> signature check against the known keys (
 -> ``CNXN`` with the device banner; unknown public keys are accepted only with ``accept_new_keys``.
 A link that has not authenticated within ``AUTH_TIMEOUT_S`` is closed; a packet over
 ``protocol.MAX_PAYLOAD_BYTES`` or a client that ignores flow control ends the link; at most
-``MAX_STREAMS`` streams are open on one link (more ``OPEN``s are refused with ``CLSE``).
+``MAX_STREAMS`` streams are open on one link and ``server.MAX_SERVICES`` on the phone (more ``OPEN``s
+are refused with ``CLSE``).
 """
 
 from __future__ import annotations
@@ -210,9 +211,9 @@ class Connection:
             handler = functools.partial(serve_reboot, phone, reboot_s=self.server.reboot_s)
         elif service.startswith("root:") or service.startswith("unroot:"):
             handler = functools.partial(serve_root, phone)
-        if handler is None or len(self._streams) >= MAX_STREAMS:
+        if handler is None or len(self._streams) >= MAX_STREAMS or not self.server.services.acquire(blocking=False):
             if handler is not None:
-                log.info("virtual phone: %s has %d streams open; refusing another", self.peer, MAX_STREAMS)
+                log.info("virtual phone: %s: too many streams open; refusing another", self.peer)
             self.send(P.CLSE, 0, remote_id)
             return
         local_id = self._next_id
@@ -231,4 +232,7 @@ class Connection:
         except Exception:  # a bug in a service must not take the phone down
             log.exception("virtual phone: service failed")
         finally:
-            stream.close()
+            try:
+                stream.close()
+            finally:
+                self.server.services.release()

@@ -23,6 +23,8 @@ from device.virtual_phone.phone import FaultConfig, PhoneState
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
+#: streams (service threads) open at once on one phone, over all links
+MAX_SERVICES = 128
 #: links still in the handshake (at most ``connection.AUTH_TIMEOUT_S`` each); a new link evicts the oldest
 #: of them, so a client without a key cannot take the slots of those with one
 MAX_UNAUTHENTICATED = 16
@@ -50,6 +52,7 @@ class VirtualPhone:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.services = threading.BoundedSemaphore(MAX_SERVICES)
 
     # --- public
     @property
@@ -130,8 +133,9 @@ class VirtualPhone:
     def _admit(self) -> bool:
         """Room for one more link?  The oldest link still in the handshake makes room when needed."""
         with self._lock:
-            pending = sorted((c for c in self._conns if not c.authed), key=lambda c: c.opened_mono_s)
-            full = len(self._conns) >= MAX_CONNECTIONS
+            live = [c for c in self._conns if c.alive]  # a killed link may not have left the set yet
+            pending = sorted((c for c in live if not c.authed), key=lambda c: c.opened_mono_s)
+            full = len(live) >= MAX_CONNECTIONS
         if len(pending) >= MAX_UNAUTHENTICATED or (full and pending):
             pending[0].kill()  # a client without a key cannot hold the slots of those with one
             return True
