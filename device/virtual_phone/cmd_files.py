@@ -29,7 +29,7 @@ from device.virtual_phone.cmdbase import (
 )
 from device.virtual_phone.sandbox import DEV_NULL, SandboxError, safe_mode
 
-GREP_TIME_LIMIT_S = 2.0
+GREP_TIME_LIMIT_S = 1.0
 
 
 def _mode_string(mode: int) -> str:

@@ -346,3 +346,10 @@ def test_streams_per_link_are_capped(phone, key):
     finally:
         c.close()
     budget.check()
+
+
+def test_background_jobs_are_capped(phone, dev):
+    before = phone.threads()
+    res = dev.shell(" ".join(["sleep 2 &"] * 40) + " echo done", timeout_s=30, check=False)
+    assert "can't fork" in res.output and res.output.strip().endswith("done")
+    assert phone.threads() <= before + 32 + 2
