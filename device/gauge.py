@@ -7,6 +7,12 @@ file like any monitor; ``Trace.low_resolution`` is True and the instrument says 
 slowly, includes the ADB shell's own cost, and its sign convention differs between phones (the magnitude is
 used).  A phone that reports ``Charging`` is powered by USB: those samples carry their current as
 "USB-channel current", so the integrity gate rejects the window.
+
+The gauge polls over its OWN ADB link when the device can open one (ADB over TCP: :func:`second_link`).
+One adb-shell link serves one reader at a time: while the runner's long shell command waits for its output
+it holds the link's transport, so a poll on the same link waited for the whole inference window (every
+window invalid, hundreds of dropped samples).  Over USB only one link exists; the gauge then shares it and
+cannot sample while a command runs (use ADB over Wi-Fi for gauge measurements; USB also charges the phone).
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ class ShellDevice(Protocol):
     def shell(self, command: str, timeout_s: float = 60.0, check: bool = True, retry: bool = True) -> Any: ...
 
 
+def second_link(device: Any) -> Any | None:
+    """A separate connection to the same phone (ADB over TCP), or None when only one link can exist."""
+    from device.adb import AdbDevice
+
+    if not isinstance(device, AdbDevice) or device.kind != "tcp":
+        return None
+    return AdbDevice(device.name, device.options).connect()
+
+
 def parse_gauge(output: str) -> tuple[float, float, bool]:
     """Parse ``current_now``, ``voltage_now`` and ``status`` lines into (A, V, charging)."""
     lines = [x.strip() for x in output.strip().splitlines() if x.strip()]
@@ -59,6 +74,7 @@ class FuelGaugeMonitor(PowerMonitor):
         if not (0 < rate_hz <= 50):
             raise DataError(f"fuel gauge rate must be in (0, 50] Hz, not {rate_hz}")
         self.device = device
+        self._link: Any | None = None  # the gauge's own ADB link, opened on start
         self.rate_hz = float(rate_hz)
         self.trace_path = Path(trace_path)
         base = f"/sys/class/power_supply/{supply}"
@@ -71,13 +87,23 @@ class FuelGaugeMonitor(PowerMonitor):
                            "low_resolution": True}
 
     def read_once(self) -> tuple[float, float, bool]:
-        res = self.device.shell(self._cmd, timeout_s=5.0, check=False)
+        res = (self._link or self.device).shell(self._cmd, timeout_s=5.0, check=False)
         if getattr(res, "exit_code", 0) != 0:
             raise DeviceError(self.instrument["device"], f"fuel gauge not readable: {res.output.strip()[:200]}")
         return parse_gauge(res.output)
 
     def _open(self) -> None:
-        self.read_once()  # fail early, in the caller's thread, if the gauge is not there
+        self._link = second_link(self.device)
+        if self._link is None:
+            log.warning("fuel gauge on %s shares the command link: it cannot sample while a command runs",
+                        self.instrument["device"])
+        try:
+            self.read_once()  # fail early, in the caller's thread, if the gauge is not there
+        except BaseException:
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+            raise
         self.anchor_mono_s = time.monotonic()
         self._writer = TraceWriter(self.trace_path, {"rate_hz": self.rate_hz, "anchor_mono_s": self.anchor_mono_s,
                                                      "instrument": self.instrument})
@@ -105,6 +131,9 @@ class FuelGaugeMonitor(PowerMonitor):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     def _wait_for_index(self, index: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -13,6 +13,7 @@ from typing import Any
 
 from device.lab_power import power_model_for
 from harness.backend_phone import PhoneBackend
+from harness.errors import InputError
 from harness.plan import RunPlan
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class VirtualLabBackend(PhoneBackend):
     """The virtual phone (loopback ADB, ADB auth with our key) and the virtual Monsoon, started on open."""
 
     def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str = "virtual",
-                 monsoon_faults: dict[str, Any] | None = None):
+                 monsoon_faults: dict[str, Any] | None = None, connect: str | None = None):
         from device.profiles import load_profile
 
         super().__init__(None, None, load_profile(profile_name), plan, virtual=True, name=name)
@@ -37,6 +38,8 @@ class VirtualLabBackend(PhoneBackend):
         self.instrument = "monsoon (virtual HVPM)"
         self.monsoon_faults = dict(monsoon_faults or {})  # VirtualMonsoonConfig fields, e.g. fail_after_s (tests)
         self._phone = None
+        # --connect: an externally started `harness virtual-phone` (its entry: address, timeline, profile)
+        self.external = _announced_phone(connect, self.profile.name) if connect else None
 
     @property
     def phone(self):
@@ -55,11 +58,14 @@ class VirtualLabBackend(PhoneBackend):
         threading.Thread(target=_prewarm_runtime, name="prewarm-executorch", daemon=True).start()
         key = ensure_adb_key(self.lab_dir / "adbkey")
         try:
-            self._phone = VirtualPhone(self.lab_dir / "phone", self.profile,
-                                       authorized_keys=(Path(f"{key}.pub"),),
-                                       serial=f"virtual-{self.profile.name}").start()
-            self.device = AdbDevice(self._phone.address, AdbOptions(key_path=str(key))).connect()
-            cfg = VirtualMonsoonConfig(root=str(self.lab_dir), timeline_path=str(self._phone.timeline_path),
+            if self.external is None:
+                self._phone = VirtualPhone(self.lab_dir / "phone", self.profile,
+                                           authorized_keys=(Path(f"{key}.pub"),),
+                                           serial=f"virtual-{self.profile.name}").start()
+            address, timeline = ((self.external["address"], self.external["timeline"]) if self.external else
+                                 (self._phone.address, self._phone.timeline_path))
+            self.device = AdbDevice(address, AdbOptions(key_path=str(key))).connect()
+            cfg = VirtualMonsoonConfig(root=str(self.lab_dir), timeline_path=str(timeline),
                                        profile=power_model_for(self.profile), **self.monsoon_faults)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.monitor = MonsoonMonitor(MonsoonOptions(voltage_v=self.profile.monsoon_voltage_v),
@@ -80,3 +86,20 @@ class VirtualLabBackend(PhoneBackend):
             if self._phone is not None:
                 self._phone.stop()
                 self._phone = None
+
+
+def _announced_phone(address: str, profile: str) -> dict[str, Any]:
+    """The registry entry of the running virtual phone at ``address`` (``harness virtual-phone``)."""
+    from device.virtual_phone.registry import live_phones
+
+    host, _, port = address.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        raise InputError(f"--connect {address!r}: expected 127.0.0.1:PORT of a running `harness virtual-phone`")
+    found = [e for e in live_phones() if int(e["port"]) == int(port)]
+    if not found:
+        raise InputError(f"--connect {address}: no virtual phone is running there (start one with "
+                         f"`harness virtual-phone --port {port} --accept-new-keys`, same HARNESS_CACHE_DIR)")
+    if found[0].get("profile") != profile:
+        raise InputError(f"--connect {address}: that phone emulates {found[0].get('profile')}, not {profile}; "
+                         f"use --device {found[0].get('profile')}")
+    return found[0]

@@ -38,10 +38,13 @@ __all__ = [
 ]
 
 
-def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("results")) -> Backend:
-    """The backend for a resolved device (not yet opened); ``work_dir`` holds lab files and raw traces."""
+def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("results"),
+                 connect: str | None = None) -> Backend:
+    """The backend for a resolved device (not yet opened); ``work_dir`` holds lab files and raw traces;
+    ``connect`` (virtual only): the address of a running ``harness virtual-phone`` to measure instead."""
     if choice.kind == "host":
         return HostBackend(threads=plan.threads)
     if choice.kind == "virtual":
-        return VirtualLabBackend(choice.profile, plan, Path(work_dir) / "virtual-lab", name=choice.name)
+        return VirtualLabBackend(choice.profile, plan, Path(work_dir) / "virtual-lab", name=choice.name,
+                                 connect=connect)
     return RealPhoneBackend(choice.profile, plan, Path(work_dir) / "phone-traces", name=choice.name)

@@ -17,6 +17,8 @@ from device.virtual_phone.timeline import FILE_NAME, BusyTimeline
 
 log = logging.getLogger(__name__)
 
+#: background jobs (``cmd &``) one phone runs at once; more answer "can't fork"
+MAX_BACKGROUND_JOBS = 32
 RUNNER_MARKER = b"#!virtual executor_runner (built into the harness virtual phone)\n"
 KEYS_FILE = "adb_keys"
 IDLE_TEMP_MC = 31000
@@ -58,6 +60,7 @@ class PhoneState:
         self.faults = FaultConfig()
         self.drops_done = 0
         self.lock = threading.RLock()
+        self.jobs = threading.BoundedSemaphore(MAX_BACKGROUND_JOBS)
         self.boot_time_mono_s = time.monotonic()
         self.rebooting_until_mono_s = 0.0
         self.on_drop_all = None  # set by the server: closes every live connection

@@ -13,8 +13,15 @@ import posixpath
 from pathlib import Path
 
 WRITABLE_PREFIXES = ("/data/local/tmp", "/sdcard", "/storage/emulated/0")
+#: mode bits a device file may carry on the host: no setuid/setgid/sticky, no group or other write
+SAFE_MODE_MASK = 0o755
 DEV_NULL = "/dev/null"
 DEV_ZERO = "/dev/zero"
+
+
+def safe_mode(mode: int) -> int:
+    """``mode`` as the host file may carry it (see :data:`SAFE_MODE_MASK`)."""
+    return mode & SAFE_MODE_MASK
 
 
 class SandboxError(OSError):
@@ -62,6 +69,15 @@ class Sandbox:
         """Inverse of :meth:`host_path`."""
         rel = Path(host).resolve().relative_to(self.fs_root)
         return "/" + rel.as_posix() if rel.as_posix() != "." else "/"
+
+    def scrub(self, text: str) -> str:
+        """Device-visible text: host paths under the sandbox become device paths, other host roots vanish."""
+        root = str(self.fs_root)
+        text = text.replace(root + "/", "/").replace(root, "/")
+        parent = str(self.fs_root.parent)
+        if len(self.fs_root.parent.parts) > 1:
+            text = text.replace(parent + "/", "").replace(parent, "")
+        return text
 
     def write_text(self, path: str, text: str) -> None:
         """Seed a file (used when building the phone; bypasses the write policy)."""

@@ -1,9 +1,10 @@
-"""The virtual phone's ``/system/bin/sh``: a small POSIX-like shell over the sandbox.
+"""The virtual phone's ``/system/bin/sh``: runs parsed command lists over the sandbox.
 
-Grammar: lists separated by newline, ``;``, ``&&``, ``||`` and ``&`` (background, survives the ADB link);
-pipelines with ``|``; redirections ``> >> < 2> 2>> 2>&1 >&2``; single/double quotes and backslashes;
-``$?``, ``$VAR``, ``${VAR}`` expansion; ``*``/``?`` globbing inside the sandbox.  Commands are Python
-functions (never host processes); an unknown one answers ``sh: X: not found`` with status 127.
+Parsing is :mod:`.parser`; the commands are Python functions registered in :mod:`.cmdbase` by the
+``cmd_*`` modules (never host processes); an unknown one answers ``sh: X: not found`` with status 127.
+``*``/``?`` globbing stays inside the sandbox.  Everything is bounded: pipes (:class:`BoundedBuffer`),
+files read into memory, background jobs (``PhoneState.jobs``), glob results; a command that fails in an
+unexpected way ends with status 1 and an error line (device paths only), never a dropped session.
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import fnmatch
 import logging
 import os
 import posixpath
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from device.virtual_phone import commands
+from device.virtual_phone.cmdbase import (
+    RUNNER_NAME,
+    BoundedBuffer,
+    Cancelled,
+    Output,
+    OutputLimit,
+    ShellExit,
+    read_limited,
+)
+from device.virtual_phone.parser import AndOr, ShellSyntaxError, Simple, Word, parse
 from device.virtual_phone.sandbox import DEV_NULL, SandboxError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,255 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-OPERATORS = ("&&", "||", ";;", ";", "&", "|", "\n")
-RUNNER_NAME = "executor_runner"
+GLOB_MAX_MATCHES = 10_000
 
-
-class ShellSyntaxError(Exception):
-    """Unparsable command text (``sh: syntax error: ...``)."""
-
-
-# ---------------------------------------------------------------- tokens and words
-
-
-@dataclass
-class Word:
-    """A word as a list of segments: ``("lit", text, quoted)`` or ``("var", name, quoted)``."""
-
-    parts: list[tuple[str, str, bool]] = field(default_factory=list)
-
-    def add(self, kind: str, text: str, quoted: bool) -> None:
-        self.parts.append((kind, text, quoted))
-
-    @property
-    def literal(self) -> str | None:
-        """The text when the word has no expansions and no quotes (used for operator-like words)."""
-        if all(k == "lit" and not q for k, _, q in self.parts):
-            return "".join(t for _, t, _ in self.parts)
-        return None
-
-
-@dataclass
-class Redirect:
-    fd: int
-    mode: str  # ">", ">>", "<", ">&"
-    target: Word | int
-
-
-@dataclass
-class Simple:
-    words: list[Word] = field(default_factory=list)
-    redirects: list[Redirect] = field(default_factory=list)
-
-
-@dataclass
-class AndOr:
-    """Pipelines joined by ``&&``/``||``; ``background`` when it ended with ``&``."""
-
-    pipelines: list[list[Simple]]
-    connectors: list[str]
-    background: bool = False
-
-
-_VAR_RE = re.compile(r"\?|[A-Za-z_][A-Za-z0-9_]*|[0-9#$!]")
-
-
-def tokenize(text: str) -> list[Word | str]:
-    """Words (as :class:`Word`) and operator strings (``;``, ``&&``, ``|``, ``>``, ``2>&1`` ...)."""
-    out: list[Word | str] = []
-    i, n = 0, len(text)
-    word: Word | None = None
-
-    def flush():
-        nonlocal word
-        if word is not None:
-            out.append(word)
-            word = None
-
-    def var_at(j: int, quoted: bool) -> int:
-        nonlocal word
-        if word is None:
-            word = Word()
-        if j + 1 < n and text[j + 1] == "{":
-            end = text.find("}", j + 2)
-            if end < 0:
-                raise ShellSyntaxError("bad substitution")
-            word.add("var", text[j + 2:end], quoted)
-            return end + 1
-        m = _VAR_RE.match(text, j + 1)
-        if not m:
-            word.add("lit", "$", quoted)
-            return j + 1
-        word.add("var", m.group(0), quoted)
-        return m.end()
-
-    while i < n:
-        c = text[i]
-        if c in " \t":
-            flush()
-            i += 1
-        elif c == "#" and word is None:
-            while i < n and text[i] != "\n":
-                i += 1
-        elif c == "\\":
-            if i + 1 < n and text[i + 1] == "\n":
-                i += 2
-                continue
-            word = word or Word()
-            word.add("lit", text[i + 1:i + 2], True)
-            i += 2
-        elif c == "'":
-            end = text.find("'", i + 1)
-            if end < 0:
-                raise ShellSyntaxError("unterminated quoted string")
-            word = word or Word()
-            word.add("lit", text[i + 1:end], True)
-            i = end + 1
-        elif c == '"':
-            word = word or Word()
-            word.add("lit", "", True)
-            i += 1
-            buf = []
-            while True:
-                if i >= n:
-                    raise ShellSyntaxError("unterminated quoted string")
-                ch = text[i]
-                if ch == '"':
-                    i += 1
-                    break
-                if ch == "\\" and i + 1 < n and text[i + 1] in '"\\$`\n':
-                    buf.append(text[i + 1])
-                    i += 2
-                elif ch == "$":
-                    word.add("lit", "".join(buf), True)
-                    buf = []
-                    i = var_at(i, True)
-                else:
-                    buf.append(ch)
-                    i += 1
-            word.add("lit", "".join(buf), True)
-        elif c == "$":
-            i = var_at(i, False)
-        elif c in ";&|\n<>":
-            # a lone digit word just before > or < is a file descriptor
-            fd_prefix = ""
-            if c in "<>" and word is not None and word.literal is not None and word.literal.isdigit():
-                fd_prefix = word.literal
-                word = None
-            flush()
-            for op in (">>", ">&", "&&", "||", ";;", ">", "<", ";", "&", "|", "\n"):
-                if text.startswith(op, i):
-                    i += len(op)
-                    if op == ">&":
-                        m = re.match(r"\s*([0-9])", text[i:])
-                        if not m:
-                            raise ShellSyntaxError("bad fd number")
-                        i += m.end()
-                        out.append(f"{fd_prefix or '1'}>&{m.group(1)}")
-                    elif op in (">", ">>", "<"):
-                        out.append(f"{fd_prefix}{op}")
-                    else:
-                        out.append(op)
-                    break
-        else:
-            word = word or Word()
-            j = i
-            while j < n and text[j] not in " \t\\'\"$;&|\n<>":
-                j += 1
-            word.add("lit", text[i:j], False)
-            i = j
-    flush()
-    return out
-
-
-def parse(text: str) -> list[AndOr]:
-    """Parse shell text into and-or lists."""
-    tokens = tokenize(text)
-    lists: list[AndOr] = []
-    pipelines: list[list[Simple]] = []
-    connectors: list[str] = []
-    pipeline: list[Simple] = []
-    cmd = Simple()
-    i = 0
-
-    def end_cmd():
-        nonlocal cmd
-        if not cmd.words and not cmd.redirects:
-            raise ShellSyntaxError("unexpected operator")
-        pipeline.append(cmd)
-        cmd = Simple()
-
-    def end_list(background: bool):
-        nonlocal pipelines, connectors, pipeline
-        if cmd.words or cmd.redirects:
-            end_cmd()
-        if pipeline:
-            pipelines.append(pipeline)
-        elif connectors or background:
-            raise ShellSyntaxError(f"unexpected '{'&' if background else connectors[-1]}'")
-        if pipelines:
-            lists.append(AndOr(pipelines, connectors, background))
-        pipelines, connectors, pipeline = [], [], []
-
-    while i < len(tokens):
-        t = tokens[i]
-        if isinstance(t, Word):
-            cmd.words.append(t)
-        elif t in (";", "\n", "&"):
-            end_list(background=(t == "&"))
-        elif t in ("&&", "||"):
-            end_cmd()
-            pipelines.append(pipeline)
-            pipeline = []
-            connectors.append(t)
-        elif t == "|":
-            end_cmd()
-        elif t == ";;":
-            raise ShellSyntaxError("unexpected ';;'")
-        elif ">&" in t:
-            fd, target = t.split(">&")
-            cmd.redirects.append(Redirect(int(fd), ">&", int(target)))
-        else:  # > >> < with optional fd prefix
-            m = re.fullmatch(r"([0-9]?)(>>|>|<)", t)
-            if not m or i + 1 >= len(tokens) or not isinstance(tokens[i + 1], Word):
-                raise ShellSyntaxError(f"unexpected {'newline' if i + 1 >= len(tokens) else tokens[i + 1]!r}")
-            fd = int(m.group(1)) if m.group(1) else (0 if m.group(2) == "<" else 1)
-            cmd.redirects.append(Redirect(fd, m.group(2), tokens[i + 1]))  # type: ignore[arg-type]
-            i += 1
-        i += 1
-    if connectors and not (cmd.words or cmd.redirects) and not pipeline:
-        raise ShellSyntaxError(f"unexpected end of file after '{connectors[-1]}'")
-    end_list(background=False)
-    return lists
-
-
-# ---------------------------------------------------------------- execution
-
-
-class Cancelled(Exception):
-    """The session ended (link dropped or stream closed) while a foreground command ran."""
-
-
-class ShellExit(Exception):
-    """``exit N``: stop this shell (not its parent) with status N."""
-
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
-
-
-@dataclass
-class Output:
-    """Where a command's stdout and stderr go (callables taking bytes)."""
-
-    out: Callable[[bytes], None]
-    err: Callable[[bytes], None]
-
-    def write(self, text: str | bytes) -> None:
-        self.out(text.encode() if isinstance(text, str) else text)
-
-    def error(self, text: str) -> None:
-        self.err(text.encode())
+__all__ = ["Shell", "Output", "Cancelled", "ShellExit", "ShellSyntaxError", "parse", "RUNNER_NAME"]
 
 
 class Shell:
@@ -294,6 +58,16 @@ class Shell:
     def writable(self, path: str):
         return self.phone.sandbox.check_writable(path, self.cwd)
 
+    def subshell(self, detached: bool = False) -> Shell:
+        """A child shell with this one's cwd and environment; ``detached`` ones outlive the ADB session."""
+        sub = Shell(self.phone, None if detached else self.cancel)
+        sub.cwd, sub.env = self.cwd, dict(self.env)
+        return sub
+
+    def scrub(self, text: str) -> str:
+        """Device-visible text: host paths of the phone replaced by device paths."""
+        return self.phone.sandbox.scrub(text)
+
     def sleep(self, seconds: float) -> None:
         """Sleep, waking early (and raising :class:`Cancelled`) when the session is cancelled."""
         if self.cancel.wait(max(0.0, seconds)):
@@ -310,9 +84,12 @@ class Shell:
         try:
             for ao in lists:
                 if ao.background:
-                    job = Shell(self.phone)  # not tied to this session: survives the link dropping
-                    job.cwd, job.env = self.cwd, dict(self.env)
-                    sink = Output(lambda b: None, lambda b: None)
+                    if not self.phone.jobs.acquire(blocking=False):
+                        out.error("/system/bin/sh: can't fork: Try again\n")
+                        self.status = 1
+                        continue
+                    job = self.subshell(detached=True)  # not tied to this session: survives the link dropping
+                    sink = Output(_discard, _discard)
                     threading.Thread(target=job._run_background, args=(ao, sink), daemon=True,
                                      name="vphone-bg").start()
                     self.status = 0
@@ -329,6 +106,8 @@ class Shell:
             pass
         except Exception:  # a background job must never take the phone down
             log.exception("virtual phone: background job failed")
+        finally:
+            self.phone.jobs.release()
 
     def _run_andor(self, ao: AndOr, out: Output, stdin: bytes) -> int:
         status = self._run_pipeline(ao.pipelines[0], out, stdin)
@@ -345,9 +124,12 @@ class Shell:
             if k == len(pipe) - 1:
                 status = self._run_simple(cmd, out, data)
             else:
-                buf = bytearray()
-                status = self._run_simple(cmd, Output(buf.extend, out.err), data)
-                data = bytes(buf)
+                buf = BoundedBuffer()
+                status = self._run_simple(cmd, Output(buf.write, out.err), data)
+                if buf.overflowed:  # the pipe broke: the pipeline fails here (the stage said why)
+                    self.status = 1
+                    return 1
+                data = bytes(buf.data)
         self.status = status
         return status
 
@@ -395,7 +177,7 @@ class Shell:
                             and not nm.startswith(".")]
                 else:
                     nxt.append(posixpath.join(p, part))
-            paths = nxt
+            paths = nxt[:GLOB_MAX_MATCHES]
         found = []
         for p in paths:
             try:
@@ -414,6 +196,7 @@ class Shell:
         out_fn, err_fn = out.out, out.err
         files = []
         written: list[str] = []
+        target = "?"
         try:
             for r in cmd.redirects:
                 if r.mode == ">&":
@@ -427,7 +210,7 @@ class Shell:
                     if target == DEV_NULL:
                         stdin = b""
                     else:
-                        stdin = self.host(target).read_bytes()
+                        stdin = read_limited(self.host(target))
                     continue
                 if target == DEV_NULL:
                     fn = _discard
@@ -443,11 +226,11 @@ class Shell:
                     err_fn = fn
                 else:
                     out_fn = fn
-        except (OSError, SandboxError) as exc:
+        except (OSError, SandboxError, OutputLimit) as exc:
             for fh in files:
                 fh.close()
-            name = getattr(exc, "filename", None) or "?"
-            out.error(f"/system/bin/sh: can't create {name}: {exc.strerror or exc}\n")
+            name = getattr(exc, "filename", None) or target
+            out.error(self.scrub(f"/system/bin/sh: can't create {name}: {getattr(exc, 'strerror', None) or exc}\n"))
             self.status = 1
             return 1
         try:
@@ -466,9 +249,8 @@ class Shell:
 
     def exec(self, argv: list[str], out: Output, stdin: bytes = b"") -> int:
         """Run one command (builtin or a sandbox file) with already-expanded arguments."""
-        from device.virtual_phone import commands
-
         name = argv[0]
+        fn = commands.lookup(self.phone, name)
         if "/" in name:
             try:
                 host = self.host(name)
@@ -480,11 +262,10 @@ class Shell:
             if not os.access(host, os.X_OK) or not (host.stat().st_mode & 0o111):
                 out.error(f"/system/bin/sh: {name}: can't execute: Permission denied\n")
                 return 126
-            if posixpath.basename(name) == RUNNER_NAME:
-                return commands.executor_runner(self, argv, stdin, out)
-            out.error(f"/system/bin/sh: {name}: can't execute: Exec format error\n")
-            return 126
-        fn = commands.lookup(self.phone, name)
+            fn = commands.lookup(self.phone, RUNNER_NAME) if posixpath.basename(name) == RUNNER_NAME else None
+            if fn is None:
+                out.error(f"/system/bin/sh: {name}: can't execute: Exec format error\n")
+                return 126
         if fn is None:
             out.error(f"/system/bin/sh: {name}: not found\n")
             return 127
@@ -501,7 +282,15 @@ class Shell:
                 fname = self.phone.sandbox.device_path(fname) if fname and os.path.isabs(fname) else fname
             except ValueError:
                 pass
-            out.error(f"{name}: {fname}: {exc.strerror or exc}\n" if fname else f"{name}: {exc}\n")
+            text = f"{name}: {fname}: {exc.strerror or exc}\n" if fname else f"{name}: {exc.strerror or exc}\n"
+            out.error(self.scrub(text))
+            return 1
+        except OutputLimit as exc:
+            out.error(f"{name}: {exc}\n")
+            return 1
+        except Exception as exc:  # noqa: BLE001 - a command's bug ends the command, never the session
+            log.warning("virtual phone: %s failed: %s: %s", name, type(exc).__name__, exc)
+            out.error(self.scrub(f"{name}: {type(exc).__name__}: {exc}\n"))
             return 1
 
 

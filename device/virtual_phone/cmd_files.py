@@ -1,0 +1,290 @@
+"""File commands of the virtual phone: ls, stat, cat, rm, mkdir, touch, mv, cp, chmod, *sum, wc, grep.
+
+Files stream in blocks (``cat`` of a 1 GB file holds 64 KiB at a time); ``grep`` and ``wc`` of a file read
+at most ``PIPE_MAX_BYTES``.  ``chmod`` keeps only safe mode bits (:func:`sandbox.safe_mode`: no setuid,
+setgid, sticky, group or other write), since the files are host files of the user running the phone.
+``grep`` matches with the ``regex`` engine, which releases the GIL and takes a time limit, so a
+catastrophic pattern (``^(a+)+$``) fails after ``GREP_TIME_LIMIT_S`` with status 2 while other
+clients keep being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat as stat_mod
+import time
+from datetime import datetime
+
+import regex
+
+from device.virtual_phone.cmdbase import (
+    IO_BLOCK_BYTES,
+    Command,
+    command,
+    parse_flags,
+    read_limited,
+)
+from device.virtual_phone.sandbox import DEV_NULL, SandboxError, safe_mode
+
+GREP_TIME_LIMIT_S = 1.0
+
+
+def _mode_string(mode: int) -> str:
+    return stat_mod.filemode(mode)
+
+
+@command("ls")
+def _ls(sh, argv, stdin, out):
+    flags, paths = parse_flags(argv, "laRd1h")
+    status = 0
+    for p in paths or ["."]:
+        try:
+            host = sh.host(p)
+        except SandboxError:
+            host = None
+        if host is None or not (host.exists() or host.is_symlink()):
+            out.error(f"ls: {p}: No such file or directory\n")
+            status = 1
+            continue
+        if host.is_dir() and "d" not in flags:
+            entries = sorted(e for e in os.listdir(host) if "a" in flags or not e.startswith("."))
+            items = [(e, host / e) for e in entries]
+        else:
+            items = [(p, host)]
+        for name, h in items:
+            if "l" in flags:
+                st = h.lstat()
+                owner = "root" if sh.phone.root_user else "shell"
+                when = datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M")
+                if sh.phone.profile.toybox:
+                    out.write(f"{_mode_string(st.st_mode)} 1 {owner} {owner} {st.st_size} {when} {name}\n")
+                else:
+                    size = "" if stat_mod.S_ISDIR(st.st_mode) else str(st.st_size)
+                    out.write(f"{_mode_string(st.st_mode)} {owner:<8} {owner:<8} {size:>8} {when} {name}\n")
+            else:
+                out.write(f"{name}\n")
+    return status
+
+
+@command("stat")
+def _stat(sh, argv, stdin, out):
+    fmt, paths = "%n %s", []
+    args = argv[1:]
+    while args:
+        a = args.pop(0)
+        if a == "-c" and args:
+            fmt = args.pop(0)
+        elif a.startswith("-c"):
+            fmt = a[2:]
+        else:
+            paths.append(a)
+    status = 0
+    for p in paths:
+        host = sh.host(p)
+        if not host.exists():
+            out.error(f"stat: '{p}': No such file or directory\n")
+            status = 1
+            continue
+        st = host.stat()
+        table = {"%s": str(st.st_size), "%Y": str(int(st.st_mtime)), "%a": f"{st.st_mode & 0o7777:o}",
+                 "%n": p, "%F": "directory" if host.is_dir() else "regular file", "%%": "%"}
+        out.write(re.sub(r"%[sYanF%]", lambda m, t=table: t[m.group(0)], fmt) + "\n")
+    return status
+
+
+@command("cat")
+def _cat(sh, argv, stdin, out):
+    if len(argv) == 1:
+        out.write(stdin)
+        return 0
+    status = 0
+    for p in argv[1:]:
+        if p == DEV_NULL:
+            continue
+        try:
+            host = sh.host(p)
+        except SandboxError:
+            host = None
+        if host is None or not host.exists():
+            out.error(f"cat: {p}: No such file or directory\n")
+            status = 1
+        elif host.is_dir():
+            out.error(f"cat: {p}: Is a directory\n")
+            status = 1
+        else:
+            with open(host, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(IO_BLOCK_BYTES), b""):
+                    if sh.cancel.is_set():
+                        break
+                    out.write(block)
+    return status
+
+
+@command("rm")
+def _rm(sh, argv, stdin, out):
+    flags, paths = parse_flags(argv, "rfRv")
+    status = 0
+    for p in paths:
+        host = sh.writable(p)
+        if not host.exists() and not host.is_symlink():
+            if "f" not in flags:
+                out.error(f"rm: {p}: No such file or directory\n")
+                status = 1
+            continue
+        if host.is_dir() and not host.is_symlink():
+            if not flags & {"r", "R"}:
+                out.error(f"rm: {p}: is a directory\n")
+                status = 1
+                continue
+            shutil.rmtree(host)
+        else:
+            host.unlink()
+    return status
+
+
+@command("rmdir")
+def _rmdir(sh, argv, stdin, out):
+    for p in argv[1:]:
+        sh.writable(p).rmdir()
+    return 0
+
+
+@command("mkdir")
+def _mkdir(sh, argv, stdin, out):
+    flags, paths = parse_flags(argv, "p")
+    status = 0
+    for p in paths:
+        host = sh.writable(p)
+        if host.exists() and "p" not in flags:
+            out.error(f"mkdir: '{p}': File exists\n")
+            status = 1
+            continue
+        host.mkdir(parents="p" in flags, exist_ok="p" in flags)
+    return status
+
+
+@command("touch")
+def _touch(sh, argv, stdin, out):
+    for p in argv[1:]:
+        sh.writable(p).touch()
+    return 0
+
+
+@command("mv")
+def _mv(sh, argv, stdin, out):
+    _flags_, paths = parse_flags(argv, "f")
+    if len(paths) != 2:
+        out.error("usage: mv SOURCE DEST\n")
+        return 1
+    src, dst = sh.writable(paths[0]), sh.writable(paths[1])
+    if not src.exists():
+        out.error(f"mv: {paths[0]}: No such file or directory\n")
+        return 1
+    if dst.is_dir():
+        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
+    os.replace(src, dst)
+    return 0
+
+
+@command("cp")
+def _cp(sh, argv, stdin, out):
+    _flags_, paths = parse_flags(argv, "fp")
+    if len(paths) != 2:
+        out.error("usage: cp SOURCE DEST\n")
+        return 1
+    src, dst = sh.host(paths[0]), sh.writable(paths[1])
+    if dst.is_dir():
+        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
+    shutil.copyfile(src, dst)
+    return 0
+
+
+@command("chmod")
+def _chmod(sh, argv, stdin, out):
+    _flags_, args = parse_flags(argv, "R")
+    if len(args) < 2 or not re.fullmatch(r"[0-7]{1,4}", args[0]):
+        out.error("chmod: only octal modes are supported (e.g. chmod 755 FILE)\n")
+        return 1
+    for p in args[1:]:
+        host = sh.writable(p)
+        if not host.exists():
+            out.error(f"chmod: {p}: No such file or directory\n")
+            return 1
+        host.chmod(safe_mode(int(args[0], 8)))
+    return 0
+
+
+def _hash_cmd(algo: str) -> Command:
+    def run(sh, argv, stdin, out):
+        status = 0
+        if len(argv) == 1:
+            out.write(f"{hashlib.new(algo, stdin).hexdigest()}  -\n")
+            return 0
+        for p in argv[1:]:
+            if p == DEV_NULL:
+                out.write(f"{hashlib.new(algo, b'').hexdigest()}  {p}\n")
+                continue
+            host = sh.host(p)
+            if not host.is_file():
+                out.error(f"{argv[0]}: {p}: No such file or directory\n")
+                status = 1
+                continue
+            h = hashlib.new(algo)
+            with open(host, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            out.write(f"{h.hexdigest()}  {p}\n")
+        return status
+
+    return run
+
+
+command("md5sum")(_hash_cmd("md5"))
+command("sha1sum")(_hash_cmd("sha1"))
+command("sha256sum")(_hash_cmd("sha256"))
+
+
+@command("wc")
+def _wc(sh, argv, stdin, out):
+    flags, paths = parse_flags(argv, "clw")
+    size = lines = 0
+    if paths:
+        with open(sh.host(paths[0]), "rb") as fh:
+            for block in iter(lambda: fh.read(IO_BLOCK_BYTES), b""):
+                size, lines = size + len(block), lines + block.count(b"\n")
+    else:
+        size, lines = len(stdin), stdin.count(b"\n")
+    out.write(f"{size if 'c' in flags else lines}" + (f" {paths[0]}" if paths else "") + "\n")
+    return 0
+
+
+@command("grep")
+def _grep(sh, argv, stdin, out):
+    flags, args = parse_flags(argv, "iqvE")
+    if not args:
+        out.error("usage: grep [-iqv] PATTERN [FILE]\n")
+        return 2
+    try:
+        pattern = regex.compile(args[0], regex.IGNORECASE if "i" in flags else 0)
+    except (regex.error, OverflowError, RecursionError) as exc:
+        out.error(f"grep: bad regex '{args[0][:80]}': {exc}\n")
+        return 2
+    data = stdin if len(args) == 1 else read_limited(sh.host(args[1]))
+    deadline = time.monotonic() + GREP_TIME_LIMIT_S
+    hits = []
+    try:
+        for ln in data.decode(errors="replace").splitlines():
+            left = deadline - time.monotonic()
+            if left <= 0 or sh.cancel.is_set():
+                raise TimeoutError
+            if bool(pattern.search(ln, concurrent=True, timeout=left)) != ("v" in flags):
+                hits.append(ln)
+    except TimeoutError:
+        out.error(f"grep: pattern too expensive (over {GREP_TIME_LIMIT_S:g} s)\n")
+        return 2
+    if "q" not in flags:
+        out.write("".join(ln + "\n" for ln in hits))
+    return 0 if hits else 1
