@@ -15,6 +15,10 @@
 5. streams blocks of ~0.1 s to a ``.ptrc`` file (memory does not grow with run length); on stop, or when
    the monitor disappears mid-run, stops sampling, restores USB passthrough and writes the trailer.
 
+The sampler dies with the harness (:mod:`device.lifeline`: ``PR_SET_PDEATHSIG`` plus a parent-pid watchdog;
+SIGTERM stops it in order, SIGINT is left to the parent), so a ``kill -9`` of the harness leaves no orphan
+holding the Monsoon.
+
 The vendor's ``sampleEngine`` collection loop is not used for measuring: it stamps samples with per-packet
 host time, keeps no dropped-sample bookkeeping, and is too slow in Python to keep up at 5 kHz (it drops).
 :func:`vendor_csv_capture` still drives it (for cross-checks against the CSVs people already have).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from device.errors import DataError, DeviceError, MeasurementError
+from device.lifeline import die_with_parent, send_quietly
 from device.power import PowerMonitor, Trace, trace_from_reader
 
 log = logging.getLogger(__name__)
@@ -241,16 +247,22 @@ def _connect(opts: MonsoonOptions):
     return mon
 
 
-def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtual) -> None:
+def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtual,
+                  parent_pid: int | None = None, pdeathsig: bool = False) -> None:
     """Body of the sampling process (module-level so that 'spawn' can pickle it)."""
     logging.basicConfig(level=logging.WARNING)
+    halt = threading.Event()
+    if parent_pid is not None:
+        die_with_parent(parent_pid, halt, pdeathsig=pdeathsig)
     import usb.core
 
     from device.tracefile import TraceWriter
 
     if virtual is not None:
         from device import virtual_monsoon
+        from device.virtual_monsoon import hvpm
 
+        hvpm.SERVES_PID = parent_pid  # our claim on the virtual monitor names the harness we work for
         virtual_monsoon.install(*virtual)
     from Monsoon import Operations as op
 
@@ -301,6 +313,9 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
         while True:
             if stop_event.is_set():
                 break
+            if halt.is_set():
+                end_reason = "stopped: the harness process is gone (or sent SIGTERM)"
+                break
             try:
                 buf = mon.BulkRead()
             except usb.core.USBError as exc:
@@ -338,7 +353,7 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
                     "anchor_method": "min(receive time - index/rate) over the first packets",
                     "pid": os.getpid(),
                 })
-                conn.send(("ready", {"anchor_mono_s": anchor_est, "instrument": instrument}))
+                send_quietly(conn, ("ready", {"anchor_mono_s": anchor_est, "instrument": instrument}))
                 for item in buffered:
                     write(*item)
                 buffered = []
@@ -360,10 +375,10 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
             raise DeviceError("monsoon", f"stopped before sampling was anchored ({end_reason})")
     except DeviceError as exc:
         trailer = {"end_reason": f"error: {exc}"}
-        conn.send(("error", str(exc)))
+        send_quietly(conn, ("error", str(exc)))
     except Exception as exc:  # the sampler must always report and restore the monitor
         trailer = {"end_reason": f"error: {type(exc).__name__}: {exc}"}
-        conn.send(("error", f"monsoon sampler failed: {type(exc).__name__}: {exc}"))
+        send_quietly(conn, ("error", f"monsoon sampler failed: {type(exc).__name__}: {exc}"))
     finally:
         restored = None
         if mon is not None and mon.Protocol is not None and mon.Protocol.DEVICE is not None:
@@ -377,7 +392,7 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
                 log.warning("monsoon: could not restore/close the monitor: %s", exc)
         if writer is not None:
             writer.close({**trailer, "usb_passthrough_restored": restored})
-        conn.send(("done", {**trailer, "usb_passthrough_restored": restored}))
+        send_quietly(conn, ("done", {**trailer, "usb_passthrough_restored": restored}))
         conn.close()
 
 
@@ -407,7 +422,8 @@ class MonsoonMonitor(PowerMonitor):
         self._stop = ctx.Event()
         self._proc = ctx.Process(
             target=_sampler_main,
-            args=(self.options, str(self.trace_path), child, self._stop, self._virtual),
+            args=(self.options, str(self.trace_path), child, self._stop, self._virtual, os.getpid(),
+                  threading.current_thread() is threading.main_thread()),
             name="monsoon-sampler", daemon=True,
         )
         self._proc.start()

@@ -17,10 +17,12 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
 import pkgutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 from harness import __version__  # noqa: E402
 from harness.errors import PROJECT_ERRORS, UsageError, exit_code_for  # noqa: E402
+from harness.signals import install_sigterm, interrupt_name  # noqa: E402
 
 log = logging.getLogger("harness")
 
@@ -50,8 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    SIGTERM is handled like Ctrl-C while it runs (harness/signals.py): a run records its ``interrupted``
+    event and stops in order; the exit code is 130 for Ctrl-C and 143 for SIGTERM (harness/errors.py).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    installed = install_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if installed and previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -67,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except PROJECT_ERRORS as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return exit_code_for(KeyboardInterrupt())
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        print(f"harness: interrupted ({interrupt_name(exc)})", file=sys.stderr)
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover
