@@ -17,12 +17,17 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
 import pkgutil  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 
 from harness import __version__  # noqa: E402
-from harness.errors import PROJECT_ERRORS, UsageError, exit_code_for  # noqa: E402
-from harness.signals import install_sigterm, interrupt_name  # noqa: E402
+from harness.errors import PROJECT_ERRORS, Terminated, UsageError, exit_code_for  # noqa: E402
+from harness.signals import (  # noqa: E402
+    ignore_stop_signals,
+    install_sigterm,
+    interrupt_name,
+    restore_handlers,
+    saved_handlers,
+)
 
 log = logging.getLogger("harness")
 
@@ -56,15 +61,27 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGTERM is handled like Ctrl-C while it runs (harness/signals.py): a run records its ``interrupted``
     event and stops in order; the exit code is 130 for Ctrl-C and 143 for SIGTERM (harness/errors.py).
+    Once an interrupt is being reported, further ones are ignored; the handlers are restored on return,
+    except in a process that is exiting after an interrupt (``argv`` None: the console script).
     """
+    whole_process = argv is None  # the process's own command line: it exits when this returns
     argv = list(sys.argv[1:] if argv is None else argv)
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    installed = install_sigterm()
+    saved = saved_handlers()
+    install_sigterm()
+    interrupted = False
     try:
-        return _main(argv)
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt as exc:  # one that came before _main's handler could ignore the next ones
+            ignore_stop_signals()
+            code = exit_code_for(exc)
+        interrupted = code in (exit_code_for(KeyboardInterrupt()), exit_code_for(Terminated()))
+        return code
     finally:
-        if installed and previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        if whole_process and interrupted:  # a stopping process ignores Ctrl-C until it is gone (atexit too)
+            ignore_stop_signals()
+        else:
+            restore_handlers(saved)
 
 
 def _main(argv: list[str]) -> int:
@@ -84,6 +101,7 @@ def _main(argv: list[str]) -> int:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        ignore_stop_signals()  # already stopping: pressing Ctrl-C again changes nothing now
         print(f"harness: interrupted ({interrupt_name(exc)})", file=sys.stderr)
         return exit_code_for(exc)
 

@@ -4,6 +4,8 @@
   a ``KeyboardInterrupt``, so a plain ``kill PID`` takes the same path as Ctrl-C: the run loop records the
   ``interrupted`` event, the backend closes (phone, monitor, sampler) and the process exits 143 (Ctrl-C: 130;
   the one table is ``harness.errors.EXIT_CODES``).
+- Once the CLI reports an interrupt it ignores further ones (:func:`ignore_stop_signals`): pressing Ctrl-C
+  again while the harness is already stopping cannot turn a clean exit into a traceback.
 - :func:`deferred_signals` holds SIGINT and SIGTERM while a store transaction (or the recording of the
   ``interrupted`` event) runs and delivers them right after, so a second Ctrl-C can neither leave a
   transaction half-done, nor turn a finished ``COMMIT`` into "cannot rollback", nor lose the event.  Signal
@@ -38,6 +40,26 @@ def install_sigterm() -> bool:
         return False
     signal.signal(signal.SIGTERM, _raise_terminated)
     return True
+
+
+def ignore_stop_signals() -> None:
+    """Ignore further SIGINT/SIGTERM (the process is already stopping and reporting; main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def saved_handlers() -> dict[int, object]:
+    """The current SIGINT/SIGTERM handlers, for :func:`restore_handlers`."""
+    return {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+
+def restore_handlers(saved: dict[int, object]) -> None:
+    """Put back handlers saved by :func:`saved_handlers` (main thread only; unknown ones are left)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def interrupt_name(exc: BaseException) -> str:

@@ -53,6 +53,9 @@ class TraceStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise os_error(exc, p) from None
+        except BaseException:  # an interrupt: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
         return digest
 
     def get(self, digest: str) -> dict[str, np.ndarray]:
