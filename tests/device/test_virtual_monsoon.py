@@ -17,7 +17,7 @@ import pytest
 
 from device import virtual_monsoon
 from device.lock import pid_alive, process_start_ticks
-from device.monsoon import Calibration, PacketDecoder, Scales, decode_packets
+from device.monsoon_packets import Calibration, PacketDecoder, Scales, decode_packets
 from device.power_model import PowerModelProfile, write_busy_timeline
 from device.virtual_monsoon.hvpm import (
     REF_CAL_RAW,
