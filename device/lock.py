@@ -12,7 +12,8 @@ owner line the holder writes into the file (``pid serves_pid start_ticks``):
 - **a dead owner whose descriptor lives on** (a child forked while the lock was held inherited it): the
   lock file is replaced by a fresh one (under a guard lock, so two takers cannot both replace it).
 
-An owner that is alive and whose parent is alive is never touched: that is the "busy" error.
+An owner that is alive and whose parent is alive is never touched: that is the "busy" error; nor is a lock file
+or an owner process of another user.
 :func:`acquire_lock_file` is the one implementation; :class:`DeviceLock` and the virtual Monsoon use it.
 """
 
@@ -167,6 +168,22 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _ours(fd: int, owner: LockOwner) -> bool:
+    """Only our own lock files and processes are ever taken over or ended (a lock file in a shared directory
+    cannot make us signal someone else's process)."""
+    uid = os.geteuid()
+    if os.fstat(fd).st_uid != uid:
+        return False
+    if not Path("/proc/self").exists():  # no way to check the owner's identity: only a dead one is stale
+        return not pid_alive(owner.pid)
+    try:
+        return Path(f"/proc/{owner.pid}").stat().st_uid == uid
+    except FileNotFoundError:
+        return True  # gone: nothing to signal, the file is ours
+    except OSError:
+        return False
+
+
 def _replace_stale_file(path: Path, fd: int) -> None:
     """Unlink ``path`` if it is still the file of ``fd`` (under a guard lock: one taker at a time)."""
     guard = os.open(path.with_name(path.name + ".takeover"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -198,7 +215,7 @@ def acquire_lock_file(path: str | Path, what: str, *, timeout_s: float = 0.0,
                 os.close(fd)
                 raise
             owner = read_owner(fd)
-            reason = owner.stale_reason() if owner is not None else None
+            reason = owner.stale_reason() if owner is not None and _ours(fd, owner) else None
             if reason is not None and takeovers < 3:
                 takeovers += 1
                 if pid_alive(owner.pid, owner.start_ticks):
