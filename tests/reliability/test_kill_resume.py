@@ -4,11 +4,12 @@ Each test starts the real CLI (``python -m harness.cli run``) on the virtual lab
 0.1 s windows, two rounds: 9 windows), stops it with a real signal once a few windows are stored, checks by
 pid that no process it started survives (the Monsoon sampler's pid comes from its claim on the virtual
 monitor, the others from /proc before the signal), then resumes it and checks the store holds every
-planned window exactly once.  The models are exported once per module into a shared cache (by the first run).
+planned window exactly once.  The models are exported once per module into a shared cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,17 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAN = {"levels": [50], "window_s": 0.1, "idle_s": 0.1, "min_reps": 2, "max_reps": 2, "target_ci_pct": 0.001,
         "warmup_inferences": 1, "min_inference_s_per_model": 0.1, "min_inferences_per_model": 4}
 N_WINDOWS = 2 * 2 * 2 + 1  # rounds x models x (idle + inference) + the closing idle
-START_TIMEOUT_S = 300.0  # a loaded 2-core machine, cold cache; on an idle one the first windows come in ~10-35 s
+START_TIMEOUT_S = 300.0  # a loaded 2-core machine; on an idle one the first windows come within ~10 s
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A work directory shared by the module's runs (the first one exports the models into its cache, the
-    others reuse them), the plan file and the runs' environment (locks kept in the work directory)."""
+    """A work directory with the plan's models already exported to its cache (so no run is stopped while it
+    exports), the plan file and the runs' environment (locks kept in the work directory)."""
+    from harness.backends import ModelPreparation
+    from harness.plan import make_plan
+
     work = tmp_path_factory.mktemp("reliability")
     (work / "plan.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in PLAN.items()))
+    with ModelPreparation(make_plan("virtual", "virtual", PLAN), work / "cache") as prep:
+        prep.finish()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_PROGRESS": "0",
            "HARNESS_LOCK_DIR": str(work / "locks")}
     return work, env
@@ -91,7 +97,10 @@ def _start(lab, db: Path, min_windows: int) -> tuple[subprocess.Popen, str, Path
     deadline = time.monotonic() + START_TIMEOUT_S
     while _windows(db) < min_windows:
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            for pid in [proc.pid, *_descendants(proc.pid)]:  # leave nothing behind
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=30)
             pytest.fail(f"run ended or hung before {min_windows} windows (rc {proc.poll()}):\n{err.read_text()}")
         time.sleep(0.05)
     run_id = re.search(r"run (\S+) on virtual", err.read_text()).group(1)
