@@ -9,11 +9,16 @@
    passthrough mode, turns passthrough off, sets the current limits and the output voltage from the device
    profile (``setVout``), and starts sampling the main channel at the native 5 kHz (``StartSampling``);
 4. reads packets with ``BulkRead`` and decodes them in batches with the arithmetic of ``sampleEngine``
-   (zero/reference calibration from the calibration samples, fine/coarse switch), vectorised; waits until
+   (zero/reference calibration from the calibration samples, fine/coarse switch), vectorised
+   (:mod:`device.monsoon_packets`); waits until
    calibrated; numbers every sample from the device's dropped-sample counter (16-bit, rollover unwrapped), so
    sample times come from the index and one anchor, never from per-packet host time;
 5. streams blocks of ~0.1 s to a ``.ptrc`` file (memory does not grow with run length); on stop, or when
    the monitor disappears mid-run, stops sampling, restores USB passthrough and writes the trailer.
+
+The sampler dies with the harness (:mod:`device.lifeline`: ``PR_SET_PDEATHSIG`` plus a parent-pid watchdog;
+SIGTERM stops it in order, SIGINT is left to the parent), so a ``kill -9`` of the harness leaves no orphan
+holding the Monsoon.
 
 The vendor's ``sampleEngine`` collection loop is not used for measuring: it stamps samples with per-packet
 host time, keeps no dropped-sample bookkeeping, and is too slow in Python to keep up at 5 kHz (it drops).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from device.errors import DataError, DeviceError, MeasurementError
+from device.lifeline import die_with_parent, send_quietly
+from device.monsoon_packets import PacketDecoder, Scales
 from device.power import PowerMonitor, Trace, trace_from_reader
 
 log = logging.getLogger(__name__)
@@ -65,146 +73,6 @@ class MonsoonOptions:
         for name in ("runtime_current_limit_a", "powerup_current_limit_a"):
             if not (0 < getattr(self, name) <= amax):
                 raise DataError(f"monsoon {name} must be in (0, {amax}] A")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# packet decoding (vectorised version of Monsoon.HVPM.swizzlePacket + sampleEngine.__vectorProcess)
-# ------------------------------------------------------------------------------------------------------------
-ZERO_CAL = 0x10
-REF_CAL = 0x30
-MEASUREMENT = 0x00
-
-
-def decode_packets(packets: np.ndarray, signed: bool = False) -> dict[str, np.ndarray]:
-    """Split raw 64-byte packets ``(k, 64) uint8`` into header fields and per-slot sample values.
-
-    Returns ``dropped`` (k,), ``count`` (k,), ``values`` (k, 3, 8) channel words, ``type`` (k, 3) sample
-    type (``& 0x30``), ``slot_valid`` (k, 3).
-    """
-    p = np.ascontiguousarray(packets, dtype=np.uint8)
-    dropped = p[:, 0].astype(np.int64) | (p[:, 1].astype(np.int64) << 8)
-    count = p[:, 3].astype(np.int64)
-    words = p[:, 4:58].copy().view(">i2" if signed else ">u2").reshape(-1, 3, 9)
-    values = words[:, :, :8].astype(np.int64)
-    type_ = (words[:, :, 8].astype(np.int64) & 0xFF) & 0x30
-    slot_valid = np.arange(3)[None, :] < count[:, None]
-    return {"dropped": dropped, "count": count, "values": values, "type": type_, "slot_valid": slot_valid}
-
-
-class Calibration:
-    """sampleEngine's rolling calibration: last 5 non-zero zero/ref readings per channel (coarse, fine)."""
-
-    def __init__(self, keep: int = 5):
-        self.keep = keep
-        self.zero = [[] for _ in range(6)]  # main c/f, usb c/f, aux c/f
-        self.ref = [[] for _ in range(6)]
-
-    def add(self, kind: int, values: np.ndarray) -> None:
-        store = self.zero if kind == ZERO_CAL else self.ref
-        for ch in range(6):
-            v = int(values[ch])
-            if v != 0:
-                store[ch].append(v)
-                del store[ch][: -self.keep]
-
-    @property
-    def calibrated(self) -> bool:
-        return all(len(z) >= self.keep for z in self.zero) and all(len(r) >= self.keep for r in self.ref)
-
-    def zero_of(self, ch: int) -> float:
-        return sum(self.zero[ch]) / len(self.zero[ch])
-
-    def ref_of(self, ch: int) -> float:
-        return sum(self.ref[ch]) / len(self.ref[ch])
-
-
-@dataclass(frozen=True)
-class Scales:
-    """Calibration constants from the status packet (and the model's thresholds)."""
-
-    main_fine_scale: float
-    main_coarse_scale: float
-    usb_fine_scale: float
-    usb_coarse_scale: float
-    main_fine_zero: float
-    main_coarse_zero: float
-    usb_fine_zero: float
-    usb_coarse_zero: float
-    fine_threshold: int
-    main_voltage_scale: float
-    adc_ratio: float = 62.5e-6
-
-    @classmethod
-    def from_monsoon(cls, mon) -> Scales:
-        sp = mon.statusPacket
-        return cls(
-            float(sp.mainFineScale), float(sp.mainCoarseScale), float(sp.usbFineScale), float(sp.usbCoarseScale),
-            float(sp.mainFineZeroOffset), float(sp.mainCoarseZeroOffset), float(sp.usbFineZeroOffset),
-            float(sp.usbCoarseZeroOffset), int(mon.fineThreshold), float(mon.mainvoltageScale),
-        )
-
-
-def _channel_ma(raw_c, raw_f, cal: Calibration, ch_c: int, scale_c, zero_c, scale_f, zero_f, thr) -> np.ndarray:
-    zc = zero_c + cal.zero_of(ch_c)
-    zf = zero_f + cal.zero_of(ch_c + 1)
-    den_c = cal.ref_of(ch_c) - zc
-    den_f = cal.ref_of(ch_c + 1) - zf
-    coarse = (raw_c - zc) * (scale_c / den_c if den_c else 0.0)
-    fine = (raw_f - zf) * (scale_f / den_f if den_f else 0.0) / 1000.0
-    return np.where(raw_f < thr, fine, coarse)
-
-
-def convert_samples(values: np.ndarray, cal: Calibration, sc: Scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Measurement words ``(n, 8)`` -> main current (A), main voltage (V), USB current (A)."""
-    v = values.astype(np.float64)
-    main_ma = _channel_ma(v[:, 0], v[:, 1], cal, 0, sc.main_coarse_scale, sc.main_coarse_zero, sc.main_fine_scale,
-                          sc.main_fine_zero, sc.fine_threshold)
-    usb_ma = _channel_ma(v[:, 2], v[:, 3], cal, 2, sc.usb_coarse_scale, sc.usb_coarse_zero, sc.usb_fine_scale,
-                         sc.usb_fine_zero, sc.fine_threshold)
-    volts = v[:, 6] * sc.adc_ratio * sc.main_voltage_scale
-    return main_ma / 1000.0, volts, usb_ma / 1000.0
-
-
-class PacketDecoder:
-    """Stateful batch decoder: calibration, dropped-counter rollover, sample numbering."""
-
-    def __init__(self, scales: Scales, signed: bool = False):
-        self.sc = scales
-        self.signed = signed
-        self.cal = Calibration()
-        self.last_dropped_raw: int | None = None
-        self.dropped_total = 0
-        self.measured = 0  # measurement samples received
-
-    def feed(self, packets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-        """Decode a batch; returns (sample_index, current_a, voltage_v, usb_current_a, calibrated).
-
-        Samples that arrive before the monitor is calibrated are numbered but returned with NaN current.
-        """
-        d = decode_packets(packets, self.signed)
-        raw = d["dropped"]
-        prev = raw[0] if self.last_dropped_raw is None else self.last_dropped_raw
-        steps = np.diff(np.concatenate(([prev], raw))) & 0xFFFF  # rollover of the 16-bit counter
-        cum = self.dropped_total + np.cumsum(steps)
-        self.dropped_total = int(cum[-1])
-        self.last_dropped_raw = int(raw[-1])
-        t = d["type"]
-        valid = d["slot_valid"]
-        for k, s in zip(*np.nonzero(valid & ((t == ZERO_CAL) | (t == REF_CAL))), strict=True):
-            self.cal.add(int(t[k, s]), d["values"][k, s])
-        meas = valid & (t == MEASUREMENT)
-        per_packet = meas.sum(axis=1)
-        before = self.measured + np.concatenate(([0], np.cumsum(per_packet)[:-1]))
-        within = np.cumsum(meas, axis=1) - 1
-        index = (before + cum)[:, None] + within
-        index = index[meas]
-        self.measured += int(per_packet.sum())
-        vals = d["values"][meas]
-        if not self.cal.calibrated or vals.shape[0] == 0:
-            nan = np.full(vals.shape[0], np.nan)
-            return index, nan, nan, nan, False
-        cur, vol, usb = convert_samples(vals, self.cal, self.sc)
-        return index, cur, vol, usb, True
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -241,16 +109,22 @@ def _connect(opts: MonsoonOptions):
     return mon
 
 
-def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtual) -> None:
+def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtual,
+                  parent_pid: int | None = None, pdeathsig: bool = False) -> None:
     """Body of the sampling process (module-level so that 'spawn' can pickle it)."""
     logging.basicConfig(level=logging.WARNING)
+    halt = threading.Event()
+    if parent_pid is not None:
+        die_with_parent(parent_pid, halt, pdeathsig=pdeathsig)
     import usb.core
 
     from device.tracefile import TraceWriter
 
     if virtual is not None:
         from device import virtual_monsoon
+        from device.virtual_monsoon import hvpm
 
+        hvpm.SERVES_PID = parent_pid  # our claim on the virtual monitor names the harness we work for
         virtual_monsoon.install(*virtual)
     from Monsoon import Operations as op
 
@@ -301,6 +175,9 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
         while True:
             if stop_event.is_set():
                 break
+            if halt.is_set():
+                end_reason = "stopped: the harness process is gone (or sent SIGTERM)"
+                break
             try:
                 buf = mon.BulkRead()
             except usb.core.USBError as exc:
@@ -338,7 +215,7 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
                     "anchor_method": "min(receive time - index/rate) over the first packets",
                     "pid": os.getpid(),
                 })
-                conn.send(("ready", {"anchor_mono_s": anchor_est, "instrument": instrument}))
+                send_quietly(conn, ("ready", {"anchor_mono_s": anchor_est, "instrument": instrument}))
                 for item in buffered:
                     write(*item)
                 buffered = []
@@ -360,10 +237,10 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
             raise DeviceError("monsoon", f"stopped before sampling was anchored ({end_reason})")
     except DeviceError as exc:
         trailer = {"end_reason": f"error: {exc}"}
-        conn.send(("error", str(exc)))
+        send_quietly(conn, ("error", str(exc)))
     except Exception as exc:  # the sampler must always report and restore the monitor
         trailer = {"end_reason": f"error: {type(exc).__name__}: {exc}"}
-        conn.send(("error", f"monsoon sampler failed: {type(exc).__name__}: {exc}"))
+        send_quietly(conn, ("error", f"monsoon sampler failed: {type(exc).__name__}: {exc}"))
     finally:
         restored = None
         if mon is not None and mon.Protocol is not None and mon.Protocol.DEVICE is not None:
@@ -377,7 +254,7 @@ def _sampler_main(opts: MonsoonOptions, trace_path: str, conn, stop_event, virtu
                 log.warning("monsoon: could not restore/close the monitor: %s", exc)
         if writer is not None:
             writer.close({**trailer, "usb_passthrough_restored": restored})
-        conn.send(("done", {**trailer, "usb_passthrough_restored": restored}))
+        send_quietly(conn, ("done", {**trailer, "usb_passthrough_restored": restored}))
         conn.close()
 
 
@@ -407,7 +284,8 @@ class MonsoonMonitor(PowerMonitor):
         self._stop = ctx.Event()
         self._proc = ctx.Process(
             target=_sampler_main,
-            args=(self.options, str(self.trace_path), child, self._stop, self._virtual),
+            args=(self.options, str(self.trace_path), child, self._stop, self._virtual, os.getpid(),
+                  threading.current_thread() is threading.main_thread()),
             name="monsoon-sampler", daemon=True,
         )
         self._proc.start()

@@ -20,7 +20,14 @@ import pkgutil  # noqa: E402
 import sys  # noqa: E402
 
 from harness import __version__  # noqa: E402
-from harness.errors import PROJECT_ERRORS, UsageError, exit_code_for  # noqa: E402
+from harness.errors import PROJECT_ERRORS, Terminated, UsageError, exit_code_for  # noqa: E402
+from harness.signals import (  # noqa: E402
+    ignore_stop_signals,
+    install_sigterm,
+    interrupt_name,
+    restore_handlers,
+    saved_handlers,
+)
 
 log = logging.getLogger("harness")
 
@@ -50,8 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    SIGTERM is handled like Ctrl-C while it runs (harness/signals.py): a run records its ``interrupted``
+    event and stops in order; the exit code is 130 for Ctrl-C and 143 for SIGTERM (harness/errors.py).
+    Once an interrupt is being reported, further ones are ignored; the handlers are restored on return,
+    except in a process that is exiting after an interrupt (``argv`` None: the console script).
+    """
+    whole_process = argv is None  # the process's own command line: it exits when this returns
     argv = list(sys.argv[1:] if argv is None else argv)
+    saved = saved_handlers()
+    install_sigterm()
+    interrupted = False
+    try:
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt as exc:  # one that came before _main's handler could ignore the next ones
+            ignore_stop_signals()
+            code = exit_code_for(exc)
+        interrupted = code in (exit_code_for(KeyboardInterrupt()), exit_code_for(Terminated()))
+        return code
+    finally:
+        if whole_process and interrupted:  # a stopping process ignores Ctrl-C until it is gone (atexit too)
+            ignore_stop_signals()
+        else:
+            restore_handlers(saved)
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -67,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except PROJECT_ERRORS as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return exit_code_for(KeyboardInterrupt())
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        ignore_stop_signals()  # already stopping: pressing Ctrl-C again changes nothing now
+        print(f"harness: interrupted ({interrupt_name(exc)})", file=sys.stderr)
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

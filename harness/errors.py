@@ -3,7 +3,9 @@
 Each package owns its errors: ``device.errors`` (phones, monitors, the virtual lab), ``specialist.errors``
 (statistics, builds, export) and this module (the experiment, the store, the CLI).  :func:`exit_code_for`
 is the single place where any of them becomes an exit code: input errors (bad flags, bad files, bad
-names) exit 2, every other project error exits 1, an interrupt 130.
+names) exit 2, every other project error exits 1, Ctrl-C (SIGINT) 130 and SIGTERM 143 (128 + the signal
+number, what a shell reports for a process the signal ended, so a supervisor sees the same code whether or not
+the harness handled it; both stop a run the same way, see harness/signals.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class DataError(InputError):
 
 class ArtifactError(DataError):
     """A saved file (stats artifact, specialist, manifest, results) that cannot be used."""
+
+
+class Terminated(KeyboardInterrupt):  # noqa: N818 (named after the signal, like KeyboardInterrupt)
+    """SIGTERM, raised where Ctrl-C would raise KeyboardInterrupt (harness/signals.py).  Exit code 143."""
 
 
 class MeasurementError(HarnessError):
@@ -60,6 +66,7 @@ MEASUREMENT_ERRORS: tuple[type[Exception], ...] = (
 EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     (INPUT_ERRORS, 2),
     (PROJECT_ERRORS, 1),
+    ((Terminated,), 143),
     ((KeyboardInterrupt,), 130),
 )
 

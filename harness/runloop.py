@@ -7,8 +7,9 @@ run an idle window, read a temperature.  :func:`run_experiment` walks the plan's
 inference windows, and writes each window in one transaction as soon as it is measured.  This is
 the one place with a broad ``except``: a failed window becomes an *invalid* window record with its
 reason, and after ``max_consecutive_failures`` failures in a row the run stops, resumable.
-Ctrl-C stops after the current window: what was measured is stored, the run is marked
-``interrupted`` and ``harness run --resume RUN_ID`` continues it.
+Ctrl-C or SIGTERM stops the current window: what was measured is stored, the run is marked
+``interrupted`` (a second Ctrl-C cannot lose that event nor cut a store write in half: harness/signals.py)
+and ``harness run --resume RUN_ID`` continues it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from harness.errors import PROJECT_ERRORS, InputError, MeasurementError
 from harness.plan import RunPlan, ci_reached, closing_idle, inferences_per_window, round_slots, schedule
+from harness.signals import deferred_signals, interrupt_name
 from harness.store import (
     ModelRecord,
     RunRecord,
@@ -242,6 +244,22 @@ def _window_record(run_id: str, slot, store: Store, res: WindowResult, model: Pr
     )
 
 
+def _record_interrupt(store: Store, run_id: str, how: str) -> None:
+    """Write the ``interrupted`` event even if Ctrl-C (or SIGTERM) comes again meanwhile.
+
+    Stop signals are held while the event is written; one that still lands before the hold begins makes
+    this try again, and one delivered after the event is stored is dropped: the run is stopping anyway.
+    """
+    recorded = False
+    while not recorded:
+        try:
+            with deferred_signals():
+                store.add_event(run_id, "interrupted", how)
+                recorded = True
+        except KeyboardInterrupt:
+            continue
+
+
 def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequence[PreparedModel], run_id: str,
                    *, progress: bool | None = None,
                    on_window: Callable[[WindowRecord], None] | None = None) -> RunOutcome:
@@ -340,8 +358,8 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
         store.add_event(run.run_id, "complete", json.dumps({
             "wall_s": round(time.monotonic() - t_start, 3), "measured_s": round(measured_s, 3),
             "windows": n_measured}))
-    except KeyboardInterrupt:
-        store.add_event(run.run_id, "interrupted", "Ctrl-C")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (harness.errors.Terminated)
+        _record_interrupt(store, run.run_id, interrupt_name(exc))
         bar.close()
         raise
     except PROJECT_ERRORS as exc:

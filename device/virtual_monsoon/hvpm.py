@@ -19,7 +19,6 @@ a sample is sent once it is complete plus a 2 ms pipeline latency, in bursts of 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.lock import LockBusy, acquire_lock_file, release_lock_file
 from device.power_model import PowerModelProfile, TimelineFollower, sample_current_a
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ USB_VOLTAGE_SCALE = 2
 FINE_THRESHOLD = 64000
 ZERO_CAL_RAW = 100
 REF_CAL_RAW = 30100
+#: The process this one works for, written into the claim (:mod:`device.lock`): the Monsoon sampler sets its
+#: parent (the harness) here; None means this process itself.
+SERVES_PID: int | None = None
 _SWZ = struct.Struct("<HBB" + "HHHHHHHHBB" * 3)
 
 # opcodes (Monsoon.Operations.OpCodes), kept here so the virtual device does not import the vendor library
@@ -133,21 +136,26 @@ class VirtualHVPM:
 
     # --- ownership (a second open of the same monitor is "busy") -----------------------------------------
     def open(self) -> None:
+        """Claim the monitor, as the kernel's USB interface claim does on hardware (EBUSY when taken).
+
+        The lock file names its holder and the process it serves (:data:`SERVES_PID`): the Monsoon sampler
+        serves its parent, so a sampler orphaned by a ``kill -9`` of the harness is ended and its claim
+        taken over (a warning says so) instead of blocking every later run.
+        """
         Path(self.cfg.root).mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.cfg.lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise USBErrorLike("Resource busy (another process holds the virtual Monsoon)", errno.EBUSY) from None
-        self._lock_fd = fd
+            self._lock_fd = acquire_lock_file(self.cfg.lock_path(), f"virtual Monsoon {self.cfg.serial}",
+                                              serves_pid=SERVES_PID)
+        except LockBusy as busy:
+            who = f" (pid {busy.owner.pid})" if busy.owner else ""
+            raise USBErrorLike(f"Resource busy (another process holds the virtual Monsoon{who})",
+                               errno.EBUSY) from None
 
     def close(self) -> None:
         self.sampling = False
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            release_lock_file(fd)
 
     def _save(self) -> None:
         p = self.cfg.state_path()

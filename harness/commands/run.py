@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cliutil import add_json_flag, bounded_int, finite_float, parse_int_list, print_json, writable_dir
-from harness.errors import HarnessError, UsageError
+from harness.errors import HarnessError, UsageError, exit_code_for
 from harness.store import DEFAULT_DB
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,10 @@ def _run(args) -> int:
                       file=sys.stderr)
                 try:
                     outcome = run_experiment(st, backend, plan, models, run_id)
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: 130 or 143 (harness/errors.py)
                     print(f"harness: interrupted; measured windows are stored. Resume with "
                           f"'harness run --resume {run_id}'", file=sys.stderr)
-                    return 130
+                    return exit_code_for(exc)
         finally:
             if prep is not None:
                 prep.close()

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from device import virtual_monsoon
-from device.monsoon import Calibration, PacketDecoder, Scales, decode_packets
+from device.lock import pid_alive, process_start_ticks
+from device.monsoon_packets import Calibration, PacketDecoder, Scales, decode_packets
 from device.power_model import PowerModelProfile, write_busy_timeline
-from device.virtual_monsoon.hvpm import REF_CAL_RAW, ZERO_CAL_RAW, VirtualHVPM, VirtualMonsoonConfig
+from device.virtual_monsoon.hvpm import (
+    REF_CAL_RAW,
+    ZERO_CAL_RAW,
+    USBErrorLike,
+    VirtualHVPM,
+    VirtualMonsoonConfig,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -122,3 +139,141 @@ def test_vendor_engine_csv_reads_back(lab, tmp_path):
     np.testing.assert_allclose(np.median(tr.current_a), lab.profile.idle_power_w / 4.0, rtol=2e-3)
     np.testing.assert_allclose(tr.voltage_v, 4.0)
     assert lab.eeprom()[0x10] == 2  # passthrough restored
+
+
+# --------------------------------------------------------------------------- the claim after a kill -9
+
+
+def _python(code: str, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, **kw)
+
+
+#: A "harness" that starts a helper holding the virtual Monsoon's claim for it, prints the helper's pid, waits.
+HOLDER = """
+    import subprocess, sys, time
+    helper = subprocess.Popen([sys.executable, "-c", '''
+    import os, sys, time
+    from device.virtual_monsoon import hvpm
+    hvpm.SERVES_PID = os.getppid()  # as the sampler does: it works for its parent
+    hvpm.VirtualHVPM(hvpm.VirtualMonsoonConfig(root=sys.argv[1], timeline_path="")).open()
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+    ''', sys.argv[1]], stdout=subprocess.PIPE, text=True)
+    print(helper.stdout.readline().strip(), flush=True)
+    time.sleep(120)
+"""
+
+
+def _wait_gone(pid: int, start_ticks, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, start_ticks):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_claim_of_an_orphaned_helper_is_taken_over_and_a_live_one_is_busy(tmp_path, caplog):
+    cfg = VirtualMonsoonConfig(root=str(tmp_path), timeline_path="")
+    parent = _python(HOLDER, str(tmp_path))
+    helper = int(parent.stdout.readline())
+    ticks = process_start_ticks(helper)
+    try:
+        with pytest.raises(USBErrorLike, match=f"busy .*pid {helper}") as busy:  # its harness is alive
+            VirtualHVPM(cfg).open()
+        assert busy.value.errno == errno.EBUSY
+        parent.kill()  # kill -9 of the "harness": the helper lives on, holding the claim
+        parent.wait(timeout=10)
+        assert pid_alive(helper, ticks)
+        caplog.set_level(logging.WARNING, logger="device.lock")
+        dev = VirtualHVPM(cfg)
+        dev.open()  # not "busy": the orphan is ended and its claim taken over
+        try:
+            assert _wait_gone(helper, ticks)
+            assert f"ending pid {helper}" in caplog.text and "orphan" in caplog.text
+            assert cfg.lock_path().read_text().split()[0] == str(os.getpid())
+        finally:
+            dev.close()
+    finally:
+        parent.kill()
+        if pid_alive(helper, ticks):
+            os.kill(helper, signal.SIGKILL)
+
+
+SAMPLER_PARENT = """
+    import sys, time
+    from device.monsoon import MonsoonMonitor, MonsoonOptions
+    from device.virtual_monsoon import VirtualMonsoonConfig
+    cfg = VirtualMonsoonConfig(root=sys.argv[1], timeline_path=sys.argv[1] + "/busy_timeline.tsv")
+    mon = MonsoonMonitor(MonsoonOptions(voltage_v=4.0), sys.argv[1] + "/k.ptrc", virtual=cfg)
+    mon.start()
+    print(mon._proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_sampler_dies_with_its_harness_and_leaves_the_monitor_free(tmp_path, caplog):
+    from device.tracefile import TraceReader
+
+    write_busy_timeline(tmp_path / "busy_timeline.tsv", [])
+    parent = _python(SAMPLER_PARENT, str(tmp_path))
+    try:
+        sampler = int(parent.stdout.readline())
+        ticks = process_start_ticks(sampler)
+        assert cfg_owner(tmp_path) == sampler
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_gone(sampler, ticks), "the sampler outlived its parent"
+    finally:
+        parent.kill()
+    trailer = TraceReader(tmp_path / "k.ptrc").trailer
+    assert "harness process is gone" in trailer["end_reason"]  # it stopped in order: trace closed
+    assert trailer["usb_passthrough_restored"] == 2
+    caplog.set_level(logging.WARNING, logger="device.lock")
+    dev = VirtualHVPM(VirtualMonsoonConfig(root=str(tmp_path), timeline_path=""))
+    dev.open()  # free: no takeover was needed
+    dev.close()
+    assert "stale" not in caplog.text
+
+
+def cfg_owner(root: Path) -> int:
+    return int((root / "virtual_monsoon_20421.lock").read_text().split()[0])
+
+
+WATCHED = """
+    import os, sys, threading, time
+    from device.lifeline import die_with_parent
+    child = '''
+    import os, sys, threading, time
+    from device.lifeline import die_with_parent
+    halt = threading.Event()
+    die_with_parent(os.getppid(), halt, pdeathsig=False, poll_s=0.05, grace_s=0.5)
+    print(os.getpid(), flush=True)
+    if sys.argv[2] == "obeys":
+        halt.wait(60)
+        open(sys.argv[1], "w").write("stopped in order")
+    else:
+        time.sleep(60)  # ignores the halt: the watchdog ends it
+    '''
+    import subprocess
+    p = subprocess.Popen([sys.executable, "-c", child, *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+    print(p.stdout.readline().strip(), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("behaviour", ["obeys", "hangs"])
+def test_watchdog_stops_a_helper_without_the_death_signal(tmp_path, behaviour):
+    flag = tmp_path / "flag"
+    parent = _python(WATCHED, str(flag), behaviour)
+    try:
+        child = int(parent.stdout.readline())
+        ticks = process_start_ticks(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_gone(child, ticks, timeout_s=10)
+    finally:
+        parent.kill()
+    assert flag.exists() == (behaviour == "obeys")

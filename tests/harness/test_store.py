@@ -1,3 +1,5 @@
+import os
+import signal
 import sqlite3
 
 import numpy as np
@@ -134,3 +136,93 @@ def test_traces_content_addressed_and_verified(tmp_path):
         p.write_bytes(st.traces.path(other).read_bytes())  # swap content
         with pytest.raises(ArtifactError, match="hash"):
             st.traces.get(h1)
+
+
+# --------------------------------------------------------------------------- interrupts inside transactions
+
+
+def _python_call() -> None:
+    pass
+
+
+class _SignalAt:
+    """The store's real SQLite connection, with a real signal sent to this process at one statement.
+
+    ``when="after"`` sends it once the statement has run (the reported case: Ctrl-C right after COMMIT turned
+    into "cannot rollback - no transaction is active"); ``"before"`` sends it just before.
+    """
+
+    def __init__(self, con, statement, sig=signal.SIGINT, when="after"):
+        self._con, self.statement, self.sig, self.when, self.sent = con, statement, sig, when, 0
+
+    def execute(self, sql, params=()):
+        if sql.startswith(self.statement) and self.when == "before":
+            self.sent += 1
+            os.kill(os.getpid(), self.sig)
+        cur = self._con.execute(sql, params)
+        if sql.startswith(self.statement) and self.when == "after":
+            self.sent += 1
+            os.kill(os.getpid(), self.sig)
+            _python_call()  # a Python call runs a pending handler now: the interrupt lands right here
+        return cur
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+@pytest.mark.parametrize("statement,when", [("COMMIT", "after"), ("COMMIT", "before"), ("INSERT", "after")])
+def test_ctrl_c_inside_a_transaction_is_held_until_the_write_is_whole(tmp_path, statement, when):
+    with Store(tmp_path / "h.db") as st:
+        st.create_run(_run())
+        real = st._con
+        st._con = _SignalAt(real, statement, when=when)
+        with pytest.raises(KeyboardInterrupt):  # delivered after the commit; never a StoreError
+            st.add_window(_win(0))
+        assert st._con.sent == 1
+        st._con = real
+        assert not real.in_transaction
+        assert [w.seq for w in st.windows("r1")] == [0]  # stored, once
+        assert real.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sigterm_inside_add_event_keeps_the_event(tmp_path):
+    from harness.errors import Terminated
+    from harness.signals import install_sigterm, restore_handlers, saved_handlers
+
+    saved = saved_handlers()
+    install_sigterm()
+    try:
+        with Store(tmp_path / "h.db") as st:
+            st.create_run(_run())
+            real = st._con
+            st._con = _SignalAt(real, "SELECT MAX(seq)", sig=signal.SIGTERM)  # before the transaction begins
+            with pytest.raises(Terminated):
+                st.add_event("r1", "interrupted", "Ctrl-C")
+            st._con = real
+            assert st.events("r1")[-1][:2] == ("interrupted", "Ctrl-C")
+    finally:
+        restore_handlers(saved)
+
+
+def test_a_failed_statement_rolls_back_and_a_finished_commit_is_not_rolled_back(tmp_path):
+    with Store(tmp_path / "h.db") as st:
+        st.create_run(_run())
+        with pytest.raises(DuplicateError):
+            st._tx([("INSERT INTO run_events (run_id, seq, event, detail, t_utc) VALUES (?, ?, ?, ?, ?)",
+                     ("r1", 5, "x", "", "t")),
+                    ("INSERT INTO run_events (run_id, seq, event, detail, t_utc) VALUES (?, ?, ?, ?, ?)",
+                     ("r1", 0, "dup", "", "t"))])
+        assert [e for e, _, _ in st.events("r1")] == ["created"]  # all or nothing
+        assert not st._con.in_transaction
+
+
+def test_split_modules_keep_the_store_names():
+    import harness.store as store
+
+    for name in store.__all__:
+        assert getattr(store, name) is not None
+    from harness.store_records import WindowRecord as W
+    from harness.store_traces import TraceStore as T
+
+    assert store.WindowRecord is W and store.TraceStore is T
