@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -26,8 +27,16 @@ STOP_JOIN_S = 5.0
 
 
 def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> None:
-    """Worker initializer: ignore Ctrl-C, report this worker's pid, then run the caller's initializer."""
+    """Worker initializer: ignore Ctrl-C, die with the parent, report this worker's pid, then run the
+    caller's initializer.
+
+    A parent killed with ``kill -9`` cannot stop its workers; the kernel's parent-death signal and a
+    watchdog on the parent pid (``device.lifeline``) end them instead, so nothing computes on orphaned.
+    """
+    from device.lifeline import die_with_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(os.getppid(), threading.Event(), grace_s=0.0)
     pids.put(os.getpid())
     if initializer is not None:
         initializer(*initargs)
