@@ -52,3 +52,41 @@ def test_an_interrupt_inside_the_block_stops_the_workers():
             pool.submit(time.sleep, 60)
             raise KeyboardInterrupt
     assert pid not in {p.pid for p in multiprocessing.active_children()}
+
+
+def test_workers_die_when_the_parent_is_killed(tmp_path):
+    """kill -9 of the harness leaves no worker computing on (parent-death signal + watchdog)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from harness.pool import WorkerPool\n"
+        "def pid():\n    return os.getpid()\n"
+        "def nap():\n    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(1)\n"
+        "    print(pool.submit(pid).result(), flush=True)\n"
+        "    pool.submit(nap)\n"
+        "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    assert os.path.exists(f"/proc/{worker}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{worker}/stat").read().split()[2] == "Z":
+                break  # a zombie waiting for init to reap it: it has stopped
+        except OSError:
+            break
+        time.sleep(0.1)
+    alive = os.path.exists(f"/proc/{worker}") and open(f"/proc/{worker}/stat").read().split()[2] != "Z"
+    assert not alive, f"worker {worker} outlived its killed parent"
