@@ -27,7 +27,7 @@ import numpy as np
 
 from device.files import file_hash
 from harness.cliutil import progress
-from harness.errors import DATA_ERRORS, HarnessError, InputError
+from harness.errors import DATA_ERRORS, INPUT_ERRORS, HarnessError, InputError, UsageError
 from harness.plan import RunPlan
 from harness.runloop import Backend, PreparedModel, WindowResult
 
@@ -117,13 +117,23 @@ class HostBackend(Backend):
 
     def prepare(self, model: PreparedModel, warmup: int) -> float:
         r = self._runner
-        prog = r.HostProgram(model.artifact_path)
-        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
-        r.set_host_threads(self.threads)
+        # size the pool BEFORE loading: the XNNPACK delegate binds the pool at load time, and a resize
+        # afterwards makes the program refuse to run (issue 12).  A no-op when the size is already right;
+        # if something else resized it since, the programs loaded before are loaded again.
+        if r.set_host_threads(self.threads) != self.threads:
+            for key, old in list(self._progs.items()):
+                self._progs[key] = self._load(old.path)
+        prog = self._load(model.artifact_path)
         self._progs[model.key] = prog
         for _ in range(max(1, warmup)):
             prog.run_once()
         return float(np.median([prog.run_once() for _ in range(5)]))
+
+    def _load(self, path):
+        r = self._runner
+        prog = r.HostProgram(path)
+        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
+        return prog
 
     def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
         prog = self._progs[model.key]
@@ -446,6 +456,48 @@ class RealPhoneBackend(PhoneBackend):
         except BaseException:
             self.device.close()
             raise
+
+
+# ---- device-argument checks (issue 12): run by ``harness run`` before any build, export or file write
+
+
+def check_device_args(choice: DeviceChoice, plan: RunPlan) -> None:
+    """Refuse device arguments that cannot work (UsageError, one line) before any slow work: a real phone
+    needs ``--serial`` (USB serial or ``host:port``), a Monsoon serial is a number and only for
+    ``--monitor monsoon``, the profile's Monsoon voltage is one the monitor accepts, and the profile names
+    an ``executor_runner`` that exists; the parts the backend needs are installed."""
+    if choice.kind != "real":
+        if plan.serial or plan.monitor_serial:
+            raise UsageError(f"--serial/--monitor-serial are for real phones, not --device {choice.name}")
+        return
+    where = f"--device {choice.name}"
+    if not plan.serial.strip():
+        raise UsageError(f"{where}: give the phone with --serial (USB serial or host:port)")
+    adb = _need("device.adb", where)
+    try:
+        adb.parse_address(plan.serial)
+    except INPUT_ERRORS as exc:
+        raise UsageError(f"{where}: --serial: {exc}") from None
+    profile = _need("device.profiles", where).load_profile(choice.profile)
+    if plan.monitor == "monsoon":
+        if plan.monitor_serial and not plan.monitor_serial.strip().isdigit():
+            raise UsageError(f"{where}: --monitor-serial must be the Monsoon's serial number, "
+                             f"got {plan.monitor_serial!r}")
+        try:
+            _need("device.monsoon", where).MonsoonOptions(voltage_v=profile.monsoon_voltage_v)
+        except INPUT_ERRORS as exc:
+            raise UsageError(f"{where}: profile {profile.name}: {exc}") from None
+    else:
+        if plan.monitor_serial:
+            raise UsageError(f"{where}: --monitor-serial is for --monitor monsoon, not {plan.monitor}")
+        _need("device.gauge", where)
+    spec = profile.runner
+    if not spec.builtin:
+        if not spec.binary:
+            raise UsageError(f"{where}: profile {profile.name} names no executor_runner binary "
+                             "(set [runner].binary in a user profile, see docs/devices.md)")
+        if not Path(spec.binary).expanduser().is_file():
+            raise UsageError(f"{where}: profile {profile.name}: executor_runner {spec.binary} not found")
 
 
 def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("results")) -> Backend:

@@ -73,7 +73,13 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    from harness.backends import ModelPreparation, make_backend, resolve_device, stored_models
+    from harness.backends import (
+        ModelPreparation,
+        check_device_args,
+        make_backend,
+        resolve_device,
+        stored_models,
+    )
     from harness.plan import RunPlan, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
@@ -108,6 +114,7 @@ def run(args) -> int:
             rec = st.get_run(args.resume)
             plan = RunPlan.from_json(rec.plan_json)
             models = stored_models(st.models(rec.run_id), plan)
+    check_device_args(choice, plan)  # profile, serial, monitor: before any build, export or file write
     backend = make_backend(choice, plan, work_dir)
     with Store(args.db) as st:  # a locked or corrupt database fails here, before any work
         # builds happen here; uncached exports go on in worker processes while the lab starts

@@ -120,34 +120,10 @@ def test_spec_refuses_nonsense():
 # ------------------------------------------------------------------------ the host runner, real runtime
 
 
-def _tiny_weights(width: int = 16):
-    from specialist.model import NIN_LAYERS, NinWeights, load_weights
-
-    base = load_weights()
-    ws, bs, prev = {}, {}, 3
-    for s in NIN_LAYERS:
-        o = s.out_ch if s.name == "CCCP6" else width
-        ws[s.name] = base.weights[s.name][:o, :prev].copy()
-        bs[s.name] = base.biases[s.name][:o].copy()
-        prev = o
-    return NinWeights(ws, bs, base.input_mean, base.input_std)
+# tiny_weights / tiny_pte: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def tiny_pte(tmp_path_factory):
-    """A verified XNNPACK program of a 16-wide NIN (shared with other test modules through basetemp)."""
-    from harness.exportcheck import export_weights
-    from specialist.export import ExportOptions
-
-    root = tmp_path_factory.getbasetemp() / "export-cache"
-    root.mkdir(exist_ok=True)
-    p = root / "tiny16-xnnpack.pte"
-    if not p.exists():
-        export_weights(_tiny_weights(16), p, ExportOptions(verify_images=2))
-    return p
-
-
-def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
+def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tiny_weights, tmp_path):
     import torch
 
     from specialist.model import build_module
@@ -158,7 +134,7 @@ def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
     assert res.latencies_ms.shape == (7,) and res.warmup_latencies_ms.shape == (3,)
     assert np.all(res.latencies_ms > 0) and res.total_ms == pytest.approx(res.latencies_ms.sum())
     with torch.no_grad():
-        want = build_module(_tiny_weights(16))(torch.from_numpy(x)).numpy().ravel()
+        want = build_module(tiny_weights(16))(torch.from_numpy(x)).numpy().ravel()
     np.testing.assert_allclose(res.output, want, atol=1e-4)
     back = parse_runner_output(res.raw_text, warmup=3)  # the host's text parses like the phone's
     np.testing.assert_allclose(back.latencies_ms, res.latencies_ms, atol=1e-6)
