@@ -464,8 +464,8 @@ class RealPhoneBackend(PhoneBackend):
 def check_device_args(choice: DeviceChoice, plan: RunPlan) -> None:
     """Refuse device arguments that cannot work (UsageError, one line) before any slow work: a real phone
     needs ``--serial`` (USB serial or ``host:port``), a Monsoon serial is a number and only for
-    ``--monitor monsoon``, the profile's Monsoon voltage is one the monitor accepts, and the profile names
-    an ``executor_runner`` that exists; the parts the backend needs are installed."""
+    ``--monitor monsoon``, and the profile names an ``executor_runner`` that exists; the parts the backend
+    needs are installed.  (The profile itself was loaded and validated by :func:`resolve_device`.)"""
     if choice.kind != "real":
         if plan.serial or plan.monitor_serial:
             raise UsageError(f"--serial/--monitor-serial are for real phones, not --device {choice.name}")
@@ -483,10 +483,7 @@ def check_device_args(choice: DeviceChoice, plan: RunPlan) -> None:
         if plan.monitor_serial and not plan.monitor_serial.strip().isdigit():
             raise UsageError(f"{where}: --monitor-serial must be the Monsoon's serial number, "
                              f"got {plan.monitor_serial!r}")
-        try:
-            _need("device.monsoon", where).MonsoonOptions(voltage_v=profile.monsoon_voltage_v)
-        except INPUT_ERRORS as exc:
-            raise UsageError(f"{where}: profile {profile.name}: {exc}") from None
+        _need("device.monsoon", where)
     else:
         if plan.monitor_serial:
             raise UsageError(f"{where}: --monitor-serial is for --monitor monsoon, not {plan.monitor}")
