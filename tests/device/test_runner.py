@@ -174,13 +174,15 @@ def test_corrupt_truncated_and_foreign_files_are_named(tiny_pte, tmp_path):
 def test_programs_loaded_before_a_pool_resize_refuse_to_run(tiny_pte):
     from device.runner import HostProgram, set_host_threads
 
-    set_host_threads(1)
-    prog = HostProgram(tiny_pte)
-    prog.set_input(np.ones(prog.input_shape, np.float32))
-    assert prog.run_once() > 0
-    set_host_threads(2)  # recreates the pool the delegate was bound to
-    with pytest.raises(MeasurementError, match="resized"):
-        prog.run_once()
-    res = run_host(RunSpec(tiny_pte, iterations=2, threads=2))  # fresh load on the new pool
-    assert res.latencies_ms.shape == (2,)
-    set_host_threads(1)
+    before = set_host_threads(1)
+    try:
+        prog = HostProgram(tiny_pte)
+        prog.set_input(np.ones(prog.input_shape, np.float32))
+        assert prog.run_once() > 0
+        set_host_threads(2)  # recreates the pool the delegate was bound to
+        with pytest.raises(MeasurementError, match="resized"):
+            prog.run_once()
+        res = run_host(RunSpec(tiny_pte, iterations=2, threads=2))  # fresh load on the new pool
+        assert res.latencies_ms.shape == (2,)
+    finally:
+        set_host_threads(before)  # leave the pool as this process had it
