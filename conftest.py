@@ -37,3 +37,11 @@ def base_weights():
     from specialist.model import load_weights
 
     return load_weights()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the random-order seed (pytest-randomly) also under ``-q``, so a failing order can be replayed."""
+    if config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_reorganize", True):
+        seed = config.getoption("randomly_seed", None)
+        terminalreporter.write_line(f"random test order: replay with -p randomly -p no:cacheprovider "
+                                    f"--randomly-seed={seed}")

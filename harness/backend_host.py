@@ -39,13 +39,23 @@ class HostBackend(Backend):
 
     def prepare(self, model: PreparedModel, warmup: int) -> float:
         r = self._runner
-        prog = r.HostProgram(model.artifact_path)
-        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
-        r.set_host_threads(self.threads)
+        # size the pool BEFORE loading: the XNNPACK delegate binds the pool at load time, and a resize
+        # afterwards makes the program refuse to run (issue 12).  A no-op when the size is already right;
+        # if something else resized it since, the programs loaded before are loaded again.
+        if r.set_host_threads(self.threads) != self.threads:
+            for key, old in list(self._progs.items()):
+                self._progs[key] = self._load(old.path)
+        prog = self._load(model.artifact_path)
         self._progs[model.key] = prog
         for _ in range(max(1, warmup)):
             prog.run_once()
         return float(np.median([prog.run_once() for _ in range(5)]))
+
+    def _load(self, path):
+        r = self._runner
+        prog = r.HostProgram(path)
+        prog.set_input(r.default_input(prog.input_shape, prog.input_dtype))
+        return prog
 
     def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
         prog = self._progs[model.key]

@@ -19,7 +19,13 @@ from device.lab_power import power_model_for
 from harness.backend_host import HostBackend
 from harness.backend_phone import PhoneBackend, RealPhoneBackend
 from harness.backend_virtual import VirtualLabBackend
-from harness.device_names import VIRTUAL_DEFAULT_PROFILE, DeviceChoice, known_devices, resolve_device
+from harness.device_names import (
+    VIRTUAL_DEFAULT_PROFILE,
+    DeviceChoice,
+    check_device_args,
+    known_devices,
+    resolve_device,
+)
 from harness.plan import RunPlan
 from harness.prepare import (
     ModelPreparation,
@@ -32,7 +38,7 @@ from harness.prepare import (
 from harness.runloop import Backend
 
 __all__ = [
-    "VIRTUAL_DEFAULT_PROFILE", "Backend", "DeviceChoice", "HostBackend", "ModelPreparation", "PhoneBackend",
+    "VIRTUAL_DEFAULT_PROFILE", "Backend", "DeviceChoice", "HostBackend", "check_device_args", "ModelPreparation", "PhoneBackend",
     "RealPhoneBackend", "VirtualLabBackend", "export_pte", "export_workers", "known_devices", "make_backend",
     "model_key", "power_model_for", "prepare_models", "resolve_device", "stored_models",
 ]

@@ -44,9 +44,15 @@ def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
     """Backward elimination under least-squares reconstruction of the next layer.
 
     Returns ``(order, rel_error)``: ``order`` [C] the channels in the order they are removed (greedy:
-    cheapest first, unless ``order`` is given, then its error path), ``rel_error`` [C] the relative
-    reconstruction error of the next layer's pre-activations after removing ``order[:n+1]``
-    (``rel_error[n]``); ``rel_error[-1]`` (everything removed) is 1 up to the ridge.
+    cheapest first, unless ``order`` is given, then its error path), ``rel_error`` [C] the ridge
+    least-squares objective of reconstructing the next layer's pre-activations from the channels left
+    after removing ``order[:n+1]`` (``rel_error[n]``), relative to their energy ``wf' cov wf``:
+    ``(residual + lam |A|^2) / total`` with ``lam = ridge_lambda(cov, ridge)`` and ``A`` the ridge
+    solution.  It is the plain residual plus the ridge penalty (an upper bound on the residual; the two
+    agree as ``ridge -> 0``); it is what the rank-one downdates of ``(cov + lam I)^-1`` give exactly, and
+    the greedy step removes the channel whose removal raises it least.  ``rel_error[-1]`` (everything
+    removed) is 1.  Accuracy: float64 rounding times ``cond(cov + lam I)`` (about 1e-15 at the methods'
+    ridge 1e-2, about 1e-7 at ridge 1e-9 on a singular ``cov``).
     """
     c = len(cov)
     cov = np.asarray(cov, np.float64)

@@ -107,7 +107,13 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from harness.backends import ModelPreparation, make_backend, resolve_device, stored_models
+    from harness.backends import (
+        ModelPreparation,
+        check_device_args,
+        make_backend,
+        resolve_device,
+        stored_models,
+    )
     from harness.plan import RunPlan, check_inputs, load_toml, make_plan
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
@@ -144,8 +150,7 @@ def _run(args) -> int:
     plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
     if stored_plan is not None:
         plan = stored_plan
-    if choice.kind == "real" and not plan.serial.strip():
-        raise UsageError(f"--device {choice.name}: give the phone with --serial (USB serial or host:port)")
+    check_device_args(choice, plan)  # profile, serial, monitor: before any build, export or file write
     check_inputs(plan)
     work_dir = Path(args.db).parent
     _check_work_dir(work_dir)

@@ -120,34 +120,10 @@ def test_spec_refuses_nonsense():
 # ------------------------------------------------------------------------ the host runner, real runtime
 
 
-def _tiny_weights(width: int = 16):
-    from specialist.model import NIN_LAYERS, NinWeights, load_weights
-
-    base = load_weights()
-    ws, bs, prev = {}, {}, 3
-    for s in NIN_LAYERS:
-        o = s.out_ch if s.name == "CCCP6" else width
-        ws[s.name] = base.weights[s.name][:o, :prev].copy()
-        bs[s.name] = base.biases[s.name][:o].copy()
-        prev = o
-    return NinWeights(ws, bs, base.input_mean, base.input_std)
+# tiny_weights / tiny_pte: tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def tiny_pte(tmp_path_factory):
-    """A verified XNNPACK program of a 16-wide NIN (shared with other test modules through basetemp)."""
-    from harness.exportcheck import export_weights
-    from specialist.export import ExportOptions
-
-    root = tmp_path_factory.getbasetemp() / "export-cache"
-    root.mkdir(exist_ok=True)
-    p = root / "tiny16-xnnpack.pte"
-    if not p.exists():
-        export_weights(_tiny_weights(16), p, ExportOptions(verify_images=2))
-    return p
-
-
-def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
+def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tiny_weights, tmp_path):
     import torch
 
     from specialist.model import build_module
@@ -158,7 +134,7 @@ def test_run_host_times_w_plus_n_and_returns_the_output(tiny_pte, tmp_path):
     assert res.latencies_ms.shape == (7,) and res.warmup_latencies_ms.shape == (3,)
     assert np.all(res.latencies_ms > 0) and res.total_ms == pytest.approx(res.latencies_ms.sum())
     with torch.no_grad():
-        want = build_module(_tiny_weights(16))(torch.from_numpy(x)).numpy().ravel()
+        want = build_module(tiny_weights(16))(torch.from_numpy(x)).numpy().ravel()
     np.testing.assert_allclose(res.output, want, atol=1e-4)
     back = parse_runner_output(res.raw_text, warmup=3)  # the host's text parses like the phone's
     np.testing.assert_allclose(back.latencies_ms, res.latencies_ms, atol=1e-6)
@@ -198,13 +174,15 @@ def test_corrupt_truncated_and_foreign_files_are_named(tiny_pte, tmp_path):
 def test_programs_loaded_before_a_pool_resize_refuse_to_run(tiny_pte):
     from device.runner import HostProgram, set_host_threads
 
-    set_host_threads(1)
-    prog = HostProgram(tiny_pte)
-    prog.set_input(np.ones(prog.input_shape, np.float32))
-    assert prog.run_once() > 0
-    set_host_threads(2)  # recreates the pool the delegate was bound to
-    with pytest.raises(MeasurementError, match="resized"):
-        prog.run_once()
-    res = run_host(RunSpec(tiny_pte, iterations=2, threads=2))  # fresh load on the new pool
-    assert res.latencies_ms.shape == (2,)
-    set_host_threads(1)
+    before = set_host_threads(1)
+    try:
+        prog = HostProgram(tiny_pte)
+        prog.set_input(np.ones(prog.input_shape, np.float32))
+        assert prog.run_once() > 0
+        set_host_threads(2)  # recreates the pool the delegate was bound to
+        with pytest.raises(MeasurementError, match="resized"):
+            prog.run_once()
+        res = run_host(RunSpec(tiny_pte, iterations=2, threads=2))  # fresh load on the new pool
+        assert res.latencies_ms.shape == (2,)
+    finally:
+        set_host_threads(before)  # leave the pool as this process had it

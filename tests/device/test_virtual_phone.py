@@ -139,7 +139,9 @@ def test_dd_is_a_one_thread_busy_period_and_sleep_is_idle(phone):
     t, busy = read_timeline(phone.timeline.path)
     assert phone.timeline.path.read_text().startswith("# t_mono_s\tbusy_threads\n")
     assert busy.tolist() == [0, 1, 0]
-    assert t[2] - t[1] == pytest.approx(0.05, abs=0.02)  # 50 MB at the documented 1 GB/s
+    # 50 MB at the documented 1 GB/s: busy for at least 0.05 s; a loaded machine may end the period late,
+    # never early (a 10x wrong speed still fails either bound)
+    assert 0.049 <= t[2] - t[1] < 0.3
     assert np.all(np.diff(t) >= 0) and t[-1] <= time.monotonic()
 
 

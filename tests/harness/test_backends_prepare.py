@@ -11,10 +11,21 @@ from harness.errors import InputError
 from harness.plan import make_plan
 
 
-def test_export_workers_one_per_core_capped_and_env_override(monkeypatch):
+@pytest.mark.parametrize("cores,n_exports,want", [
+    (None, 6, 1),  # core count unknown: one worker
+    (1, 6, 1), (2, 6, 1),  # one core kept for the harness, but at least one worker
+    (3, 6, 2), (5, 6, 4),
+    (16, 6, 4),  # at most 4
+    (16, 3, 3), (16, 1, 1), (3, 1, 1),  # never more workers than exports
+])
+def test_export_workers_one_per_core_but_one_capped_at_four(monkeypatch, cores, n_exports, want):
     monkeypatch.delenv("HARNESS_EXPORT_WORKERS", raising=False)
-    assert export_workers(1) == 1
-    assert export_workers(6) == min(max(1, (os.cpu_count() or 1) - 1), 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert export_workers(n_exports) == want
+
+
+def test_export_workers_env_override(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the default would be 1
     monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "3")
     assert export_workers(6) == 3 and export_workers(2) == 2
     monkeypatch.setenv("HARNESS_EXPORT_WORKERS", "0")

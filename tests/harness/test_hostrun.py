@@ -87,33 +87,15 @@ def test_options_validate_and_load_from_toml(tmp_path):
         HostRunOptions.from_toml(tmp_path / "bad.toml")
 
 
-def _tiny(width: int):
-    from specialist.model import NIN_LAYERS, NinWeights, load_weights
-
-    base = load_weights()
-    ws, bs, prev = {}, {}, 3
-    for s in NIN_LAYERS:
-        o = s.out_ch if s.name == "CCCP6" else width
-        ws[s.name] = base.weights[s.name][:o, :prev].copy()
-        bs[s.name] = base.biases[s.name][:o].copy()
-        prev = o
-    return NinWeights(ws, bs, base.input_mean, base.input_std)
-
-
 @pytest.fixture(scope="module")
-def two_programs(tmp_path_factory):
-    """A 16-wide XNNPACK program (shared cache with the runner tests) and an 8-wide portable one."""
+def two_programs(tiny_pte, tiny_weights, tmp_path_factory):
+    """The shared 16-wide XNNPACK program and an 8-wide portable one."""
     from harness.exportcheck import export_weights
     from specialist.export import ExportOptions
 
-    root = tmp_path_factory.getbasetemp() / "export-cache"
-    root.mkdir(exist_ok=True)
-    a, b = root / "tiny16-xnnpack.pte", root / "tiny8-portable.pte"
-    if not a.exists():
-        export_weights(_tiny(16), a, ExportOptions(verify_images=2))
-    if not b.exists():
-        export_weights(_tiny(8), b, ExportOptions(backend="portable", verify_images=1))
-    return a, b
+    b = tmp_path_factory.mktemp("hostrun") / "tiny8-portable.pte"
+    export_weights(tiny_weights(8), b, ExportOptions(backend="portable", verify_images=1))
+    return tiny_pte, b
 
 
 @pytest.mark.parametrize("order", ["abab", "abba"])

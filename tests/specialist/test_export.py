@@ -13,37 +13,17 @@ from harness.exportcheck import ExportCheckError, export_weights, write_manifest
 from specialist.errors import ArtifactError
 from specialist.export import ExportNet, ExportOptions, edge_op_counts, fold_consts
 from specialist.manifest import check_manifest, load_manifest, manifest_path_for
-from specialist.model import NIN_LAYERS, NinWeights, build_module, load_weights, weights_npz_bytes
+from specialist.model import build_module, weights_npz_bytes
 
 
-def tiny_weights(width: int = 16, consts: bool = False, seed: int = 0) -> NinWeights:
-    """The base NIN sliced to ``width`` channels per hidden layer (optionally with exact constants)."""
-    base = load_weights()
-    ws, bs, prev = {}, {}, 3
-    for s in NIN_LAYERS:
-        o = s.out_ch if s.name == "CCCP6" else width
-        ws[s.name] = base.weights[s.name][:o, :prev].copy()
-        bs[s.name] = base.biases[s.name][:o].copy()
-        prev = o
-    c = {}
-    if consts:  # per-position constants that vary at the borders, as mean compensation makes them
-        rng = np.random.default_rng(seed)
-        for name, hw in (("CONV2", 16), ("CONV3", 8)):
-            m = np.full((width, hw, hw), 0.5, np.float32) + rng.normal(0, 0.01, (width, 1, 1)).astype(np.float32)
-            m[:, 0, :] -= 0.2
-            m[:, :, -1] -= 0.1
-            c[name] = m
-    return NinWeights(ws, bs, base.input_mean, base.input_std, c)
-
-
-def test_export_net_computes_what_ninnet_computes():
+def test_export_net_computes_what_ninnet_computes(tiny_weights):
     w = tiny_weights(16, consts=True)
     x = torch.from_numpy(np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32))
     with torch.no_grad():
         np.testing.assert_allclose(ExportNet(w)(x).numpy(), build_module(w)(x).numpy(), atol=2e-5)
 
 
-def test_fold_consts_moves_the_spatial_mean_into_the_bias():
+def test_fold_consts_moves_the_spatial_mean_into_the_bias(tiny_weights):
     w = tiny_weights(8, consts=True)
     folded, dev = fold_consts(w)
     assert folded.consts == {} and w.consts  # the input is untouched
@@ -54,7 +34,7 @@ def test_fold_consts_moves_the_spatial_mean_into_the_bias():
     assert none == {} and same.consts == {}
 
 
-def test_bias_folded_graph_has_no_more_nodes_than_uncompensated():
+def test_bias_folded_graph_has_no_more_nodes_than_uncompensated(tiny_weights):
     plain = edge_op_counts(tiny_weights(8))
     folded = edge_op_counts(fold_consts(tiny_weights(8, consts=True))[0])
     exact = edge_op_counts(tiny_weights(8, consts=True))
@@ -64,7 +44,7 @@ def test_bias_folded_graph_has_no_more_nodes_than_uncompensated():
     assert "aten.avg_pool2d.default" not in plain  # the avg pool is a depthwise conv XNNPACK takes
 
 
-def test_tiny_export_is_verified_and_fully_delegated(tmp_path):
+def test_tiny_export_is_verified_and_fully_delegated(tmp_path, tiny_weights):
     report, exported = export_weights(tiny_weights(16, consts=True), tmp_path / "c.pte", ExportOptions(verify_images=3))
     assert report.verified and report.max_abs_diff <= 1e-4
     assert report.portable_ops == 0  # XNNPACK runs the whole graph: no portable operator between delegates
@@ -80,7 +60,7 @@ def test_tiny_export_is_verified_and_fully_delegated(tmp_path):
     assert m.model_sha256 == exported.content_hash() and m.verify["max_abs_diff"] == report.max_abs_diff
 
 
-def test_failed_check_writes_nothing(tmp_path):
+def test_failed_check_writes_nothing(tmp_path, tiny_weights):
     with pytest.raises(ExportCheckError, match="differs from the PyTorch model") as ei:
         export_weights(tiny_weights(8), tmp_path / "bad.pte", ExportOptions(backend="portable", verify_images=2,
                                                                            atol=1e-30))
@@ -88,7 +68,7 @@ def test_failed_check_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_manifest_refuses_changed_pte_newer_schema_and_junk(tmp_path):
+def test_manifest_refuses_changed_pte_newer_schema_and_junk(tmp_path, tiny_weights):
     pte = tmp_path / "m.pte"
     report, w = export_weights(tiny_weights(8), pte, ExportOptions(backend="portable", verify_images=1))
     write_manifest_for(report, w, base_hash="", stats_hash="", classes=range(10), level=0, method="base",
@@ -110,7 +90,7 @@ def test_manifest_refuses_changed_pte_newer_schema_and_junk(tmp_path):
         load_manifest(mp)
 
 
-def test_cli_export_level0_then_bench_then_tamper(tmp_path, capsys):
+def test_cli_export_level0_then_bench_then_tamper(tmp_path, capsys, tiny_weights):
     npz = tmp_path / "tiny.npz"
     npz.write_bytes(weights_npz_bytes(tiny_weights(16)))
     out = tmp_path / "base.pte"
@@ -143,7 +123,7 @@ def test_cli_export_bad_input(argv, match, tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_export_reports_accuracy_next_to_float(tmp_path):
+def test_int8_export_reports_accuracy_next_to_float(tmp_path, tiny_weights):
     report, _ = export_weights(tiny_weights(16), tmp_path / "q.pte",
                                ExportOptions(quantize="int8", verify_images=4, quant_calib_images=16,
                                              accuracy_images=60), classes=[0, 1])
