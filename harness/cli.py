@@ -20,6 +20,7 @@ import pkgutil  # noqa: E402
 import sys  # noqa: E402
 
 from harness import __version__  # noqa: E402
+from harness.cliutil import one_line  # noqa: E402
 from harness.errors import PROJECT_ERRORS, Terminated, UsageError, exit_code_for  # noqa: E402
 from harness.signals import (  # noqa: E402
     ignore_stop_signals,
@@ -36,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises one-line :class:`UsageError` instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UsageError(one_line(f"{self.prog}: {message} (see '{self.prog} --help')"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +99,7 @@ def _main(argv: list[str]) -> int:
         code = args.func(args)
         return int(code or 0)
     except PROJECT_ERRORS as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {one_line(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         ignore_stop_signals()  # already stopping: pressing Ctrl-C again changes nothing now

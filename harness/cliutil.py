@@ -103,6 +103,11 @@ def _int(text: str) -> int:
     return int(t)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, carriage returns, escapes) shown escaped: one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def short(value: object, limit: int = 80) -> str:
     """``value`` quoted for a one-line error, cut to ``limit`` characters (a 50 MB line is not echoed whole)."""
     text = value if isinstance(value, str) else str(value)

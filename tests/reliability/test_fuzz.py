@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import build_parser, main
@@ -71,6 +71,7 @@ _PARSER = []
 
 @FUZZ
 @given(argv=ANY_ARGV)
+@example(argv=["run", "\r"])  # found by this test: a control character split the error line
 def test_option_parsing_never_tracebacks(argv):
     """Every command's flags: parsed values or one UsageError, never another exception."""
     if not _PARSER:
