@@ -27,7 +27,7 @@ from device.virtual_phone.cmdbase import (
     parse_flags,
     read_limited,
 )
-from device.virtual_phone.sandbox import DEV_NULL, SandboxError, safe_mode
+from device.virtual_phone.sandbox import DEV_NULL, safe_mode
 
 GREP_TIME_LIMIT_S = 1.0
 
@@ -41,10 +41,7 @@ def _ls(sh, argv, stdin, out):
     flags, paths = parse_flags(argv, "laRd1h")
     status = 0
     for p in paths or ["."]:
-        try:
-            host = sh.host(p)
-        except SandboxError:
-            host = None
+        host = sh.host_or_none(p)
         if host is None or not (host.exists() or host.is_symlink()):
             out.error(f"ls: {p}: No such file or directory\n")
             status = 1
@@ -104,10 +101,7 @@ def _cat(sh, argv, stdin, out):
     for p in argv[1:]:
         if p == DEV_NULL:
             continue
-        try:
-            host = sh.host(p)
-        except SandboxError:
-            host = None
+        host = sh.host_or_none(p)
         if host is None or not host.exists():
             out.error(f"cat: {p}: No such file or directory\n")
             status = 1
@@ -145,11 +139,18 @@ def _rm(sh, argv, stdin, out):
     return status
 
 
-@command("rmdir")
-def _rmdir(sh, argv, stdin, out):
-    for p in argv[1:]:
-        sh.writable(p).rmdir()
-    return 0
+def _each_path(action) -> Command:
+    """A command that applies ``action`` to the writable host path of each argument."""
+    def run(sh, argv, stdin, out):
+        for p in argv[1:]:
+            action(sh.writable(p))
+        return 0
+
+    return run
+
+
+command("rmdir")(_each_path(lambda host: host.rmdir()))
+command("touch")(_each_path(lambda host: host.touch()))
 
 
 @command("mkdir")
@@ -166,39 +167,39 @@ def _mkdir(sh, argv, stdin, out):
     return status
 
 
-@command("touch")
-def _touch(sh, argv, stdin, out):
-    for p in argv[1:]:
-        sh.writable(p).touch()
-    return 0
+def _source_dest(sh, argv, out, flags: str, source, check_source: bool):
+    """``(src, dst)`` host paths of a two-path command (``dst`` inside a directory it names), or None.
+
+    ``check_source``: say a missing source here (``mv``); else the copy's own OSError says it (``cp``).
+    """
+    _flags_, paths = parse_flags(argv, flags)
+    if len(paths) != 2:
+        out.error(f"usage: {argv[0]} SOURCE DEST\n")
+        return None
+    src, dst = source(paths[0]), sh.writable(paths[1])
+    if check_source and not src.exists():
+        out.error(f"{argv[0]}: {paths[0]}: No such file or directory\n")
+        return None
+    if dst.is_dir():
+        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
+    return src, dst
 
 
 @command("mv")
 def _mv(sh, argv, stdin, out):
-    _flags_, paths = parse_flags(argv, "f")
-    if len(paths) != 2:
-        out.error("usage: mv SOURCE DEST\n")
+    pair = _source_dest(sh, argv, out, "f", sh.writable, check_source=True)
+    if pair is None:
         return 1
-    src, dst = sh.writable(paths[0]), sh.writable(paths[1])
-    if not src.exists():
-        out.error(f"mv: {paths[0]}: No such file or directory\n")
-        return 1
-    if dst.is_dir():
-        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
-    os.replace(src, dst)
+    os.replace(*pair)
     return 0
 
 
 @command("cp")
 def _cp(sh, argv, stdin, out):
-    _flags_, paths = parse_flags(argv, "fp")
-    if len(paths) != 2:
-        out.error("usage: cp SOURCE DEST\n")
+    pair = _source_dest(sh, argv, out, "fp", sh.host, check_source=False)
+    if pair is None:
         return 1
-    src, dst = sh.host(paths[0]), sh.writable(paths[1])
-    if dst.is_dir():
-        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
-    shutil.copyfile(src, dst)
+    shutil.copyfile(*pair)
     return 0
 
 
