@@ -44,6 +44,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def add_command(subparsers, name: str, func, help_text: str, doc: str | None = None):
+    """The sub-parser of command ``name``, which runs ``func(args)``: ``help_text`` is its line in
+    ``harness --help``; its description is ``doc`` (the command module's docstring) after the first paragraph."""
+    description = (doc or "").partition("\n\n")[2].strip() or None
+    p = subparsers.add_parser(name, help=help_text, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

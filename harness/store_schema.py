@@ -151,6 +151,12 @@ def schema_version(con: sqlite3.Connection) -> int:
     return int(got[0] or 0)
 
 
+def results_db_newer(path: Path) -> Callable[[int, int], str]:
+    """The error text (for :func:`pending_migrations`) of a results database newer than this harness."""
+    return lambda current, latest: (f"results database {path} has schema version {current}, newer than this "
+                                    f"harness ({latest}); upgrade the harness")
+
+
 def pending_migrations(current: int, migrations: Sequence[tuple[int, Any]],
                        newer: Callable[[int, int], str]) -> list[tuple[int, Any]]:
     """The ``(version, step)`` of ``migrations`` after version ``current``, in order.
@@ -169,12 +175,7 @@ def migrate(con: sqlite3.Connection, path: Path, migrations: Sequence[tuple[int,
     if current == 0:
         con.execute("CREATE TABLE IF NOT EXISTS schema_version "
                     "(version INTEGER NOT NULL PRIMARY KEY, applied_utc TEXT NOT NULL)")
-
-    def newer(current: int, latest: int) -> str:
-        return (f"results database {path} has schema version {current}, newer than this "
-                f"harness ({latest}); upgrade the harness")
-
-    for version, statements in pending_migrations(current, migrations, newer):
+    for version, statements in pending_migrations(current, migrations, results_db_newer(path)):
         log.info("migrating %s to schema version %d", path, version)
         transaction(con, path, [*((sql, ()) for sql in statements),
                                 ("INSERT INTO schema_version (version, applied_utc) VALUES (?, ?)",

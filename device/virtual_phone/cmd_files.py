@@ -117,90 +117,72 @@ def _cat(sh, argv, stdin, out):
     return status
 
 
-@command("rm")
-def _rm(sh, argv, stdin, out):
-    flags, paths = parse_flags(argv, "rfRv")
-    status = 0
-    for p in paths:
-        host = sh.writable(p)
-        if not host.exists() and not host.is_symlink():
-            if "f" not in flags:
-                out.error(f"rm: {p}: No such file or directory\n")
-                status = 1
-            continue
-        if host.is_dir() and not host.is_symlink():
-            if not flags & {"r", "R"}:
-                out.error(f"rm: {p}: is a directory\n")
-                status = 1
-                continue
-            shutil.rmtree(host)
-        else:
-            host.unlink()
-    return status
-
-
-def _each_path(action) -> Command:
-    """A command that applies ``action`` to the writable host path of each argument."""
+def _per_path(known_flags: str, each) -> Command:
+    """A command doing ``each(flags, path, host, out)`` (0, or 1 after saying what failed) for every path
+    argument and its writable host path; its status is 1 when any path failed."""
     def run(sh, argv, stdin, out):
-        for p in argv[1:]:
-            action(sh.writable(p))
+        flags, paths = parse_flags(argv, known_flags)
+        status = 0
+        for p in paths:
+            status |= each(flags, p, sh.writable(p), out)
+        return status
+
+    return run
+
+
+def _rm_one(flags, p, host, out) -> int:
+    if not host.exists() and not host.is_symlink():
+        if "f" in flags:
+            return 0
+        out.error(f"rm: {p}: No such file or directory\n")
+        return 1
+    if host.is_dir() and not host.is_symlink():
+        if not flags & {"r", "R"}:
+            out.error(f"rm: {p}: is a directory\n")
+            return 1
+        shutil.rmtree(host)
+    else:
+        host.unlink()
+    return 0
+
+
+def _mkdir_one(flags, p, host, out) -> int:
+    if host.exists() and "p" not in flags:
+        out.error(f"mkdir: '{p}': File exists\n")
+        return 1
+    host.mkdir(parents="p" in flags, exist_ok="p" in flags)
+    return 0
+
+
+command("rm")(_per_path("rfRv", _rm_one))
+command("mkdir")(_per_path("p", _mkdir_one))
+command("rmdir")(_per_path("", lambda flags, p, host, out: host.rmdir() or 0))
+command("touch")(_per_path("", lambda flags, p, host, out: host.touch() or 0))
+
+
+def _source_dest_command(flags: str, source, check_source: bool, action) -> Command:
+    """A ``NAME [-FLAGS] SOURCE DEST`` command doing ``action(src, dst)`` on host paths (``dst`` inside a
+    directory it names).  ``source(sh, path)`` resolves the source; ``check_source``: say a missing source
+    here (``mv``), else the action's own OSError says it (``cp``)."""
+    def run(sh, argv, stdin, out):
+        _flags_, paths = parse_flags(argv, flags)
+        if len(paths) != 2:
+            out.error(f"usage: {argv[0]} SOURCE DEST\n")
+            return 1
+        src, dst = source(sh, paths[0]), sh.writable(paths[1])
+        if check_source and not src.exists():
+            out.error(f"{argv[0]}: {paths[0]}: No such file or directory\n")
+            return 1
+        if dst.is_dir():
+            dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
+        action(src, dst)
         return 0
 
     return run
 
 
-command("rmdir")(_each_path(lambda host: host.rmdir()))
-command("touch")(_each_path(lambda host: host.touch()))
-
-
-@command("mkdir")
-def _mkdir(sh, argv, stdin, out):
-    flags, paths = parse_flags(argv, "p")
-    status = 0
-    for p in paths:
-        host = sh.writable(p)
-        if host.exists() and "p" not in flags:
-            out.error(f"mkdir: '{p}': File exists\n")
-            status = 1
-            continue
-        host.mkdir(parents="p" in flags, exist_ok="p" in flags)
-    return status
-
-
-def _source_dest(sh, argv, out, flags: str, source, check_source: bool):
-    """``(src, dst)`` host paths of a two-path command (``dst`` inside a directory it names), or None.
-
-    ``check_source``: say a missing source here (``mv``); else the copy's own OSError says it (``cp``).
-    """
-    _flags_, paths = parse_flags(argv, flags)
-    if len(paths) != 2:
-        out.error(f"usage: {argv[0]} SOURCE DEST\n")
-        return None
-    src, dst = source(paths[0]), sh.writable(paths[1])
-    if check_source and not src.exists():
-        out.error(f"{argv[0]}: {paths[0]}: No such file or directory\n")
-        return None
-    if dst.is_dir():
-        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
-    return src, dst
-
-
-@command("mv")
-def _mv(sh, argv, stdin, out):
-    pair = _source_dest(sh, argv, out, "f", sh.writable, check_source=True)
-    if pair is None:
-        return 1
-    os.replace(*pair)
-    return 0
-
-
-@command("cp")
-def _cp(sh, argv, stdin, out):
-    pair = _source_dest(sh, argv, out, "fp", sh.host, check_source=False)
-    if pair is None:
-        return 1
-    shutil.copyfile(*pair)
-    return 0
+command("mv")(_source_dest_command("f", lambda sh, p: sh.writable(p), True, os.replace))
+command("cp")(_source_dest_command("fp", lambda sh, p: sh.host(p), False, shutil.copyfile))
 
 
 @command("chmod")
