@@ -18,8 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from device.closing import Closing
 from device.errors import CommandError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def parse_getprop(text: str) -> dict[str, str]:
     return props
 
 
-class Device(ABC):
+class Device(Closing, ABC):
     """A phone (or anything that behaves like one) the harness can drive."""
 
     name: str = "device"
@@ -117,11 +117,6 @@ class Device(ABC):
         """Release the link (idempotent)."""
         return None
 
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- detached workloads

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from device.errors import DataError, DeviceError, DevicePackageError, MeasurementError
-from device.power import PowerMonitor, Trace, trace_from_reader
+from device.power import PowerMonitor, Trace, trace_from_reader, wait_for_reader_index
 from device.tracefile import TraceReader, TraceWriter
 
 log = logging.getLogger(__name__)
@@ -136,16 +136,12 @@ class FuelGaugeMonitor(PowerMonitor):
             self._link = None
 
     def _wait_for_index(self, index: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._reader.refresh()
-            if self._reader.end_index >= index:
-                return
-            if self._error or not self._thread.is_alive():
-                raise MeasurementError(f"fuel gauge stopped mid-window: {self._error or 'poller exited'}")
-            if time.monotonic() > deadline:
-                raise MeasurementError(f"fuel gauge: no sample {index} within {timeout_s:g} s")
-            time.sleep(0.02)
+        wait_for_reader_index(self._reader, index, timeout_s, 0.02, self._check_polling,
+                              f"fuel gauge: no sample {index}")
+
+    def _check_polling(self) -> None:
+        if self._error or not self._thread.is_alive():
+            raise MeasurementError(f"fuel gauge stopped mid-window: {self._error or 'poller exited'}")
 
     def _read_window(self, i0: int, i1: int) -> Trace:
         return trace_from_reader(self._reader, i0, i1, self.instrument, low_resolution=True)

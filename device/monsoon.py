@@ -41,7 +41,7 @@ import numpy as np
 from device.errors import DataError, DeviceError, MeasurementError
 from device.lifeline import die_with_parent, send_quietly
 from device.monsoon_packets import PacketDecoder, Scales
-from device.power import PowerMonitor, Trace, trace_from_reader
+from device.power import PowerMonitor, Trace, trace_from_reader, wait_for_reader_index
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +336,7 @@ class MonsoonMonitor(PowerMonitor):
         return self._proc is not None and self._proc.is_alive()
 
     def _wait_for_index(self, index: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._reader.refresh()
-            if self._reader.end_index >= index:
-                return
+        def check_sampler() -> None:
             if self._reader.complete or not self.alive:
                 self._drain()
                 reason = (self._reader.trailer or self.final or {}).get("end_reason", "sampler exited")
@@ -348,9 +344,9 @@ class MonsoonMonitor(PowerMonitor):
                     f"monsoon stopped mid-window at sample {self._reader.end_index} (window needs {index}): "
                     f"{reason}; samples so far are kept in {self.trace_path}"
                 )
-            if time.monotonic() > deadline:
-                raise MeasurementError(f"monsoon: samples up to {index} did not arrive within {timeout_s:g} s")
-            time.sleep(0.01)
+
+        wait_for_reader_index(self._reader, index, timeout_s, 0.01, check_sampler,
+                              f"monsoon: samples up to {index} did not arrive")
 
     def _read_window(self, i0: int, i1: int) -> Trace:
         return trace_from_reader(self._reader, i0, i1, self.instrument)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,24 @@ class PowerMonitor(ABC):
     @abstractmethod
     def _read_window(self, i0: int, i1: int) -> Trace:
         """Build the Trace of samples ``[i0, i1)`` from the stream."""
+
+
+def wait_for_reader_index(reader, index: int, timeout_s: float, poll_s: float,
+                          check_source: Callable[[], None], timeout_message: str) -> None:
+    """Poll a trace file reader until samples before ``index`` arrived (the common ``_wait_for_index``).
+
+    ``check_source`` raises :class:`MeasurementError` when the writer stopped; past ``timeout_s`` the error
+    says ``timeout_message`` and the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reader.refresh()
+        if reader.end_index >= index:
+            return
+        check_source()
+        if time.monotonic() > deadline:
+            raise MeasurementError(f"{timeout_message} within {timeout_s:g} s")
+        time.sleep(poll_s)
 
 
 def trace_from_reader(reader, i0: int, i1: int, instrument: dict[str, Any], low_resolution: bool = False) -> Trace:

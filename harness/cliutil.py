@@ -44,6 +44,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def add_command(subparsers, name: str, func, help_text: str, doc: str | None = None):
+    """The sub-parser of command ``name``, which runs ``func(args)``: ``help_text`` is its line in
+    ``harness --help``; its description is ``doc`` (the command module's docstring) after the first paragraph."""
+    description = (doc or "").partition("\n\n")[2].strip() or None
+    p = subparsers.add_parser(name, help=help_text, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -114,42 +123,46 @@ def short(value: object, limit: int = 80) -> str:
     return repr(text[:limit] + "...") if len(text) > limit else repr(text)
 
 
-def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
-    """An argparse ``type=`` for a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``): NaN/inf refused."""
+def _ranged(parse, fmt, name: str, lo, hi, lo_open: bool = False):
+    """An argparse ``type=``: ``parse`` the text, then keep it in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
 
-    def convert(text: str) -> float:
-        try:
-            v = float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a number") from None
-        if not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a finite number")
+    def convert(text: str):
+        v = parse(text)
         if lo is not None and (v < lo or (lo_open and v == lo)):
-            raise argparse.ArgumentTypeError(f"{v:g} must be {'above' if lo_open else 'at least'} {lo:g}")
+            raise argparse.ArgumentTypeError(f"{fmt(v)} must be {'above' if lo_open else 'at least'} {fmt(lo)}")
         if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"{v:g} is above the limit {hi:g}")
+            raise argparse.ArgumentTypeError(f"{fmt(v)} is above the limit {fmt(hi)}")
         return v
 
-    convert.__name__ = "number"
+    convert.__name__ = name
     return convert
+
+
+def _parse_finite(text: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a finite number")
+    return v
+
+
+def _parse_whole(text: str) -> int:
+    try:
+        return _int(str(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a whole number") from None
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    """An argparse ``type=`` for a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``): NaN/inf refused."""
+    return _ranged(_parse_finite, lambda v: f"{v:g}", "number", lo, hi, lo_open)
 
 
 def bounded_int(lo: int | None = None, hi: int | None = None):
     """An argparse ``type=`` for a whole number in ``[lo, hi]``."""
-
-    def convert(text: str) -> int:
-        try:
-            v = _int(str(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{short(text, 40)} is not a whole number") from None
-        if lo is not None and v < lo:
-            raise argparse.ArgumentTypeError(f"{v} must be at least {lo}")
-        if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"{v} is above the limit {hi}")
-        return v
-
-    convert.__name__ = "whole number"
-    return convert
+    return _ranged(_parse_whole, str, "whole number", lo, hi)
 
 
 def max_threads() -> int:

@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from device.closing import Closing
 from device.files import file_hash
 from harness.cliutil import progress
 from harness.errors import DATA_ERRORS, HarnessError, InputError
@@ -109,7 +110,7 @@ class _Exporter:
             self._pool = None
 
 
-class ModelPreparation:
+class ModelPreparation(Closing):
     """Builds the base model's specialists now and exports the uncached ones in the background.
 
     ``ModelPreparation(plan, cache_dir)`` builds every specialist in this process, handing each uncached
@@ -170,11 +171,6 @@ class ModelPreparation:
     def close(self) -> None:
         self.exporter.close()
 
-    def __enter__(self) -> ModelPreparation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def prepare_models(plan: RunPlan, cache_dir: Path, accuracy: bool = False) -> list[PreparedModel]:

@@ -26,6 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from device.closing import Closing
 from harness.errors import ArtifactError, InputError
 from harness.signals import deferred_signals
 from harness.store_errors import DuplicateError, StoreError, db_error, os_error
@@ -42,7 +43,16 @@ from harness.store_records import (
     run_from_row,
     utc_now,
 )
-from harness.store_schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate, schema_version, transaction
+from harness.store_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    connect,
+    migrate,
+    pending_migrations,
+    results_db_newer,
+    schema_version,
+    transaction,
+)
 from harness.store_traces import TraceStore
 
 __all__ = [
@@ -56,7 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = Path("results") / "harness.db"
 
 
-class Store:
+class Store(Closing):
     """The results database plus its trace directory (``<db dir>/traces``).
 
     Use as a context manager.  Every public method raises :class:`StoreError` (locked, full) or
@@ -87,10 +97,7 @@ class Store:
 
     def _check_version(self) -> None:
         current = schema_version(self._con)
-        latest = self._migrations[-1][0] if self._migrations else 0
-        if current > latest:
-            raise ArtifactError(f"results database {self.path} has schema version {current}, newer than this "
-                                f"harness ({latest}); upgrade the harness")
+        pending_migrations(current, self._migrations, results_db_newer(self.path))
         if current == 0 and self._migrations:
             raise InputError(f"no results in {self.path} yet; run 'harness run' first or give --db PATH")
 
@@ -98,11 +105,6 @@ class Store:
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         try:

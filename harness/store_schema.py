@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,19 +151,31 @@ def schema_version(con: sqlite3.Connection) -> int:
     return int(got[0] or 0)
 
 
+def results_db_newer(path: Path) -> Callable[[int, int], str]:
+    """The error text (for :func:`pending_migrations`) of a results database newer than this harness."""
+    return lambda current, latest: (f"results database {path} has schema version {current}, newer than this "
+                                    f"harness ({latest}); upgrade the harness")
+
+
+def pending_migrations(current: int, migrations: Sequence[tuple[int, Any]],
+                       newer: Callable[[int, int], str]) -> list[tuple[int, Any]]:
+    """The ``(version, step)`` of ``migrations`` after version ``current``, in order.
+
+    A database newer than the last migration is an :class:`ArtifactError` saying ``newer(current, latest)``.
+    """
+    latest = migrations[-1][0] if migrations else 0
+    if current > latest:
+        raise ArtifactError(newer(current, latest))
+    return [(version, step) for version, step in migrations if version > current]
+
+
 def migrate(con: sqlite3.Connection, path: Path, migrations: Sequence[tuple[int, Sequence[str]]]) -> None:
     """Bring the database to the last version of ``migrations``; ArtifactError if it is newer."""
     current = schema_version(con)
     if current == 0:
         con.execute("CREATE TABLE IF NOT EXISTS schema_version "
                     "(version INTEGER NOT NULL PRIMARY KEY, applied_utc TEXT NOT NULL)")
-    latest = migrations[-1][0] if migrations else 0
-    if current > latest:
-        raise ArtifactError(f"results database {path} has schema version {current}, newer than this "
-                            f"harness ({latest}); upgrade the harness")
-    for version, statements in migrations:
-        if version <= current:
-            continue
+    for version, statements in pending_migrations(current, migrations, results_db_newer(path)):
         log.info("migrating %s to schema version %d", path, version)
         transaction(con, path, [*((sql, ()) for sql in statements),
                                 ("INSERT INTO schema_version (version, applied_utc) VALUES (?, ?)",

@@ -14,6 +14,7 @@ import csv
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -166,40 +167,49 @@ def _paper_ref(device: str) -> bool:
     return "nexus4" in device.lower().replace(" ", "").replace("_", "")
 
 
-def table3_markdown(rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool = True) -> str:
-    """Table 3: energy per inference (mJ) and % saved, highest level first, base last."""
+@dataclass(frozen=True)
+class _TableSpec:
+    """What differs between Table 3 and Table 4: the measure, its unit and digits, and the paper's columns."""
+
+    caption: str
+    head: tuple[str, str]  # value column, saved column
+    key: str  # row (and paper) key of the value; its CI is ``<key>_ci``
+    saved: str
+    digits: int
+    paper_head: tuple[str, str]
+    paper_digits: int
+
+
+_TABLE3 = _TableSpec("**Table 3.** Average inference energy per sample.", ("energy (mJ)", "energy saved (%)"),
+                     "energy_mj", "energy_saved_pct", 2, ("paper Nexus 4 (mJ)", "paper saved (%)"), 1)
+_TABLE4 = _TableSpec("**Table 4.** Average inference wall-clock time per sample.", ("time (ms)", "time saved (%)"),
+                     "time_ms", "time_saved_pct", 3, ("paper Nexus 4 (ms)", "paper saved (%)"), 2)
+
+
+def _saving_table(spec: _TableSpec, rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool) -> str:
     ref = _paper_ref(device)
-    head = ["FLOPs pruned (%)", "channels removed (%)", "energy (mJ)", "energy saved (%)", "valid/invalid windows"]
+    head = ["FLOPs pruned (%)", "channels removed (%)", *spec.head, "valid/invalid windows"]
     if ref:
-        head += ["paper Nexus 4 (mJ)", "paper saved (%)"]
-    lines = ["**Table 3.** Average inference energy per sample.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        head += list(spec.paper_head)
+    lines = [spec.caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: -r["level"]):
-        cells = [_fmt(r["flops_pruned_pct"], 1), str(r["level"]), _pm(r["energy_mj"], r["energy_mj_ci"]),
-                 _fmt(r["energy_saved_pct"]), f"{r['valid_windows']}/{r['invalid_windows']}"]
+        cells = [_fmt(r["flops_pruned_pct"], 1), str(r["level"]), _pm(r[spec.key], r[spec.key + "_ci"], spec.digits),
+                 _fmt(r[spec.saved]), f"{r['valid_windows']}/{r['invalid_windows']}"]
         if ref:
             p = PAPER_NEXUS4.get(r["level"], {})
-            cells += [_fmt(p.get("energy_mj"), 1), _fmt(p.get("energy_saved_pct"))]
+            cells += [_fmt(p.get(spec.key), spec.paper_digits), _fmt(p.get(spec.saved))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + [f"_{n}_" for n in _notes(virtual, measures_energy, device)]) + "\n"
+
+
+def table3_markdown(rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool = True) -> str:
+    """Table 3: energy per inference (mJ) and % saved, highest level first, base last."""
+    return _saving_table(_TABLE3, rows, device, virtual, measures_energy)
 
 
 def table4_markdown(rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool = True) -> str:
     """Table 4: wall-clock time per inference (ms) and % saved."""
-    ref = _paper_ref(device)
-    head = ["FLOPs pruned (%)", "channels removed (%)", "time (ms)", "time saved (%)", "valid/invalid windows"]
-    if ref:
-        head += ["paper Nexus 4 (ms)", "paper saved (%)"]
-    lines = ["**Table 4.** Average inference wall-clock time per sample.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(rows, key=lambda r: -r["level"]):
-        cells = [_fmt(r["flops_pruned_pct"], 1), str(r["level"]), _pm(r["time_ms"], r["time_ms_ci"], 3),
-                 _fmt(r["time_saved_pct"]), f"{r['valid_windows']}/{r['invalid_windows']}"]
-        if ref:
-            p = PAPER_NEXUS4.get(r["level"], {})
-            cells += [_fmt(p.get("time_ms")), _fmt(p.get("time_saved_pct"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + [f"_{n}_" for n in _notes(virtual, measures_energy, device)]) + "\n"
+    return _saving_table(_TABLE4, rows, device, virtual, measures_energy)
 
 
 CSV_COLUMNS = ("level", "flops_pruned_pct", "time_ms", "time_ms_ci", "time_saved_pct", "energy_mj",

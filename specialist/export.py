@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specialist.errors import DataError, UsageError
-from specialist.model import CLASS_NAMES, INPUT_SHAPE, NIN_LAYERS, NinWeights, build_module
+from specialist.model import CLASS_NAMES, INPUT_SHAPE, NIN_LAYERS, NinWeights, build_module, nin_convs
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,8 @@ class ExportNet(nn.Module):
 
     def __init__(self, w: NinWeights):
         super().__init__()
-        self.convs = nn.ModuleList()
+        self.convs = nin_convs(w)
         self.posts = [s.post for s in NIN_LAYERS]
-        for spec in NIN_LAYERS:
-            wt = torch.from_numpy(np.ascontiguousarray(w.weights[spec.name]))
-            conv = nn.Conv2d(wt.shape[1], wt.shape[0], spec.kernel, padding=spec.padding)
-            with torch.no_grad():
-                conv.weight.copy_(wt)
-                conv.bias.copy_(torch.from_numpy(np.ascontiguousarray(w.biases[spec.name])))
-            self.convs.append(conv)
         self.const_at: dict[int, str] = {}
         for i, spec in enumerate(NIN_LAYERS):
             if spec.name in w.consts:

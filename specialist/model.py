@@ -180,6 +180,19 @@ def weights_npz_bytes(w: NinWeights) -> bytes:
     return buf.getvalue()
 
 
+def nin_convs(w: NinWeights) -> nn.ModuleList:
+    """The convolutions of NIN (in layer order) holding ``w``'s weights and biases."""
+    convs = nn.ModuleList()
+    for spec in NIN_LAYERS:
+        wt = torch.from_numpy(np.ascontiguousarray(w.weights[spec.name]))
+        conv = nn.Conv2d(wt.shape[1], wt.shape[0], spec.kernel, padding=spec.padding)
+        with torch.no_grad():
+            conv.weight.copy_(wt)
+            conv.bias.copy_(torch.from_numpy(np.ascontiguousarray(w.biases[spec.name])))
+        convs.append(conv)
+    return convs
+
+
 class NinNet(nn.Module):
     """Plain NIN (any widths): conv -> [+const] -> ReLU -> [pool], ending in global average pooling.
 
@@ -189,15 +202,8 @@ class NinNet(nn.Module):
     def __init__(self, w: NinWeights):
         super().__init__()
         self.names = list(LAYER_NAMES)
-        self.convs = nn.ModuleList()
+        self.convs = nin_convs(w)
         self.posts = [s.post for s in NIN_LAYERS]
-        for spec in NIN_LAYERS:
-            wt = torch.from_numpy(np.ascontiguousarray(w.weights[spec.name]))
-            conv = nn.Conv2d(wt.shape[1], wt.shape[0], spec.kernel, padding=spec.padding)
-            with torch.no_grad():
-                conv.weight.copy_(wt)
-                conv.bias.copy_(torch.from_numpy(w.biases[spec.name]))
-            self.convs.append(conv)
         self.const_names: list[str] = []
         for name, c in w.consts.items():
             self.register_buffer(f"const_{name}", torch.from_numpy(np.ascontiguousarray(c))[None])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from device.virtual_phone.cmdbase import command, not_found
+from device.virtual_phone.cmdbase import command, exit_status, not_found
 
 
 @command("getprop")
@@ -146,9 +146,7 @@ def _cmd(sh, argv, stdin, out):
     return 255
 
 
-@command("svc")
-def _svc(sh, argv, stdin, out):
-    return 0
+command("svc")(exit_status(0))
 
 
 @command("input")

@@ -21,6 +21,7 @@ from device.virtual_phone.cmdbase import (
     Cancelled,
     ShellExit,
     command,
+    exit_status,
     lookup,
     not_found,
     parse_flags,
@@ -33,14 +34,8 @@ _ECHO_ESCAPES = {"a": "\a", "b": "\b", "c": "", "e": "\x1b", "f": "\f", "n": "\n
 _ESCAPE_RE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|0[0-7]{0,3}|.?)", re.DOTALL)
 
 
-@command("true")
-def _true(sh, argv, stdin, out):
-    return 0
-
-
-@command("false")
-def _false(sh, argv, stdin, out):
-    return 1
+command("true")(exit_status(0))
+command("false")(exit_status(1))
 
 
 @command("exit")

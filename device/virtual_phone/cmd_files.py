@@ -27,7 +27,7 @@ from device.virtual_phone.cmdbase import (
     parse_flags,
     read_limited,
 )
-from device.virtual_phone.sandbox import DEV_NULL, SandboxError, safe_mode
+from device.virtual_phone.sandbox import DEV_NULL, safe_mode
 
 GREP_TIME_LIMIT_S = 1.0
 
@@ -41,10 +41,7 @@ def _ls(sh, argv, stdin, out):
     flags, paths = parse_flags(argv, "laRd1h")
     status = 0
     for p in paths or ["."]:
-        try:
-            host = sh.host(p)
-        except SandboxError:
-            host = None
+        host = sh.host_or_none(p)
         if host is None or not (host.exists() or host.is_symlink()):
             out.error(f"ls: {p}: No such file or directory\n")
             status = 1
@@ -104,10 +101,7 @@ def _cat(sh, argv, stdin, out):
     for p in argv[1:]:
         if p == DEV_NULL:
             continue
-        try:
-            host = sh.host(p)
-        except SandboxError:
-            host = None
+        host = sh.host_or_none(p)
         if host is None or not host.exists():
             out.error(f"cat: {p}: No such file or directory\n")
             status = 1
@@ -123,83 +117,72 @@ def _cat(sh, argv, stdin, out):
     return status
 
 
-@command("rm")
-def _rm(sh, argv, stdin, out):
-    flags, paths = parse_flags(argv, "rfRv")
-    status = 0
-    for p in paths:
-        host = sh.writable(p)
-        if not host.exists() and not host.is_symlink():
-            if "f" not in flags:
-                out.error(f"rm: {p}: No such file or directory\n")
-                status = 1
-            continue
-        if host.is_dir() and not host.is_symlink():
-            if not flags & {"r", "R"}:
-                out.error(f"rm: {p}: is a directory\n")
-                status = 1
-                continue
-            shutil.rmtree(host)
-        else:
-            host.unlink()
-    return status
+def _per_path(known_flags: str, each) -> Command:
+    """A command doing ``each(flags, path, host, out)`` (0, or 1 after saying what failed) for every path
+    argument and its writable host path; its status is 1 when any path failed."""
+    def run(sh, argv, stdin, out):
+        flags, paths = parse_flags(argv, known_flags)
+        status = 0
+        for p in paths:
+            status |= each(flags, p, sh.writable(p), out)
+        return status
+
+    return run
 
 
-@command("rmdir")
-def _rmdir(sh, argv, stdin, out):
-    for p in argv[1:]:
-        sh.writable(p).rmdir()
-    return 0
-
-
-@command("mkdir")
-def _mkdir(sh, argv, stdin, out):
-    flags, paths = parse_flags(argv, "p")
-    status = 0
-    for p in paths:
-        host = sh.writable(p)
-        if host.exists() and "p" not in flags:
-            out.error(f"mkdir: '{p}': File exists\n")
-            status = 1
-            continue
-        host.mkdir(parents="p" in flags, exist_ok="p" in flags)
-    return status
-
-
-@command("touch")
-def _touch(sh, argv, stdin, out):
-    for p in argv[1:]:
-        sh.writable(p).touch()
-    return 0
-
-
-@command("mv")
-def _mv(sh, argv, stdin, out):
-    _flags_, paths = parse_flags(argv, "f")
-    if len(paths) != 2:
-        out.error("usage: mv SOURCE DEST\n")
+def _rm_one(flags, p, host, out) -> int:
+    if not host.exists() and not host.is_symlink():
+        if "f" in flags:
+            return 0
+        out.error(f"rm: {p}: No such file or directory\n")
         return 1
-    src, dst = sh.writable(paths[0]), sh.writable(paths[1])
-    if not src.exists():
-        out.error(f"mv: {paths[0]}: No such file or directory\n")
-        return 1
-    if dst.is_dir():
-        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
-    os.replace(src, dst)
+    if host.is_dir() and not host.is_symlink():
+        if not flags & {"r", "R"}:
+            out.error(f"rm: {p}: is a directory\n")
+            return 1
+        shutil.rmtree(host)
+    else:
+        host.unlink()
     return 0
 
 
-@command("cp")
-def _cp(sh, argv, stdin, out):
-    _flags_, paths = parse_flags(argv, "fp")
-    if len(paths) != 2:
-        out.error("usage: cp SOURCE DEST\n")
+def _mkdir_one(flags, p, host, out) -> int:
+    if host.exists() and "p" not in flags:
+        out.error(f"mkdir: '{p}': File exists\n")
         return 1
-    src, dst = sh.host(paths[0]), sh.writable(paths[1])
-    if dst.is_dir():
-        dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
-    shutil.copyfile(src, dst)
+    host.mkdir(parents="p" in flags, exist_ok="p" in flags)
     return 0
+
+
+command("rm")(_per_path("rfRv", _rm_one))
+command("mkdir")(_per_path("p", _mkdir_one))
+command("rmdir")(_per_path("", lambda flags, p, host, out: host.rmdir() or 0))
+command("touch")(_per_path("", lambda flags, p, host, out: host.touch() or 0))
+
+
+def _source_dest_command(flags: str, source, check_source: bool, action) -> Command:
+    """A ``NAME [-FLAGS] SOURCE DEST`` command doing ``action(src, dst)`` on host paths (``dst`` inside a
+    directory it names).  ``source(sh, path)`` resolves the source; ``check_source``: say a missing source
+    here (``mv``), else the action's own OSError says it (``cp``)."""
+    def run(sh, argv, stdin, out):
+        _flags_, paths = parse_flags(argv, flags)
+        if len(paths) != 2:
+            out.error(f"usage: {argv[0]} SOURCE DEST\n")
+            return 1
+        src, dst = source(sh, paths[0]), sh.writable(paths[1])
+        if check_source and not src.exists():
+            out.error(f"{argv[0]}: {paths[0]}: No such file or directory\n")
+            return 1
+        if dst.is_dir():
+            dst = sh.writable(paths[1].rstrip("/") + "/" + src.name)
+        action(src, dst)
+        return 0
+
+    return run
+
+
+command("mv")(_source_dest_command("f", lambda sh, p: sh.writable(p), True, os.replace))
+command("cp")(_source_dest_command("fp", lambda sh, p: sh.host(p), False, shutil.copyfile))
 
 
 @command("chmod")

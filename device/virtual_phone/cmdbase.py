@@ -81,6 +81,14 @@ def command(*names: str):
     return deco
 
 
+def exit_status(status: int) -> Command:
+    """A command that does nothing and exits with ``status`` (``true``, ``false``, ``svc``)."""
+    def run(sh, argv, stdin, out):
+        return status
+
+    return run
+
+
 def lookup(phone, name: str) -> Command | None:
     """The command called ``name`` on this phone, or None (``not found``)."""
     if name in TOYBOX_ONLY and not phone.profile.toybox:

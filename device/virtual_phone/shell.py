@@ -58,6 +58,13 @@ class Shell:
     def writable(self, path: str):
         return self.phone.sandbox.check_writable(path, self.cwd)
 
+    def host_or_none(self, path: str):
+        """The host path of ``path``, or None where it lies outside the sandbox."""
+        try:
+            return self.host(path)
+        except SandboxError:
+            return None
+
     def subshell(self, detached: bool = False) -> Shell:
         """A child shell with this one's cwd and environment; ``detached`` ones outlive the ADB session."""
         sub = Shell(self.phone, None if detached else self.cancel)
@@ -252,10 +259,7 @@ class Shell:
         name = argv[0]
         fn = commands.lookup(self.phone, name)
         if "/" in name:
-            try:
-                host = self.host(name)
-            except SandboxError:
-                host = None
+            host = self.host_or_none(name)
             if host is None or not host.is_file():
                 out.error(f"/system/bin/sh: {name}: not found\n")
                 return 127

@@ -1,19 +1,21 @@
-"""``harness bench``: time one ``.pte`` on this machine through the runner contract."""
+"""``harness bench``: time one ``.pte`` on this machine through the runner contract.
+
+Run FILE.pte with the ExecuTorch runtime: W warm-up inferences, then N timed ones, on the input file given
+(raw little-endian float32, normalised NCHW, as executor_runner --inputs reads it; or .npy) or on all ones.  A
+manifest next to the file must match it.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, bounded_int, max_threads, print_json
+from harness.cliutil import add_command, add_json_flag, bounded_int, max_threads, print_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "bench", help="time one ExecuTorch program on this machine (mean, trimmed mean, p50, p90, 95%% CI)",
-        description="Run FILE.pte with the ExecuTorch runtime: W warm-up inferences, then N timed ones, on the "
-                    "input file given (raw little-endian float32, normalised NCHW, as executor_runner --inputs "
-                    "reads it; or .npy) or on all ones.  A manifest next to the file must match it.")
+    p = add_command(sub, "bench", run,
+                    "time one ExecuTorch program on this machine (mean, trimmed mean, p50, p90, 95%% CI)", __doc__)
     p.add_argument("model", metavar="FILE.pte", help="ExecuTorch program")
     p.add_argument("--iterations", type=bounded_int(1, 1_000_000), default=200, metavar="N", help="timed inferences (default 200)")
     p.add_argument("--warmup", type=bounded_int(0, 1_000_000), default=20, metavar="W", help="warm-up inferences (default 20)")
@@ -21,7 +23,6 @@ def register(sub) -> None:
     p.add_argument("--input", metavar="FILE", help="input tensor file (default: all ones, as executor_runner)")
     p.add_argument("--no-manifest", action="store_true", help="do not look for FILE.manifest.json")
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -1,23 +1,22 @@
 """``harness compare RUN_A RUN_B``: per model and metric, improved / regressed / same / unknown.
 
-Exit code 1 when anything regressed, so it can gate CI.
+For every model in both runs and each metric (time, and energy when both runs measured it), a verdict for
+RUN_B against RUN_A: improved, regressed, same, or unknown with how many more repetitions would decide.  Exit
+code 1 if anything regressed.
 """
 
 from __future__ import annotations
 
 import sys
 
-from harness.cliutil import add_json_flag, finite_float, print_json
+from harness.cliutil import add_command, add_json_flag, finite_float, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import UsageError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compare", help="compare two runs (Mann-Whitney U + minimum effect); exit 1 if anything regressed",
-        description="For every model in both runs and each metric (time, and energy when both runs measured it), "
-                    "a verdict for RUN_B against RUN_A: improved, regressed, same, or unknown with how many more "
-                    "repetitions would decide.  Exit code 1 if anything regressed.")
+    p = add_command(subparsers, "compare", run,
+                    "compare two runs (Mann-Whitney U + minimum effect); exit 1 if anything regressed", __doc__)
     p.add_argument("run_a", help="baseline run")
     p.add_argument("run_b", help="run to judge")
     p.add_argument("--threshold", type=finite_float(0.0, 1000.0), default=2.0, metavar="PCT",
@@ -25,7 +24,6 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=finite_float(0.0, 1.0, lo_open=True), default=0.05, help="significance level of the U test (default 0.05)")
     add_db_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def compare_runs(st, run_a: str, run_b: str, threshold_pct: float, alpha: float) -> dict:

@@ -1,26 +1,26 @@
-"""``harness devices``: connected phones (USB, running virtual phones, --connect addresses) and profiles."""
+"""``harness devices``: connected phones (USB, running virtual phones, --connect addresses) and profiles.
+
+List ADB phones on USB, running virtual phones, and phones at --connect addresses (probed over ADB), with the
+device profile each matches; then the known profiles.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_command, add_json_flag, print_json
 from harness.errors import PROJECT_ERRORS, UsageError
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "devices", help="list connected devices and known device profiles",
-        description="List ADB phones on USB, running virtual phones, and phones at --connect addresses "
-                    "(probed over ADB), with the device profile each matches; then the known profiles.")
+    p = add_command(subparsers, "devices", run, "list connected devices and known device profiles", __doc__)
     p.add_argument("--connect", action="append", default=[], metavar="HOST:PORT",
                    help="also probe a phone over ADB/TCP (repeatable), e.g. 192.168.1.7:5555")
     p.add_argument("--key", default=None, help="ADB private key (default ~/.android/adbkey, created if missing)")
     p.add_argument("--no-usb", action="store_true", help="do not scan USB")
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def _probe(address: str, key: str | None) -> dict:

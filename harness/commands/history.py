@@ -1,4 +1,8 @@
-"""``harness history --device D``: a metric over runs on one device, with change points and a plot."""
+"""``harness history --device D``: a metric over runs on one device, with change points and a plot.
+
+The series of per-run means over the runs of one device fingerprint (a device name picks the fingerprint of
+its latest run), change points marked by step detection, and a PNG plot.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 import math
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_command, add_json_flag, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import InputError
 
@@ -14,10 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "history", help="a metric over runs on one device, with change points (step detection) and a plot",
-        description="The series of per-run means over the runs of one device fingerprint (a device name picks "
-                    "the fingerprint of its latest run), change points marked by step detection, and a PNG plot.")
+    p = add_command(subparsers, "history", run,
+                    "a metric over runs on one device, with change points (step detection) and a plot", __doc__)
     p.add_argument("--device", required=True, help="device name (as given to harness run) or fingerprint")
     p.add_argument("--metric", choices=("energy", "time"), default=None,
                    help="energy (mJ per inference) or time (ms per inference); default energy when measured")
@@ -27,7 +29,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     add_db_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def history(st, device: str, metric: str | None, model_keys: list[str]) -> dict:

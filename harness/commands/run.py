@@ -1,4 +1,9 @@
-"""``harness run``: build, export and measure the base model and its specialists; Tables 3 and 4."""
+"""``harness run``: build, export and measure the base model and its specialists; Tables 3 and 4.
+
+Build the specialists, export them, push them, run inference windows beside idle windows in a randomized
+counterbalanced order while the power monitor records, store every window and write Tables 3 and 4 and an HTML
+report (results/<run>/report.html).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cliutil import add_json_flag, bounded_int, finite_float, parse_int_list, print_json, writable_dir
+from harness.cliutil import (
+    add_command,
+    add_json_flag,
+    bounded_int,
+    finite_float,
+    parse_int_list,
+    print_json,
+    writable_dir,
+)
 from harness.errors import HarnessError, UsageError, exit_code_for
 from harness.store import DEFAULT_DB
 
@@ -25,11 +38,8 @@ def add_db_flag(p) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "run", help="measure the base model and its specialists (energy and time, Tables 3 and 4)",
-        description="Build the specialists, export them, push them, run inference windows beside idle windows "
-                    "in a randomized counterbalanced order while the power monitor records, store every window "
-                    "and write Tables 3 and 4 and an HTML report (results/<run>/report.html).")
+    p = add_command(subparsers, "run", run,
+                    "measure the base model and its specialists (energy and time, Tables 3 and 4)", __doc__)
     p.add_argument("--device", default=None,
                    help="virtual (default: virtual phone + virtual Monsoon), host (timing only), or a device "
                         "profile name such as nexus4 (real phone + monitor)")
@@ -57,7 +67,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
     add_db_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def _overrides(args) -> dict[str, Any]:

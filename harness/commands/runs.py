@@ -1,17 +1,19 @@
-"""``harness runs``: list the runs in the results store."""
+"""``harness runs``: list the runs in the results store.
+
+List the runs in the results store.
+"""
 
 from __future__ import annotations
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_command, add_json_flag, print_json
 from harness.commands.run import add_db_flag
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("runs", help="list stored runs", description="List the runs in the results store.")
+    p = add_command(subparsers, "runs", run, "list stored runs", __doc__)
     p.add_argument("--device", default=None, help="only runs on this device name or fingerprint")
     add_db_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -1,20 +1,21 @@
-"""``harness show RUN_ID``: one run's settings, events, models and table rows."""
+"""``harness show RUN_ID``: one run's settings, events, models and table rows.
+
+Show a run: device, plan, events, models, Tables 3/4 rows and window counts.
+"""
 
 from __future__ import annotations
 
 import json
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_command, add_json_flag, print_json
 from harness.commands.run import add_db_flag
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("show", help="inspect one run", description="Show a run: device, plan, events, "
-                              "models, Tables 3/4 rows and window counts.")
+    p = add_command(subparsers, "show", run, "inspect one run", __doc__)
     p.add_argument("run_id", help="run id (a unique prefix is enough)")
     add_db_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

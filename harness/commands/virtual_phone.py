@@ -1,4 +1,9 @@
-"""``harness virtual-phone``: serve a virtual ADB phone on 127.0.0.1 until stopped."""
+"""``harness virtual-phone``: serve a virtual ADB phone on 127.0.0.1 until stopped.
+
+Serve a virtual phone that speaks the ADB wire protocol on 127.0.0.1 (adb connect 127.0.0.1:PORT). It runs
+pushed .pte models with the ExecuTorch runtime on this host and records its busy timeline in
+ROOT/busy_timeline.tsv. Stop it with Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,14 @@ import signal
 import threading
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, bounded_int, finite_float, print_json
+from harness.cliutil import add_command, add_json_flag, bounded_int, finite_float, print_json
 from harness.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "virtual-phone", help="serve a virtual ADB phone on 127.0.0.1",
-        description="Serve a virtual phone that speaks the ADB wire protocol on 127.0.0.1 (adb connect "
-                    "127.0.0.1:PORT). It runs pushed .pte models with the ExecuTorch runtime on this host and "
-                    "records its busy timeline in ROOT/busy_timeline.tsv. Stop it with Ctrl-C.")
+    p = add_command(subparsers, "virtual-phone", run, "serve a virtual ADB phone on 127.0.0.1", __doc__)
     p.add_argument("--port", type=bounded_int(0, 65535), default=5555, help="TCP port on 127.0.0.1 (0 = any free port; default 5555)")
     p.add_argument("--profile", default="virtual-nexus4", help="device profile to emulate (default virtual-nexus4)")
     p.add_argument("--root", default=None,
@@ -41,7 +42,6 @@ def register(subparsers) -> None:
                    help="fault injection: flip one byte of every pushed file (same size, wrong hash)")
     p.add_argument("--fault-drops", type=int, default=1, metavar="K", help="how many times drop faults fire (default 1)")
     add_json_flag(p)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

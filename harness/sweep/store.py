@@ -22,6 +22,7 @@ from pathlib import Path
 
 from harness.errors import ArtifactError
 from harness.store import DuplicateError, StoreError
+from harness.store_schema import pending_migrations
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,11 @@ class CellStore:
         return version
 
     def _migrate(self, migrations: Sequence[tuple[int, Callable[[sqlite3.Connection], None]]]) -> None:
-        current = self.schema_version()
-        latest = migrations[-1][0]
-        if current > latest:
-            raise ArtifactError(f"sweep store {self.path} has schema {current}, newer than this harness "
-                                f"({latest}); upgrade the harness or use another --out")
-        for version, step in migrations:
-            if version <= current:
-                continue
+        def newer(current: int, latest: int) -> str:
+            return (f"sweep store {self.path} has schema {current}, newer than this harness ({latest}); "
+                    "upgrade the harness or use another --out")
+
+        for version, step in pending_migrations(self.schema_version(), migrations, newer):
             log.info("migrating sweep store %s to schema version %d", self.path, version)
             self.db.execute("BEGIN IMMEDIATE")
             try:
