@@ -18,10 +18,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from harness.errors import UsageError
+    from harness.graphargs import graph_accuracy, is_graph_model, refuse_graph_flags_for_nin
     from specialist.accuracy import subset_accuracy
     from specialist.data import load_split
-
-    from harness.graphargs import graph_accuracy, is_graph_model, refuse_graph_flags_for_nin
 
     if is_graph_model(args):
         out = graph_accuracy(args)

@@ -18,9 +18,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from harness.exportcheck import save_specialist
-    from specialist.flops import flops_table_markdown, layer_costs
-
     from harness.graphargs import is_graph_model, refuse_graph_flags_for_nin
+    from specialist.flops import flops_table_markdown, layer_costs
 
     if is_graph_model(args):
         return _run_graph(args)

@@ -34,11 +34,10 @@ def run(args) -> int:
 
     from harness.cliutil import progress
     from harness.errors import UsageError
+    from harness.graphargs import graph_stats, is_graph_model, refuse_graph_flags_for_nin
     from specialist.data import load_split
     from specialist.model import load_weights
     from specialist.stats import compute_stats, stats_to_bytes
-
-    from harness.graphargs import graph_stats, is_graph_model, refuse_graph_flags_for_nin
 
     if is_graph_model(args):
         out = graph_stats(args)
