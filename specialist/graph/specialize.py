@@ -36,6 +36,7 @@ from specialist.graph.surgery import ConstAdd, SurgeryReport, _add_bias, _set_mo
 log = logging.getLogger(__name__)
 
 FILE_KIND = "graph-specialist"
+_BASE_FLOPS: dict[int, int] = {}  # id(graph) -> FLOPs of its unpruned model (graphs live as long as a command)
 FILE_VERSION = 1
 
 
@@ -132,8 +133,9 @@ def build_graph_specialist(loaded: LoadedModel, stats: GraphStats | None, classe
     module, report = prune(graph, keep, cls, stats, fold=method.fold, compensation=method.compensation)
     rows = flop_table(module, example)
     flops = int(sum(r.flops for r in rows))
-    base_rows = flop_table(graph.model, example)
-    flops_base = int(sum(r.flops for r in base_rows))
+    flops_base = _BASE_FLOPS.get(id(graph))
+    if flops_base is None:
+        flops_base = _BASE_FLOPS[id(graph)] = int(sum(r.flops for r in flop_table(graph.model, example)))
     hashes = {"base_model": model_hash(loaded.module, loaded.description), "stats": stats_hash}
     spec = GraphSpecialist(module.eval(), cls, float(level), method, keep, report, flops, flops_base, rows, hashes,
                            base=dict(base or {}))
