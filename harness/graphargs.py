@@ -97,11 +97,11 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     level = args.level if level is None else level
     if not 0 <= level < 100:
         raise UsageError(f"--level must be in [0, 100), got {level:g}")
+    loaded = loaded or load_graph_model(args)
     needs_stats = not (method.criterion == "l1" and method.compensation == "none")
     if needs_stats and not getattr(args, "stats", None):
         raise UsageError(f"method {method.name!r} on a graph model needs --stats FILE (make one with 'harness stats "
                          f"--model {args.model} -o FILE')")
-    loaded = loaded or load_graph_model(args)
     classes = graph_classes(args.classes, loaded.description.num_classes)
     from specialist.graph.artifact import model_hash
 
