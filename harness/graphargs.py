@@ -32,8 +32,11 @@ def is_graph_model(args) -> bool:
     return spec is not None and spec != "nin" and not str(spec).endswith(".npz")
 
 
-def refuse_graph_flags_for_nin(args) -> None:
-    """The graph-only flags given with a NIN model: one line."""
+def nin_branch(args) -> None:
+    """Entering a command's NIN branch: ``--model nin`` means the shipped NIN (``args.model = None``); the
+    graph-only flags given with NIN are refused one-line."""
+    if getattr(args, "model", None) == "nin":
+        args.model = None
     given = [f for f in ("weights", "input_shape", "input_mean", "input_std") if getattr(args, f, None)]
     if given:
         raise UsageError(f"--{given[0].replace('_', '-')} applies to graph models (--model resnet20, "

@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from harness.errors import UsageError
-    from harness.graphargs import graph_accuracy, is_graph_model, refuse_graph_flags_for_nin
+    from harness.graphargs import graph_accuracy, is_graph_model, nin_branch
     from specialist.accuracy import subset_accuracy
     from specialist.data import load_split
 
@@ -31,7 +31,7 @@ def run(args) -> int:
                   f"FLOPs pruned, {out['method']}): accuracy {100 * out['accuracy']:.2f}% vs unpruned "
                   f"{100 * out['accuracy_unpruned']:.2f}% on {out['n']} test images")
         return 0
-    refuse_graph_flags_for_nin(args)
+    nin_branch(args)
     if args.per_class is not None and args.per_class < 1:
         raise UsageError("--per-class must be at least 1")
     base = load_base(args)

@@ -18,12 +18,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from harness.exportcheck import save_specialist
-    from harness.graphargs import is_graph_model, refuse_graph_flags_for_nin
+    from harness.graphargs import is_graph_model, nin_branch
     from specialist.flops import flops_table_markdown, layer_costs
 
     if is_graph_model(args):
         return _run_graph(args)
-    refuse_graph_flags_for_nin(args)
+    nin_branch(args)
     spec = build_from_args(args)
     if args.output:
         save_specialist(spec, args.output)

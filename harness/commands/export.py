@@ -88,12 +88,12 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix != ".pte":
         raise UsageError(f"-o {out}: the output must end in .pte")
-    from harness.graphargs import is_graph_model, refuse_graph_flags_for_nin
+    from harness.graphargs import is_graph_model, nin_branch
     from specialist.graph.specialize import is_graph_specialist_file
 
     if is_graph_model(args) or (args.spec and is_graph_specialist_file(args.spec)):
         return _run_graph(args, out)
-    refuse_graph_flags_for_nin(args)
+    nin_branch(args)
     opts = _options(args)
     weights, classes, level, method, flops, flops_base, base_hash, stats_hash = _resolve(args)
     try:

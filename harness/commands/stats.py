@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from harness.cliutil import progress
     from harness.errors import UsageError
-    from harness.graphargs import graph_stats, is_graph_model, refuse_graph_flags_for_nin
+    from harness.graphargs import graph_stats, is_graph_model, nin_branch
     from specialist.data import load_split
     from specialist.model import load_weights
     from specialist.stats import compute_stats, stats_to_bytes
@@ -47,7 +47,7 @@ def run(args) -> int:
             print(f"statistics of {out['images']} images ({out['consumers']} consumers, {out['groups']} groups) "
                   f"written to {args.output} ({out['bytes'] / 1e6:.1f} MB) in {out['seconds']:.1f} s")
         return 0
-    refuse_graph_flags_for_nin(args)
+    nin_branch(args)
     for flag in ("per_class", "fd_per_class", "shift_per_class"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")

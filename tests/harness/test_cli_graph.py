@@ -180,6 +180,8 @@ def test_pt2_program(tmp_path, r20_stats, capsys):
     (["build", "--model", "resnet20", "--classes", "0,1", "--level", "100", "--method", "l1"], "level"),
     (["build", "--model", "nonexistent_pkg_x.mod:make", "--classes", "0,1", "--level", "30"], "cannot import"),
     (["build", "--classes", "0,1", "--level", "30", "--weights", "w.pt"], "applies to graph models"),
+    (["build", "--model", "nin", "--classes", "0,1", "--level", "30", "--input-shape", "3,32,32"],
+     "applies to graph models"),
 ])
 def test_bad_input_one_line(argv, msg, tmp_path, capsys):
     out_file = tmp_path / "out.pt"
