@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from harness.cliutil import parse_int_list
+from harness.graphargs import add_graph_args
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
+    p.add_argument("--model", metavar="MODEL", help="base model: NIN weights .npz (default: the shipped NIN), a zoo "
+                   "name (resnet20, resnet56, vgg16_bn, mobilenetv2), package.module:factory or a .pt2 program")
     p.add_argument("--stats", metavar="FILE", help="statistics artifact (default: the one shipped for the default model)")
 
 
@@ -22,13 +24,15 @@ def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, le
     if level:
         p.add_argument("--level", type=float, required=True, metavar="PCT",
                        help="percent of channels removed from CCCP2..CCCP5 (0 = the unpruned model)")
-    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
-                   help=f"method preset ({', '.join(PRESETS)}) or a .toml file (default {DEFAULT_METHOD})")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help=f"method preset ({', '.join(PRESETS)}) or a .toml file (default {DEFAULT_METHOD}; graph "
+                   "models: lsq, impact, activation, l1, variance, default lsq)")
     p.add_argument("--compensation", choices=names["compensation"], help="override the preset's compensation")
     p.add_argument("--impact", choices=names["impact"], help="override the preset's impact (finite difference or autograd)")
     p.add_argument("--fold", choices=names["fold"],
                    help="mean constants: exact per-position add node, or folded into the bias")
     add_model_args(p)
+    add_graph_args(p)
 
 
 def parse_classes(text: str) -> list[int]:
@@ -51,6 +55,9 @@ def build_from_args(args, level: float | None = None, base=None, **overrides):
     from specialist.build import build_specialist
 
     flags = {"compensation": args.compensation, "impact": args.impact, "fold": getattr(args, "fold", None)}
-    return build_specialist(parse_classes(args.classes), args.level if level is None else level, args.method,
+    from specialist.methods import DEFAULT_METHOD
+
+    return build_specialist(parse_classes(args.classes), args.level if level is None else level,
+                            args.method or DEFAULT_METHOD,
                             base=base if base is not None else load_base(args),
                             stats_path=getattr(args, "stats", None) or None, **{**flags, **overrides})

@@ -78,6 +78,49 @@ def export_weights(weights: NinWeights, out_path: str | Path, options: ExportOpt
     return report, built.exported
 
 
+def write_verified(blob: bytes, out_path: str | Path, x: np.ndarray, ref: np.ndarray, atol: float) -> float:
+    """Write ``blob`` to a temporary file beside ``out_path``, run it on ``x`` with the ExecuTorch runtime
+    (any input shape: the program's), compare with ``ref`` and rename it into place only when the largest
+    difference is at most ``atol``; returns that difference.  Raises :class:`MeasurementError` (nothing
+    written) otherwise."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        diff = float(np.abs(run_pte(tmp, x) - ref).max())
+        if not diff <= atol:
+            raise MeasurementError(f"exported program {out_path} differs from the PyTorch model: max abs diff "
+                                   f"{diff:.3g} > {atol:g} on {len(x)} inputs; nothing written")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def export_module(module, out_path: str | Path, input_shape: tuple[int, ...], x: np.ndarray,
+                  backend: str = "xnnpack", atol: float = 1e-4) -> dict:
+    """Lower any graph module (input shape from the model), verify it on ``x`` and write it; a JSON-ready
+    report (bytes, sha256, max abs diff, seconds)."""
+    import hashlib
+
+    import torch
+
+    from specialist.graph.export import lower_module, reference
+
+    t0 = time.perf_counter()
+    blob = lower_module(module, tuple(input_shape), backend)
+    ref = reference(module, torch.as_tensor(x, dtype=torch.float32))
+    diff = write_verified(blob, out_path, np.asarray(x, dtype=np.float32), ref, atol)
+    return {"pte": str(out_path), "backend": backend, "pte_bytes": len(blob),
+            "pte_sha256": hashlib.sha256(blob).hexdigest(), "verified": True, "max_abs_diff": diff, "atol": atol,
+            "verify_images": len(x), "input_shape": list(input_shape), "export_s": round(time.perf_counter() - t0, 2)}
+
+
 def export_pte(weights: NinWeights, out_path: str | Path, options: ExportOptions | None = None) -> ExportReport:
     """Export ``weights`` to ``out_path`` with the default options (XNNPACK, bias-folded); verified."""
     report, _ = export_weights(weights, out_path, options or ExportOptions())

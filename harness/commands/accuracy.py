@@ -18,9 +18,20 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from harness.errors import UsageError
+    from harness.graphargs import graph_accuracy, is_graph_model, nin_branch
     from specialist.accuracy import subset_accuracy
     from specialist.data import load_split
 
+    if is_graph_model(args):
+        out = graph_accuracy(args)
+        if args.json:
+            print_json(out)
+        else:
+            print(f"{args.model} classes {out['classes']}, level {out['level']:g}% ({out['flops_pruned_pct']:.1f}% "
+                  f"FLOPs pruned, {out['method']}): accuracy {100 * out['accuracy']:.2f}% vs unpruned "
+                  f"{100 * out['accuracy_unpruned']:.2f}% on {out['n']} test images")
+        return 0
+    nin_branch(args)
     if args.per_class is not None and args.per_class < 1:
         raise UsageError("--per-class must be at least 1")
     base = load_base(args)

@@ -89,6 +89,12 @@ def run(args) -> int:
     if out.suffix != ".pte":
         raise UsageError(f"-o {short(str(out))}: the output must end in .pte")
     check_output_file(out)  # before the build and export: a bad -o costs nothing and leaves nothing
+    from harness.graphargs import is_graph_model, nin_branch
+    from specialist.graph.specialize import is_graph_specialist_file
+
+    if is_graph_model(args) or (args.spec and is_graph_specialist_file(args.spec)):
+        return _run_graph(args, out)
+    nin_branch(args)
     opts = _options(args)
     weights, classes, level, method, flops, flops_base, base_hash, stats_hash = _resolve(args)
     try:
@@ -123,5 +129,68 @@ def run(args) -> int:
             a = report.accuracy
             print(f"accuracy on {a['images']} test images: float {a['float_pct']:.2f}%, int8 {a['int8_pct']:.2f}% "
                   f"({a['change_pct']:+.2f})")
+        sys.stdout.flush()
+    return 0
+
+
+def _verify_inputs(desc, classes, data, n: int = 8):
+    """Normalised calibration images of the classes when they fit the model, else seeded N(0, 1) inputs."""
+    import numpy as np
+
+    from harness.errors import DATA_ERRORS
+    from specialist.data import load_split
+
+    if tuple(desc.input_shape) == (3, 32, 32):
+        try:
+            calib = load_split("calib", data).select(classes, per_class=max(1, n // len(classes)))
+            return desc.normalize(calib.x[:n]).numpy(), "calibration images"
+        except DATA_ERRORS:
+            pass
+    return np.random.default_rng(0).standard_normal((n, *desc.input_shape)).astype("float32"), "random N(0,1)"
+
+
+def _run_graph(args, out: Path) -> int:
+    """Graph models: a saved graph specialist, or --model/--classes/--level built on the fly (--level 0: the
+    base model); lowered with the model's own input shape and verified with the ExecuTorch runtime."""
+    from harness.exportcheck import export_module
+    from harness.graphargs import build_graph_from_args, graph_classes, load_base_info, load_graph_model
+
+    if args.quantize == "int8" or args.multiple_of or args.options:
+        raise UsageError("graph models export float programs only yet (no --quantize int8, --multiple-of, "
+                         "--options)")
+    if args.spec and args.level is not None:
+        raise UsageError("give either SPEC or --classes/--level, not both")
+    if args.spec:
+        from specialist.graph.specialize import read_specialist_file, rebuild
+
+        d = read_specialist_file(args.spec)
+        loaded = load_base_info(d["base"])
+        module, classes, level, method = rebuild(loaded, d), list(d["classes"]), float(d["level"]), d["method"]
+        flops, flops_base = int(d["flops"]), int(d["flops_base"])
+    elif args.level is None:
+        raise UsageError("give a specialist file SPEC, or --classes and --level (--level 0: the base model)")
+    elif args.level == 0:
+        loaded = load_graph_model(args)
+        k = loaded.description.num_classes
+        classes = graph_classes(args.classes, k) if args.classes else list(range(k))
+        module, level, method = loaded.module, 0.0, "base"
+        from specialist.graph.flops import total_flops
+
+        flops = flops_base = total_flops(module, loaded.example())
+    else:
+        if not args.classes:
+            raise UsageError("--level needs --classes (e.g. --classes 0,1,2)")
+        loaded, spec = build_graph_from_args(args, float(args.level))
+        module, classes, level, method = spec.module, spec.classes, spec.level, spec.method.name
+        flops, flops_base = spec.flops, spec.flops_base
+    x, kind = _verify_inputs(loaded.description, classes, args.data)
+    d = export_module(module, out, loaded.description.input_shape, x, backend=args.backend or "xnnpack")
+    d.update({"verify_input": kind, "classes": classes, "level": level, "method": method, "flops": flops,
+              "flops_base": flops_base, "flops_pruned_pct": round(100.0 * (1 - flops / flops_base), 3)})
+    if args.json:
+        print_json(d)
+    else:
+        print(f"wrote {out} ({d['pte_bytes']} bytes, {d['backend']}); check: max abs diff {d['max_abs_diff']:.3g} "
+              f"<= {d['atol']:g} on {d['verify_images']} {kind}")
         sys.stdout.flush()
     return 0

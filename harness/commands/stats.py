@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("stats", help="compute the calibration statistics artifact of a base model")
-    p.add_argument("--model", metavar="NPZ", help="base model weights (default: the shipped NIN)")
+    p.add_argument("--model", metavar="MODEL", help="base model: NIN weights .npz (default: the shipped NIN), a zoo "
+                   "name (resnet20, ...), package.module:factory or a .pt2 program")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
     p.add_argument("--per-class", type=bounded_int(1, 100_000), default=500, metavar="N", help="calibration images per class (default 500)")
     p.add_argument("--impact", choices=("grad", "fd", "both"), default="grad",
@@ -21,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--shift-per-class", type=bounded_int(1, 100_000), default=100, metavar="N",
                    help="images per class for the spatial cross-correlations (default 100)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="artifact path (.npz)")
+    from harness.graphargs import add_graph_args
+
+    add_graph_args(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -30,10 +34,20 @@ def run(args) -> int:
 
     from harness.cliutil import progress
     from harness.errors import UsageError
+    from harness.graphargs import graph_stats, is_graph_model, nin_branch
     from specialist.data import load_split
     from specialist.model import load_weights
     from specialist.stats import compute_stats, stats_to_bytes
 
+    if is_graph_model(args):
+        out = graph_stats(args)
+        if args.json:
+            print_json(out)
+        else:
+            print(f"statistics of {out['images']} images ({out['consumers']} consumers, {out['groups']} groups) "
+                  f"written to {args.output} ({out['bytes'] / 1e6:.1f} MB) in {out['seconds']:.1f} s")
+        return 0
+    nin_branch(args)
     for flag in ("per_class", "fd_per_class", "shift_per_class"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")

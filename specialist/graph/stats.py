@@ -141,8 +141,50 @@ def _activation(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGro
     return score / np.maximum(hits, 1.0)
 
 
+def within_variance(stats: GraphStats, layer: str, classes) -> torch.Tensor:
+    """Per input channel of ``layer``: E[(x - mean at its position)^2] over the target classes' images, the
+    second moment mean compensation leaves unexplained ([C], float64, clamped at 0)."""
+    mu = stats.subset(stats.mean, layer, classes)  # [C, *spatial]
+    sq = stats.subset(stats.sq_mean, layer, classes)  # [C]
+    mu2 = mu.reshape(mu.shape[0], -1).square().mean(1)
+    return (sq - mu2).clamp(min=0.0)
+
+
+def _per_consumer(graph: ChannelGraph, group: ChannelGroup, value) -> np.ndarray:
+    score = np.zeros(group.size)
+    for c in group.consumers:
+        np.add.at(score, np.asarray(c.root_idx), value(c)[np.asarray(c.in_idx)])
+    return score
+
+
+def _variance(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes) -> np.ndarray:
+    if stats is None:
+        raise UsageError("the variance criterion needs statistics")
+    hits = _per_consumer(graph, group, lambda c: np.ones(stats.sq_mean[c.module].shape[1]))
+    var = _per_consumer(graph, group, lambda c: within_variance(stats, c.module, classes).numpy())
+    return var / np.maximum(hits, 1.0)
+
+
+def _impact(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes) -> np.ndarray:
+    """Expected squared change of every consumer's outputs (the classifier: the target classes' scores) when
+    the channel is replaced by its per-position mean: within-position variance x squared weight norm."""
+    if stats is None:
+        raise UsageError("the impact criterion needs statistics")
+    cls = sorted(int(k) for k in classes)
+
+    def value(c) -> np.ndarray:
+        w = graph.modules[c.module].weight.detach().double()
+        if c.module == graph.classifier:
+            w = w[cls]
+        energy = w.square().transpose(0, 1).reshape(w.shape[1], -1).sum(1)  # [C_in] (per group for depthwise)
+        return (within_variance(stats, c.module, classes) * energy).numpy()
+
+    return _per_consumer(graph, group, value)
+
+
 #: Impact proxy name -> function(graph, stats, group, classes) -> score per group channel (higher = keep).
-CRITERIA: dict[str, Callable[..., np.ndarray]] = {"l1": _l1, "activation": _activation}
+CRITERIA: dict[str, Callable[..., np.ndarray]] = {"l1": _l1, "activation": _activation, "variance": _variance,
+                                                   "impact": _impact}
 
 
 def channel_scores(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes,

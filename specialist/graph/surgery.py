@@ -34,6 +34,7 @@ from specialist.graph.stats import GraphStats
 log = logging.getLogger(__name__)
 
 FOLDS = ("exact", "bias")
+COMPENSATIONS = ("none", "mean", "lsq")
 
 
 class ConstAdd(nn.Module):
@@ -58,6 +59,7 @@ class SurgeryReport:
     compensated: list[str] = field(default_factory=list)  # consumers with a constant folded in
     per_position: list[str] = field(default_factory=list)  # consumers keeping a per-position constant
     max_fold_deviation: dict[str, float] = field(default_factory=dict)  # fold="bias": max |const - mean|
+    refit: list[str] = field(default_factory=list)  # consumers refit by least squares
 
 
 def _removed_inputs(graph: ChannelGraph, removed: Mapping[str, list[int]]) -> dict[str, list[int]]:
@@ -82,6 +84,34 @@ def _constant(layer: nn.Module, mean: torch.Tensor, idx: list[int]) -> torch.Ten
     if isinstance(layer, nn.Linear):
         return w @ m
     return layer._conv_forward(m.unsqueeze(0), w, None)[0]
+
+
+@torch.no_grad()
+def lsq_refit(layer: nn.Module, stats: GraphStats, name: str, classes: Sequence[int], idx: list[int],
+              ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Least-squares refit of a consumer from its kept inputs (second moments of the artifact).
+
+    Each removed input channel r is predicted at every position p from the kept ones k by ridge regression on
+    the within-position covariance: ``x_r(p) ~ mu_r(p) + A (x_k(p) - mu_k(p))``.  Folding this into the layer
+    gives the kept columns ``W_k + W_r A`` (every kernel tap) and the constant ``W_r (mu_r(p) - A mu_k(p))``.
+    Returns (the input means with removed rows replaced by ``mu_r - A mu_k``, the weight delta on the kept
+    columns ``[O, K, *kernel]``, the kept input indices).  ``A = 0`` is mean compensation.
+    """
+    mean = stats.subset(stats.mean, name, classes)  # [C, *spatial]
+    gram = stats.subset(stats.gram, name, classes)  # [C, C]
+    c = mean.shape[0]
+    gone = sorted(set(idx))
+    kept = [i for i in range(c) if i not in set(gone)]
+    m = mean.reshape(c, -1)
+    cov = gram - m @ m.T / m.shape[1]
+    ckk = cov[kept][:, kept]
+    lam = ridge * float(torch.trace(ckk)) / max(len(kept), 1) + 1e-12
+    a = torch.linalg.solve(ckk + lam * torch.eye(len(kept), dtype=ckk.dtype), cov[kept][:, gone]).T  # [R, K]
+    adj = mean.clone()
+    adj[gone] = mean[gone] - torch.tensordot(a, mean[kept], dims=([1], [0]))
+    w = layer.weight.detach().to(torch.float64)
+    delta = torch.einsum("or...,rk->ok...", w[:, gone], a)
+    return adj, delta, kept
 
 
 def _validate(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Sequence[int], k: int):
@@ -116,14 +146,20 @@ def _add_bias(layer: nn.Module, b: torch.Tensor) -> None:
 
 @torch.no_grad()
 def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Sequence[int],
-          stats: GraphStats | None, fold: str = "exact", const_atol: float = 1e-7) -> tuple[nn.Module, SurgeryReport]:
+          stats: GraphStats | None, fold: str = "exact", const_atol: float = 1e-7, compensation: str = "mean",
+          ridge: float = 1e-2) -> tuple[nn.Module, SurgeryReport]:
     """A pruned, compensated copy of ``graph.model`` (see the module docstring); ``graph.model`` is untouched.
 
-    ``keep``: group root -> kept channel indices (groups not named stay whole).  ``stats=None``: no
-    compensation (plain pruning).
+    ``keep``: group root -> kept channel indices (groups not named stay whole).  ``stats=None`` or
+    ``compensation="none"``: no compensation (plain pruning).  ``compensation="lsq"``: every consumer is also
+    refit from its kept inputs (:func:`lsq_refit`; consumers without second moments get mean compensation).
     """
     if fold not in FOLDS:
         raise UsageError(f"fold {fold!r} is not one of {', '.join(FOLDS)}")
+    if compensation not in COMPENSATIONS:
+        raise UsageError(f"compensation {compensation!r} is not one of {', '.join(COMPENSATIONS)}")
+    if compensation == "none":
+        stats = None
     cls_layer = graph.modules[graph.classifier]
     k = cls_layer.out_features if isinstance(cls_layer, nn.Linear) else cls_layer.out_channels
     cls = _validate(graph, keep, classes, k)
@@ -137,7 +173,14 @@ def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Seque
     consts: dict[str, torch.Tensor] = {}
     if stats is not None:
         for name, idx in _removed_inputs(graph, removed).items():
-            consts[name] = _constant(modules[name], stats.subset(stats.mean, name, cls), idx)
+            layer = modules[name]
+            if compensation == "lsq" and name in stats.gram:
+                mean, delta, kept_in = lsq_refit(layer, stats, name, cls, idx, ridge)
+                consts[name] = _constant(layer, mean, idx)
+                layer.weight.data[:, kept_in] += delta.to(layer.weight.dtype)
+                report.refit.append(name)
+            else:
+                consts[name] = _constant(layer, stats.subset(stats.mean, name, cls), idx)
 
     dg = build_dependency_graph(model, graph.example)
     plan = [(modules[r], idx) for r, idx in removed.items()]
