@@ -46,3 +46,9 @@ class CommandError(DeviceError):
 
 class MeasurementError(DevicePackageError):
     """A measurement that cannot be trusted (monitor lost, window misuse)."""
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``value`` quoted for a one-line error, cut to ``limit`` characters (a 50 MB line is not echoed whole)."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit] + "...") if len(text) > limit else repr(text)

@@ -19,9 +19,3 @@ class TraceChunk(NamedTuple):
     voltage_v: np.ndarray
     calibrated: bool = True
     usb_current_a: float = float("nan")
-
-
-def short_repr(value: object, limit: int = 80) -> str:
-    """``value`` quoted for a one-line error, cut to ``limit`` characters."""
-    text = value if isinstance(value, str) else str(value)
-    return repr(text[:limit] + "...") if len(text) > limit else repr(text)

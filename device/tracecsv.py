@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from device.errors import DataError
-from device.tracechunk import DEFAULT_CHUNK_SAMPLES, MAX_RATE_HZ, TraceChunk, short_repr
+from device.errors import DataError, short_repr
+from device.tracechunk import DEFAULT_CHUNK_SAMPLES, MAX_RATE_HZ, TraceChunk
 
 log = logging.getLogger(__name__)
 

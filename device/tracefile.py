@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from device.errors import DataError
-from device.tracechunk import DEFAULT_CHUNK_SAMPLES, MAX_RATE_HZ, TraceChunk, short_repr
+from device.errors import DataError, short_repr
+from device.tracechunk import DEFAULT_CHUNK_SAMPLES, MAX_RATE_HZ, TraceChunk
 from device.tracecsv import MAX_CSV_COLUMNS, MAX_CSV_HEADER_BYTES, CsvTrace, read_monsoon_csv
 
 __all__ = [

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from device.errors import short_repr as short
 from device.files import atomic_write_bytes
 from harness.errors import UsageError
 
@@ -115,12 +116,6 @@ def _int(text: str) -> int:
 def one_line(text: str) -> str:
     """``text`` with control characters (newlines, carriage returns, escapes) shown escaped: one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
-def short(value: object, limit: int = 80) -> str:
-    """``value`` quoted for a one-line error, cut to ``limit`` characters (a 50 MB line is not echoed whole)."""
-    text = value if isinstance(value, str) else str(value)
-    return repr(text[:limit] + "...") if len(text) > limit else repr(text)
 
 
 def _ranged(parse, fmt, name: str, lo, hi, lo_open: bool = False):

@@ -46,3 +46,14 @@ def tiny_pte(tmp_path_factory):
     p = tmp_path_factory.mktemp("tiny-pte") / "tiny16-xnnpack.pte"
     export_weights(_tiny_weights(16), p, ExportOptions(verify_images=2))
     return p
+
+
+@pytest.fixture(scope="session")
+def base_pte(tmp_path_factory):
+    """The shipped NIN exported once per session (XNNPACK, verified), for tests that measure a real program."""
+    from harness.exportcheck import export_pte
+    from specialist.model import load_weights
+
+    path = tmp_path_factory.mktemp("base-pte") / "base.pte"
+    export_pte(load_weights(), path)
+    return path

@@ -20,13 +20,8 @@ from harness.tables import model_rows
 
 
 @pytest.fixture(scope="module")
-def pte(tmp_path_factory):
-    from harness.exportcheck import export_pte
-    from specialist.model import load_weights
-
-    path = tmp_path_factory.mktemp("pte") / "base.pte"
-    export_pte(load_weights(), path)
-    return path
+def pte(base_pte):
+    return base_pte
 
 
 def _models(pte):

@@ -30,13 +30,8 @@ BUSY_THREAD_W = 1.064  # +0.28 A per busy thread
 
 
 @pytest.fixture(scope="module")
-def pte(tmp_path_factory):
-    from harness.exportcheck import export_pte
-    from specialist.model import load_weights
-
-    path = tmp_path_factory.mktemp("pte") / "base.pte"
-    export_pte(load_weights(), path)
-    return path
+def pte(base_pte):
+    return base_pte
 
 
 def _models(pte):

@@ -23,3 +23,14 @@ def small_stats(base_weights, calib, tmp_path_factory):
     path = tmp_path_factory.mktemp("stats") / "small.stats.npz"
     atomic_write_bytes(path, stats_to_bytes(st, half=False))
     return load_stats(path, expect_model_hash=base_weights.content_hash())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Busy shared cores: one intra-op thread is several times faster than two contending ones."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -22,13 +22,7 @@ from specialist.zoo import zoo_model
 CLASSES = [1, 3, 5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Busy shared cores: one intra-op thread is several times faster than two contending ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ConcatNet(nn.Module):

@@ -19,13 +19,7 @@ SHARED_MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 RESNET20_SHA256 = "e8ef4976cc1b8c62b4214fbe977f55ca429bce543857c7dccf007392bf6ea479"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Busy shared cores: one intra-op thread is several times faster than two contending ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_factory() -> nn.Module:
