@@ -29,7 +29,6 @@ from harness.device_names import (
 from harness.plan import RunPlan
 from harness.prepare import (
     ModelPreparation,
-    export_pte,
     export_workers,
     model_key,
     prepare_models,
@@ -39,7 +38,7 @@ from harness.runloop import Backend
 
 __all__ = [
     "VIRTUAL_DEFAULT_PROFILE", "Backend", "DeviceChoice", "HostBackend", "check_device_args", "ModelPreparation", "PhoneBackend",
-    "RealPhoneBackend", "VirtualLabBackend", "export_pte", "export_workers", "known_devices", "make_backend",
+    "RealPhoneBackend", "VirtualLabBackend", "export_workers", "known_devices", "make_backend",
     "model_key", "power_model_for", "prepare_models", "resolve_device", "stored_models",
 ]
 

@@ -31,14 +31,6 @@ def model_key(level_pct: int) -> str:
     return f"L{level_pct}"
 
 
-def export_pte(weights, out_path: Path) -> Path:
-    """Export ``weights`` to an ExecuTorch ``.pte`` at ``out_path`` through the export issue's API."""
-    from harness.exportcheck import export_pte as _export
-
-    _export(weights, out_path)
-    return out_path
-
-
 def export_workers(n_exports: int) -> int:
     """Worker processes for ``n_exports`` uncached exports: one per core but one, at least 1 and at most 4,
     so the harness's own process keeps a core to build and to start the lab while they export.
@@ -65,6 +57,8 @@ def _init_export_worker() -> None:
 def _export_job(weights, pte: str) -> tuple[str, float]:
     """Export one model to the cache path ``pte`` (in a worker process or this one); the exporter verifies
     the program and writes it atomically."""
+    from harness.exportcheck import export_pte  # torch and the exporter load only where exports run
+
     t0 = time.perf_counter()
     pte_path = Path(pte)
     pte_path.parent.mkdir(parents=True, exist_ok=True)  # fail before the export, not after it
