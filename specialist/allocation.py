@@ -18,10 +18,11 @@ normalised error grows least per FLOP saved.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
-from specialist.flops import total_flops
-from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE
+from specialist.model import NIN_LAYERS, PRUNABLE
 from specialist.select import n_remove
 
 
@@ -39,6 +40,37 @@ def ridge_lambda(cov: np.ndarray, ridge: float) -> float:
     return float(ridge * np.trace(cov) / max(len(cov), 1) + 1e-12)
 
 
+def gram_factor(wf: np.ndarray) -> np.ndarray:
+    """A factor ``F`` [C, r <= C] with ``F F^T = wf wf^T`` (``wf`` itself when it has at most C columns).
+
+    The elimination path depends on the next layer's matrix only through ``wf wf^T``, so a 5x5 convolution's
+    [C, O*25] matrix can be replaced by a [C, C] factor once per base model (:func:`next_layer_factor`).
+    """
+    wf = np.asarray(wf, np.float64)
+    c = wf.shape[0]
+    if wf.shape[1] <= c:
+        return wf
+    vals, vecs = np.linalg.eigh(wf @ wf.T)
+    return vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
+
+
+_FACTORS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def next_layer_factor(w_next: np.ndarray, out_weight: np.ndarray | None = None) -> np.ndarray:
+    """:func:`gram_factor` of :func:`next_layer_matrix`; memoised per weight array when ``out_weight`` is None
+    (base weights are never modified in place; the entry goes when the array does)."""
+    if out_weight is not None:
+        return gram_factor(next_layer_matrix(w_next, out_weight))
+    key = id(w_next)
+    hit = _FACTORS.get(key)
+    if hit is not None and hit[0]() is w_next:
+        return hit[1]
+    f = gram_factor(next_layer_matrix(w_next))
+    _FACTORS[key] = (weakref.ref(w_next, lambda _r, k=key: _FACTORS.pop(k, None)), f)
+    return f
+
+
 def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
                      order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Backward elimination under least-squares reconstruction of the next layer.
@@ -53,38 +85,52 @@ def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
     the greedy step removes the channel whose removal raises it least.  ``rel_error[-1]`` (everything
     removed) is 1.  Accuracy: float64 rounding times ``cond(cov + lam I)`` (about 1e-15 at the methods'
     ridge 1e-2, about 1e-7 at ridge 1e-9 on a singular ``cov``).
+
+    Only ``wf wf^T`` matters, so ``wf`` may be a :func:`gram_factor` of the matrix (the same path).  The
+    downdates are kept in factored form, ``P_t = P_0 - U_t U_t^T`` and ``P_t B = P_0 B - U_t W_t^T``, with the
+    per-channel quantities the greedy step needs (diagonal of ``P``, squared row norms of ``P B``) updated
+    in O(C) each: a step is a few matrix-vector products, and nothing C x C is rewritten (1.5-2x faster
+    than the plain rank-one updates, identical choices).
     """
     c = len(cov)
     cov = np.asarray(cov, np.float64)
     lam = ridge_lambda(cov, ridge)
-    p = np.linalg.inv(cov + lam * np.eye(c))
-    b = cov @ wf
-    total = float(np.sum(wf * b))
+    p0 = np.linalg.inv(cov + lam * np.eye(c))
+    f = gram_factor(wf)
+    b = cov @ f
+    total = float(np.sum(f * b))
     if total <= 0:
         return (np.arange(c) if order is None else np.asarray(order, np.int64)), np.zeros(c)
-    if b.shape[1] > c:  # only B B^T matters: replace B by a C-column factor of it (exact)
-        vals, vecs = np.linalg.eigh(b @ b.T)
-        b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
-    pb = p @ b
-    explained = float(np.sum(b * pb))
+    pb0 = p0 @ b
+    explained = float(np.sum(b * pb0))
+    diag = np.diag(p0).copy()
+    norms = np.einsum("ij,ij->i", pb0, pb0)
+    u = np.zeros((c, c))
+    w = np.zeros((pb0.shape[1], c))
     alive = np.ones(c, bool)
     removed = np.empty(c, np.int64)
     errs = np.empty(c)
     for step in range(c):
-        diag = np.diag(p)
         if order is None:
-            drop = np.where(alive, np.sum(pb * pb, axis=1) / np.where(alive, diag, 1.0), np.inf)
+            drop = np.where(alive, norms / np.where(alive, diag, 1.0), np.inf)
             j = int(np.argmin(drop))
         else:
             j = int(order[step])
-        pj = diag[j]
-        dj = float(pb[j] @ pb[j]) / pj
-        explained -= dj
+        pj = float(diag[j])
+        ut, wt = u[:, :step], w[:, :step]
+        uj = ut[j]
+        col = p0[:, j] - ut @ uj  # column j of P_t
+        v = pb0[j] - wt @ uj  # row j of P_t B
+        vv = float(v @ v)
+        explained -= vv / pj
         removed[step] = j
         errs[step] = max(0.0, 1.0 - explained / total)
-        col = p[:, j].copy()
-        pb -= np.outer(col, pb[j] / pj)  # row j becomes exactly 0
-        p -= np.outer(col, col / pj)  # row and column j become exactly 0
+        g = pb0 @ v - ut @ (wt.T @ v)  # P_t B v
+        norms -= (2.0 / pj) * col * g - (vv / (pj * pj)) * col * col
+        diag -= col * col / pj
+        s = np.sqrt(pj) if pj > 0 else 1.0
+        u[:, step] = col / s
+        w[:, step] = v / s
         alive[j] = False
     return removed, errs
 
@@ -95,11 +141,24 @@ def uniform_counts(level: float, multiple_of: int = 1, widths: dict[str, int] | 
     return {L: n_remove(widths[L], level, multiple_of) for L in PRUNABLE}
 
 
+#: per layer, FLOPs per (input channel x output channel): 2 k^2 H W (stride 1, same-size output)
+_FLOPS_PER_PAIR: tuple[int, ...] = tuple(2 * s.kernel * s.kernel * s.in_hw * s.in_hw for s in NIN_LAYERS)
+_WIDTHS: tuple[int, ...] = tuple(s.out_ch for s in NIN_LAYERS)
+
+
 def plan_flops(removed: dict[str, int], n_classes: int) -> int:
-    """Total FLOPs of the NIN with ``removed[L]`` channels gone from each prunable layer."""
-    ch = {s.name: s.out_ch - int(removed.get(s.name, 0)) for s in NIN_LAYERS}
-    ch[LAYER_NAMES[-1]] = n_classes
-    return total_flops(ch)
+    """Total FLOPs of the NIN with ``removed[L]`` channels gone from each prunable layer.
+
+    The closed form of :func:`specialist.flops.total_flops` (sum over layers of 2 k^2 H W x in x out), without
+    building the per-layer table: the global allocation calls it several hundred times per build.
+    """
+    total, prev = 0, 3
+    last = len(NIN_LAYERS) - 1
+    for i, spec in enumerate(NIN_LAYERS):
+        width = n_classes if i == last else _WIDTHS[i] - int(removed.get(spec.name, 0))
+        total += _FLOPS_PER_PAIR[i] * prev * width
+        prev = width
+    return total
 
 
 def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes: int, multiple_of: int = 1,

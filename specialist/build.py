@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from specialist import select
 from specialist.compensate import COMPENSATIONS
@@ -154,10 +155,13 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
     else:
         sub = stats
     curves: dict[str, np.ndarray] = {}
-    scores = channel_scores(m, base, sub, classes,
-                            stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
-    pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, curves)
-    weights, kept = apply_plan(base, classes, pruned, sub, m)
+    # The linear algebra here is many small (<= 192 x 192) products and a sequential elimination: one BLAS
+    # thread is faster than several, and on a busy machine several threads make a build 5-8x slower.
+    with threadpool_limits(1, user_api="blas"):
+        scores = channel_scores(m, base, sub, classes,
+                                stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
+        pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, curves)
+        weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())
     spec = Specialist(
         weights=weights, classes=classes, level=level, method=m, kept=kept, flops_base=BASE_FLOPS,

@@ -15,7 +15,7 @@ from specialist import select
 from specialist.allocation import (
     allocate_global,
     elimination_path,
-    next_layer_matrix,
+    next_layer_factor,
     plan_flops,
     uniform_counts,
 )
@@ -39,7 +39,7 @@ def plan_global(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str
         orders[L] = select.order_from_scores(scores[L])
         if L in curves:
             continue
-        wf = next_layer_matrix(*next_weights(base, L, classes))
+        wf = next_layer_factor(*next_weights(base, L, classes))
         _, curves[L] = elimination_path(layer_cov(st, L), wf, method.ridge, order=orders[L])
     target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
     counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,

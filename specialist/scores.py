@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from specialist import select
-from specialist.allocation import elimination_path, next_layer_matrix
+from specialist.allocation import elimination_path, next_layer_factor, next_layer_matrix
 from specialist.captor import captor_scores
 from specialist.compensate import position_covariance
 from specialist.model import LAYER_NAMES, NinWeights
@@ -57,6 +57,10 @@ class ScoreInput:
     def next_matrix(self) -> np.ndarray:
         """The next layer as a matrix over this layer's channels (CCCP6: target classes only)."""
         return next_layer_matrix(*next_weights(self.base, self.layer, self.classes))
+
+    def next_factor(self) -> np.ndarray:
+        """A [C, <= C] factor of :meth:`next_matrix`'s Gram matrix (memoised per base layer)."""
+        return next_layer_factor(*next_weights(self.base, self.layer, self.classes))
 
 
 ScoreFn = Callable[[ScoreInput], np.ndarray]
@@ -117,7 +121,7 @@ def captor_score(s: ScoreInput) -> np.ndarray:
 @register_score("recon")
 def recon_score(s: ScoreInput) -> np.ndarray:
     """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept)."""
-    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_matrix(), s.method.ridge)
+    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_factor(), s.method.ridge)
     if s.curves is not None:
         s.curves[s.layer] = curve
     return select.scores_from_order(order)

@@ -132,3 +132,38 @@ def test_multiple_of_16_lands_close_to_the_budget(level):
     assert got <= target
     assert all(v % 16 == 0 for v in removed.values())
     assert 100 * (target - got) / BASE_FLOPS < 4.0
+
+
+def test_plan_flops_is_the_flops_table_total():
+    """The closed form used by the allocation equals the per-layer table for any plan."""
+    from specialist.allocation import plan_flops
+    from specialist.flops import total_flops
+    from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        removed = {L: int(rng.integers(0, 150)) for L in PRUNABLE}
+        k = int(rng.integers(1, 11))
+        ch = {s.name: s.out_ch - removed.get(s.name, 0) for s in NIN_LAYERS}
+        ch[LAYER_NAMES[-1]] = k
+        assert plan_flops(removed, k) == total_flops(ch)
+
+
+def test_elimination_path_depends_on_the_next_layer_only_through_its_gram():
+    """A C-column factor of wf wf^T (what builds pass for 3x3/5x5 next layers) gives the same path."""
+    from specialist.allocation import gram_factor, next_layer_factor
+
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((24, 60))
+    cov = a @ a.T / 60
+    w_next = rng.standard_normal((20, 24, 3, 3))  # [O, C, k, k]: 180 columns > 24 channels
+    wf = w_next.transpose(1, 0, 2, 3).reshape(24, -1)
+    order_full, err_full = elimination_path(cov, wf, ridge=1e-2)
+    f = next_layer_factor(w_next)
+    assert f.shape == (24, 24)
+    np.testing.assert_allclose(f @ f.T, wf @ wf.T, rtol=1e-10, atol=1e-9)
+    assert next_layer_factor(w_next) is f  # memoised per weight array
+    order_f, err_f = elimination_path(cov, f, ridge=1e-2)
+    np.testing.assert_array_equal(order_full, order_f)
+    np.testing.assert_allclose(err_full, err_f, atol=1e-12)
+    assert gram_factor(wf[:, :10]).shape == (24, 10)  # few columns: used as they are
