@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,34 @@ def load_default_stats(base: NinWeights, stats_path=None) -> CalibStats:
     return _STATS_CACHE[key]
 
 
+_SCORES_CACHE: OrderedDict[tuple, tuple[SubsetStats, dict[str, np.ndarray], dict[str, np.ndarray]]] = OrderedDict()
+_SCORES_CACHE_SIZE = 16
+
+
+def _subset_scores(m: Method, base: NinWeights, stats: CalibStats | SubsetStats, classes: list[int]
+                   ) -> tuple[SubsetStats, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The subset's statistics, channel scores and error curves: none depends on the level, so builds of one
+    class subset at several levels (a sweep row, ``harness run --levels``) compute them once.  Memoised
+    (least recently used, 16 entries) for artifacts loaded from a file, keyed by the artifact's sha256, the
+    base model's hash, the classes and the method; the cached arrays are read-only."""
+    sha = stats.meta.get("sha256") if isinstance(stats, CalibStats) else None
+    key = (sha, base.content_hash(), tuple(classes), m) if sha else None
+    if key is not None and key in _SCORES_CACHE:
+        _SCORES_CACHE.move_to_end(key)
+        return _SCORES_CACHE[key]
+    sub = stats.subset(classes) if isinstance(stats, CalibStats) else stats
+    curves: dict[str, np.ndarray] = {}
+    scores = channel_scores(m, base, sub, classes,
+                            stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
+    if key is not None:
+        for a in (*scores.values(), *curves.values()):
+            a.flags.writeable = False
+        _SCORES_CACHE[key] = (sub, scores, curves)
+        while len(_SCORES_CACHE) > _SCORES_CACHE_SIZE:
+            _SCORES_CACHE.popitem(last=False)
+    return sub, scores, curves
+
+
 def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
                      stats: CalibStats | SubsetStats | None = None, base: NinWeights | None = None,
                      stats_path=None, **overrides: Any) -> Specialist:
@@ -147,20 +176,14 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
     base = base if base is not None else load_weights()
     if stats is None:
         stats = load_default_stats(base, stats_path)
-    if isinstance(stats, CalibStats):
-        if stats.model_hash != base.content_hash():
-            raise ArtifactError("the statistics artifact was made from another base model; "
-                                "run 'harness stats --model M' for this model")
-        sub = stats.subset(classes)
-    else:
-        sub = stats
-    curves: dict[str, np.ndarray] = {}
+    if isinstance(stats, CalibStats) and stats.model_hash != base.content_hash():
+        raise ArtifactError("the statistics artifact was made from another base model; "
+                            "run 'harness stats --model M' for this model")
     # The linear algebra here is many small (<= 192 x 192) products and a sequential elimination: one BLAS
     # thread is faster than several, and on a busy machine several threads make a build 5-8x slower.
     with threadpool_limits(1, user_api="blas"):
-        scores = channel_scores(m, base, sub, classes,
-                                stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
-        pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, curves)
+        sub, scores, curves = _subset_scores(m, base, stats, classes)
+        pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, dict(curves))
         weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())
     spec = Specialist(

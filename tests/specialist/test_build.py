@@ -146,3 +146,19 @@ def test_scores_dispatch_through_the_registry(base_weights, small_stats):
         del SCORES["test_l1_twice"]
     ref = build_specialist([0, 1], 30, "l1", stats=small_stats, base=base_weights)
     assert mine.kept == ref.kept and mine.weights.content_hash() == ref.weights.content_hash()
+
+
+@pytest.mark.parametrize("method", ["best", "lsq", "paper", "thinet", "merge"])
+def test_builds_of_one_subset_at_several_levels_equal_fresh_builds(method):
+    """Scores and error curves are memoised per class subset; a build from the cache equals a cold one."""
+    from specialist import build as build_mod
+
+    classes = [1, 4, 7]
+    build_mod._SCORES_CACHE.clear()
+    warm = [build_mod.build_specialist(classes, level, method) for level in (20, 40)]
+    assert len(build_mod._SCORES_CACHE) == 1
+    for level, spec in zip((20, 40), warm):
+        build_mod._SCORES_CACHE.clear()
+        cold = build_mod.build_specialist(classes, level, method)
+        assert cold.kept == spec.kept
+        assert cold.hashes["specialist"] == spec.hashes["specialist"]
