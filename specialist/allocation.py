@@ -218,4 +218,44 @@ def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes:
             break
         removed[best] -= step
         flops = best_flops
+    if step > 1:
+        removed = _swap_within_budget(removed, cost, cap, step, target_flops, n_classes)
+    return removed
+
+
+def _swap_within_budget(removed: dict[str, int], cost, cap: dict[str, int], step: int, target_flops: int,
+                        n_classes: int, max_rounds: int = 64) -> dict[str, int]:
+    """Local search after the greedy pass, for coarse steps (``multiple_of`` > 1): move one step of removal
+    from one layer to another while the plan stays within the budget and its total cost falls.
+
+    With single-channel steps the greedy pass and the fill land within one channel of the budget; with
+    16-channel steps its last step can remove a whole expensive block more than the budget needs (best-x16
+    at level 30 pruned 42.6% of the FLOPs for a 39.2% budget), and a give-back alone cannot repair that.
+    Each round takes the best improving swap (or give-back); at most ``max_rounds`` rounds.
+    """
+    removed = dict(removed)
+    total = sum(cost(L, n) for L, n in removed.items())
+    for _ in range(max_rounds):
+        best, best_total, best_flops = None, total - 1e-12, -1
+        for a in removed:
+            for b in removed:
+                trial = dict(removed)
+                if a != b:
+                    if trial[a] + step > cap[a]:
+                        continue
+                    trial[a] += step
+                if trial[b] < step:
+                    continue
+                trial[b] -= step
+                f = plan_flops(trial, n_classes)
+                if f > target_flops:
+                    continue
+                t = total - cost(a, removed[a]) + cost(a, trial[a])
+                if a != b:
+                    t += cost(b, trial[b]) - cost(b, removed[b])
+                if t < best_total or (t == best_total and f > best_flops):
+                    best, best_total, best_flops = trial, t, f
+        if best is None:
+            break
+        removed, total = best, best_total
     return removed

@@ -41,7 +41,9 @@ def plan_global(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str
             continue
         wf = next_layer_factor(*next_weights(base, L, classes))
         _, curves[L] = elimination_path(layer_cov(st, L), wf, method.ridge, order=orders[L])
-    target = plan_flops(uniform_counts(level, method.multiple_of), len(classes))
+    # The budget is the level's (the paper's uniform plan, unrounded), whatever the widths are rounded to:
+    # a rounded method lands at or under the same FLOPs as an unrounded one, so the two compare at one budget.
+    target = plan_flops(uniform_counts(level), len(classes))
     counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
                              dict(method.layer_weights) if method.layer_weights else None)
     return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}

@@ -167,3 +167,17 @@ def test_elimination_path_depends_on_the_next_layer_only_through_its_gram():
     np.testing.assert_array_equal(order_full, order_f)
     np.testing.assert_allclose(err_full, err_f, atol=1e-12)
     assert gram_factor(wf[:, :10]).shape == (24, 10)  # few columns: used as they are
+
+
+def test_rounded_widths_land_at_or_under_the_levels_budget_and_close_to_it():
+    """best-x16: every kept count a multiple of 16, FLOPs at or under the unrounded level's budget (the
+    paper's uniform plan), and the swap pass keeps it from pruning a whole extra block (was 42.6% at 39.2%)."""
+    from specialist.allocation import plan_flops, uniform_counts
+    from specialist.build import build_specialist
+    from specialist.flops import BASE_FLOPS
+
+    for level in (30, 40):
+        spec = build_specialist([0, 3, 5], level, "best-x16")
+        budget_pct = 100 * (1 - plan_flops(uniform_counts(level), 3) / BASE_FLOPS)
+        assert all(len(v) % 16 == 0 for k, v in spec.kept.items() if k != "CCCP6")
+        assert budget_pct <= spec.flops_pruned_pct <= budget_pct + 1.5, (level, budget_pct, spec.flops_pruned_pct)

@@ -157,7 +157,7 @@ def test_builds_of_one_subset_at_several_levels_equal_fresh_builds(method):
     build_mod._SCORES_CACHE.clear()
     warm = [build_mod.build_specialist(classes, level, method) for level in (20, 40)]
     assert len(build_mod._SCORES_CACHE) == 1
-    for level, spec in zip((20, 40), warm):
+    for level, spec in zip((20, 40), warm, strict=True):
         build_mod._SCORES_CACHE.clear()
         cold = build_mod.build_specialist(classes, level, method)
         assert cold.kept == spec.kept
