@@ -22,8 +22,9 @@ def main() -> None:
     ap.add_argument("--fd-images", type=int, default=10, help="images (1 per class) for the finite-difference timing")
     ap.add_argument("--skip-stats", action="store_true")
     args = ap.parse_args()
-    from specialist.build import build_specialist, load_default_stats
+    from specialist.build import _SCORES_CACHE, build_specialist, load_default_stats
     from specialist.data import load_split
+    from specialist.methods import DEFAULT_METHOD
     from specialist.model import load_weights
     from specialist.stats import compute_stats
 
@@ -43,6 +44,20 @@ def main() -> None:
             build_specialist(classes, level, "paper", compensation=comp, fold=fold, stats=st, base=base)
             ts.append(1000 * (time.perf_counter() - t0))
         print(f"| {comp} | {fold} | {len(ts)} | {np.median(ts):.1f} | {np.percentile(ts, 90):.1f} |")
+    print()
+    print("| method (preset) | builds | median ms | p90 ms |")
+    print("|---|---:|---:|---:|")
+    for method in (DEFAULT_METHOD, "best-x16"):
+        ts = []
+        for _ in range(args.builds):
+            k = int(rng.integers(2, 11))
+            classes = sorted(rng.choice(10, k, replace=False).tolist())
+            level = int(rng.choice([10, 20, 30, 40, 50]))
+            _SCORES_CACHE.clear()  # cold: no subset seen before
+            t0 = time.perf_counter()
+            build_specialist(classes, level, method, stats=st, base=base)
+            ts.append(1000 * (time.perf_counter() - t0))
+        print(f"| {method} | {len(ts)} | {np.median(ts):.1f} | {np.percentile(ts, 90):.1f} |")
     if args.skip_stats:
         return
     calib = load_split("calib")
