@@ -62,7 +62,7 @@ from harness.store_schema import (
 from harness.store_traces import DbTraceStore, TraceStore
 
 __all__ = [
-    "DB_ENV", "DEFAULT_DB", "MIGRATIONS", "SCHEMA_VERSION", "DbLocation", "DuplicateError", "ModelRecord",
+    "DB_ENV", "DEFAULT_DB", "EVENTS", "MIGRATIONS", "MODELS", "RUNS", "WINDOWS", "SCHEMA_VERSION", "DbLocation", "DuplicateError", "ModelRecord",
     "RunRecord", "RunSummary", "Store", "StoreError", "TraceStore", "WindowRecord", "code_version",
     "fingerprint_id", "new_run_id", "check_db_path", "record_dict", "redact", "resolve_db", "utc_now",
 ]
