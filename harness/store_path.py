@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -64,7 +64,7 @@ class DbLocation:
 
     display: str
     path: Path | None = None
-    url: str = ""
+    url: str = field(default="", repr=False)  # may hold a password: never shown
 
     @property
     def is_sqlite(self) -> bool:

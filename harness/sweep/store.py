@@ -30,7 +30,7 @@ from harness.errors import ArtifactError
 from harness.store import DuplicateError
 from harness.store_errors import db_error, error_text
 from harness.store_path import DbLocation, resolve_db
-from harness.store_schema import make_engine, read, run_migrations, transaction
+from harness.store_schema import lock_for_migration, make_engine, read, run_migrations, transaction
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,25 @@ class CellStore:
                 db.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
 
         run_migrations(self.db, self.location.display, migrations, _version, apply, newer, what="sweep store ")
+        self._adopt_legacy_version()
+
+    def _adopt_legacy_version(self) -> None:
+        """A store of an older harness (version in ``user_version``/``meta`` only) gets the version table."""
+        def body(db: Connection) -> None:
+            lock_for_migration(db)
+            if VERSION_TABLE in inspect(db).get_table_names():
+                return
+            version = _version(db)
+            log.info("sweep store %s: recording its schema version %d", self.location.display, version)
+            db.execute(text(f"CREATE TABLE {VERSION_TABLE} "
+                            "(version INTEGER NOT NULL PRIMARY KEY, applied_utc TEXT NOT NULL)"))
+            db.execute(text(f"INSERT INTO {VERSION_TABLE} (version, applied_utc) VALUES (:v, :t)"),
+                       {"v": version, "t": _now()})
+
+        with self.db.begin():
+            if VERSION_TABLE in inspect(self.db).get_table_names():
+                return
+        transaction(self.db, self.where, (), before=body)
 
     def _epoch(self, context: str) -> int:
         rows = read(self.db, self.where, select(func.max(EPOCHS.c.epoch)).where(EPOCHS.c.context == context))
