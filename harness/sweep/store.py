@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -29,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from harness.errors import ArtifactError
 from harness.store import DuplicateError
 from harness.store_errors import db_error, error_text
-from harness.store_path import DbLocation, resolve_db
+from harness.store_path import DB_ENV, DbLocation, resolve_db
 from harness.store_schema import lock_for_migration, make_engine, read, run_migrations, transaction
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,14 @@ def _to_v2(db: Connection) -> None:
 #: Ordered migrations: (version, step).  A store at version v gets every later step.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _create_v1), (2, _to_v2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def cells_location(out_dir: str | Path, db: str | Path | DbLocation | None = None) -> DbLocation:
+    """Where a sweep keeps its cells: ``--db`` when given, else ``$HARNESS_DB`` when set, else
+    ``OUT/sweep.sqlite``."""
+    if db is None and not os.environ.get(DB_ENV):
+        return resolve_db(Path(out_dir) / "sweep.sqlite")
+    return resolve_db(db)
 
 
 def _now() -> str:
