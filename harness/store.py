@@ -247,6 +247,20 @@ class Store(Closing):
                                   int(counts.get("valid", 0)), int(sum(v for k, v in counts.items() if k != "valid"))))
         return out
 
+    def import_runs(self, runs: Sequence[tuple[RunRecord, Sequence[ModelRecord], Sequence[tuple[str, str, str]],
+                                               Sequence[WindowRecord]]]) -> None:
+        """Store whole runs exported from another store (``harness import-results``): each run with its models,
+        events ``(event, detail, t_utc)`` in order, and windows, all in one transaction.  A run already stored
+        is a :class:`DuplicateError` and nothing is written."""
+        statements: list[Any] = []
+        for run, models, events, windows in runs:
+            statements.append(insert(RUNS).values(**_row(run)))
+            statements += [insert(MODELS).values(**_row(m)) for m in models]
+            statements += [insert(EVENTS).values(run_id=run.run_id, seq=i, event=e, detail=d, t_utc=t)
+                           for i, (e, d, t) in enumerate(events)]
+            statements += [insert(WINDOWS).values(**_row(w)) for w in windows]
+        self._tx(statements)
+
     # -- models
     def add_model(self, model: ModelRecord) -> None:
         """Insert a model once; re-adding the identical record (resume) is a no-op."""
