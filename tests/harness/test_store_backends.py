@@ -200,3 +200,43 @@ def test_a_password_in_the_url_works_and_is_shown_nowhere(pg_url):
         with pytest.raises(InputError) as err:
             st.get_run("nope")
         assert "TOPSECRET" not in str(err.value)
+
+
+def test_a_lab_host_role_with_insert_and_select_only_records_runs_but_cannot_change_them(pg_url):
+    """docs/lab.md: the owner migrates; each lab host's role may only INSERT and SELECT."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with Store(pg_url) as st:  # the owner: creates the schema
+        st.create_run(RunRecord(run_id="r1", device="virtual", device_fingerprint="f", fingerprint_json="{}",
+                                virtual=True, measures_energy=True, instrument="vmonsoon", plan_json="{}"))
+    sw.CellStore(pg_url).close()
+    role = f"host_{os.getpid()}"
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as con:
+        con.execute(f"DROP ROLE IF EXISTS {role}")
+        con.execute(f"CREATE ROLE {role} LOGIN")
+        con.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
+    host_url = make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+    try:
+        with Store(host_url) as st:
+            st.add_window(_win(0))
+            st.add_event("r1", "started", "")
+            assert st.window_seqs("r1") == {0}
+            with pytest.raises(StoreError, match="not allowed"):
+                st._tx(["UPDATE windows SET time_ms = 0"])
+            with pytest.raises(StoreError, match="not allowed"):
+                st._tx(["DELETE FROM run_events"])
+        cells = sw.CellStore(host_url)
+        cells.put([_rec("a", (0, 1), 30.0)])
+        cells.close()
+        from harness.store import MIGRATIONS, SCHEMA_VERSION
+
+        with pytest.raises(StoreError, match="not allowed"):  # a schema change is the owner's
+            Store(host_url, migrations=(*MIGRATIONS, (SCHEMA_VERSION + 1, ("CREATE TABLE x (a TEXT)",))))
+        with Store(host_url, readonly=True) as st:
+            assert [w.time_ms for w in st.windows("r1")] == [0.0] and st.schema_version() == SCHEMA_VERSION
+    finally:
+        with psycopg.connect(plain, autocommit=True) as con:
+            con.execute(f"DROP OWNED BY {role}")
+            con.execute(f"DROP ROLE IF EXISTS {role}")
