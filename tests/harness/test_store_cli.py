@@ -169,7 +169,8 @@ def test_harness_run_virtual_with_a_postgresql_db_in_a_fresh_process(pg_url, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
     res = json.loads(proc.stdout)
-    assert res["db"] == url.replace(SECRET, "***") and Path(res["report"]).is_relative_to(tmp_path / "results")
+    assert res["db"] == url.replace(SECRET, "***")
+    assert Path(res["report"]).parts[0] == "results" and (tmp_path / res["report"]).is_file()  # local: ./results
     with Store(pg_url, readonly=True) as st:
         assert [w.seq for w in st.windows(res["run_id"])] == list(range(2 * 2 * 2 + 1))
     assert SECRET not in _all_text(pg_url)
