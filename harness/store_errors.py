@@ -51,8 +51,8 @@ def db_error(exc: BaseException, path: Path | str) -> HarnessError:
     if "locked" in low or "busy" in low:
         return StoreError(f"results database {path} is locked by another process; wait or use --db OTHER.db")
     if "permission denied" in low or "must be owner" in low or "read-only transaction" in low:
-        return StoreError(f"results database {path}: not allowed ({text}); this role may only read, "
-                          "or give --db with a role that may write")
+        return StoreError(f"results database {path}: not allowed ({text}); this role lacks the privilege "
+                          "(lab hosts may only add and read, schema changes are the owner's: docs/lab.md)")
     if "connection" in low and ("failed" in low or "refused" in low or "timeout" in low or "closed" in low):
         return StoreError(f"cannot reach results database {path} ({text})")
     if "password" in low or "authentication" in low:
