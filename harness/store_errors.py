@@ -1,15 +1,26 @@
 """The results store's errors and how database and OS errors become them (one clear line each).
 
 Database errors come from SQLAlchemy (wrapping sqlite3 or psycopg) or from sqlite3 directly; their text is
-passed through :func:`harness.store_path.redact`, so no URL password ever reaches a message.
+passed through :func:`redact`, so no URL password ever reaches a message.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 from harness.errors import ArtifactError, HarnessError
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|sslpassword)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password (``user:PASSWORD@``, ``?password=``) replaced by ``***``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", str(text))
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}***", text)
+
 
 
 class StoreError(HarnessError):
@@ -28,8 +39,6 @@ def os_error(exc: OSError, where: Path | str) -> HarnessError:
 
 def error_text(exc: BaseException) -> str:
     """The driver's own message of a (SQLAlchemy-wrapped) database error, on one line, passwords masked."""
-    from harness.store_path import redact
-
     orig = getattr(exc, "orig", None) or exc
     text = " ".join(str(orig).split())
     return redact(text)

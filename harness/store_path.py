@@ -16,14 +16,13 @@ database on read-only media can still be read.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from harness.errors import ArtifactError, InputError
-from harness.store_errors import db_error
+from harness.store_errors import db_error, redact
 
 #: The default results database (relative to the working directory).
 DEFAULT_DB = Path("results") / "harness.db"
@@ -38,16 +37,6 @@ SWEEP_TABLES = frozenset({"sweep_schema_version", "meta", "jobs", "epochs"})
 #: URL schemes of the database servers the store speaks to, and the SQLAlchemy driver each maps to.
 SERVER_SCHEMES = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
                   "postgresql+psycopg": "postgresql+psycopg"}
-
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|sslpassword)=)[^&\s]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with every URL password (``user:PASSWORD@``, ``?password=``) replaced by ``***``."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", str(text))
-    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}***", text)
-
 
 def is_url(value: str | Path) -> bool:
     return isinstance(value, str) and "://" in value
