@@ -9,6 +9,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as harness.cli does: small
 
 import pytest
 
+pytest_plugins = ("tests.pgserver",)  # the PostgreSQL fixtures: pg_admin_url, pg_url, store_db
+
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10"
 

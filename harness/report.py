@@ -181,7 +181,7 @@ def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     models = store.models(run.run_id)
     windows = store.windows(run.run_id)
     rows = model_rows(models, windows, run.measures_energy)
-    out = Path(out_dir) if out_dir is not None else store.path.parent / run.run_id
+    out = Path(out_dir) if out_dir is not None else store.work_dir / run.run_id
     files: dict[str, Path] = {}
 
     def put(name: str, data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""Raw traces beside the results database: content-addressed compressed ``.npz`` files, verified on read."""
+"""Raw traces: content-addressed compressed ``.npz`` arrays, verified on read; files beside a SQLite results
+database (:class:`TraceStore`), or rows of the database on a server (:class:`DbTraceStore`)."""
 
 from __future__ import annotations
 
@@ -70,4 +71,38 @@ class TraceStore:
             raise ArtifactError(f"trace file {p} is damaged ({exc})") from None
         if _canonical_hash(arrays) != digest:
             raise ArtifactError(f"trace file {p} does not match its hash (altered or damaged)")
+        return arrays
+
+
+class DbTraceStore(TraceStore):
+    """The same content-addressed arrays, kept in the database's ``traces`` table (stores on a server, where
+    every lab host writes and every reader reads the same traces).  ``put_blob(hash, bytes)`` stores once
+    (an existing hash is kept: same hash, same content); ``get_blob(hash)`` returns the bytes or None."""
+
+    def __init__(self, put_blob, get_blob, where: str):
+        super().__init__(where)
+        self._put_blob, self._get_blob, self.where = put_blob, get_blob, where
+
+    def path(self, digest: str) -> Path:  # pragma: no cover - a server store has no trace files
+        raise ArtifactError(f"trace {digest[:12]} is kept in the database {self.where}, not in a file")
+
+    def put(self, arrays: dict[str, np.ndarray]) -> str:
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        digest = _canonical_hash(arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        self._put_blob(digest, buf.getvalue())
+        return digest
+
+    def get(self, digest: str) -> dict[str, np.ndarray]:
+        blob = self._get_blob(digest)
+        if blob is None:
+            raise ArtifactError(f"trace {digest[:12]} not found in {self.where}")
+        try:
+            with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile/ValueError/OSError: damaged bytes
+            raise ArtifactError(f"trace {digest[:12]} in {self.where} is damaged ({exc})") from None
+        if _canonical_hash(arrays) != digest:
+            raise ArtifactError(f"trace {digest[:12]} in {self.where} does not match its hash (altered or damaged)")
         return arrays

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from harness.cliutil import add_json_flag, print_json
@@ -18,31 +19,53 @@ def register(subparsers) -> None:
     p.add_argument("run_ids", nargs="*", help="runs to export (default: all)")
     p.add_argument("--out", default="results/export", metavar="DIR", help="output folder (default results/export)")
     p.add_argument("--format", default="csv,parquet", help="csv, parquet or both (default csv,parquet)")
+    p.add_argument("--traces", action="store_true",
+                   help="also write the windows' raw traces (traces/<sha256>.npz), for 'harness import-results'")
     add_db_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def frames(st, run_ids: list[str]) -> dict:
-    """pandas DataFrames ``runs``, ``models``, ``windows``, ``rows`` for the given runs."""
+    """pandas DataFrames ``runs``, ``models``, ``events``, ``windows``, ``rows`` for the given runs
+    (``harness import-results`` reads runs, models, events and windows back)."""
     from dataclasses import asdict
 
     import pandas as pd
 
     from harness.tables import model_rows
 
-    runs, models, windows, rows = [], [], [], []
+    runs, models, events, windows, rows = [], [], [], [], []
     for rid in run_ids:
         r = st.get_run(rid)
         runs.append({**asdict(r), "status": st.run_status(r.run_id)})
         ms = st.models(r.run_id)
         ws = st.windows(r.run_id)
         models += [asdict(m) for m in ms]
+        events += [{"run_id": r.run_id, "seq": i, "event": e, "detail": d, "t_utc": t}
+                   for i, (e, d, t) in enumerate(st.events(r.run_id))]
         windows += [asdict(w) for w in ws]
         rows += [{"run_id": r.run_id, "device": r.device, "virtual": r.virtual, **row}
                  for row in model_rows(ms, ws, r.measures_energy)]
-    return {"runs": pd.DataFrame(runs), "models": pd.DataFrame(models), "windows": pd.DataFrame(windows),
-            "rows": pd.DataFrame(rows)}
+    return {"runs": pd.DataFrame(runs), "models": pd.DataFrame(models),
+            "events": pd.DataFrame(events, columns=["run_id", "seq", "event", "detail", "t_utc"]),
+            "windows": pd.DataFrame(windows), "rows": pd.DataFrame(rows)}
+
+
+def _trace_files(st, windows) -> dict[str, bytes]:
+    """The compressed ``.npz`` bytes of every trace the windows refer to, by hash."""
+    import numpy as np
+
+    hashes = set()
+    for col in ("trace_hash", "latencies_hash"):
+        if col in windows:
+            hashes |= {h for h in windows[col] if isinstance(h, str) and h}
+    out = {}
+    for digest in sorted(hashes):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **st.traces.get(digest))
+        out[digest] = buf.getvalue()
+    return out
 
 
 def run(args) -> int:
@@ -57,10 +80,9 @@ def run(args) -> int:
         ids = [st.get_run(r).run_id for r in args.run_ids] if args.run_ids else [
             s.run.run_id for s in st.list_runs()]
         dfs = frames(st, ids)
+        traces = _trace_files(st, dfs["windows"]) if getattr(args, "traces", False) else {}
     out = Path(args.out)
     written = []
-    import io
-
     for name, df in dfs.items():
         for fmt in fmts:
             path = out / f"{name}.{fmt}"
@@ -72,8 +94,10 @@ def run(args) -> int:
                 data = buf.getvalue()
             write_output(path, data, "--out")
             written.append(str(path))
+    for digest, data in traces.items():
+        write_output(out / "traces" / f"{digest}.npz", data, "--out")
     if args.json:
-        print_json({"runs": ids, "files": written, "windows": int(len(dfs["windows"]))})
+        print_json({"runs": ids, "files": written, "windows": int(len(dfs["windows"])), "traces": len(traces)})
     else:
         print("\n".join(written))
     return 0

@@ -102,8 +102,9 @@ def run(args) -> int:
 
     with Store(args.db, readonly=True) as st:
         res = history(st, args.device, args.metric, args.model)
+        work_dir = st.work_dir
     if not args.no_plot:
-        path = Path(args.plot) if args.plot else Path(args.db).parent / (
+        path = Path(args.plot) if args.plot else work_dir / (
             f"history-{res['device_fingerprint']}-{res['metric']}.png")
         write_output(path, plot_history(res), "--plot")
         res["plot"] = str(path)

@@ -33,8 +33,9 @@ PLAN_FLAGS = ("levels", "classes", "method", "config", "window_s", "idle_s", "mi
 
 
 def add_db_flag(p) -> None:
-    p.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH",
-                   help=f"results database (default {DEFAULT_DB})")
+    p.add_argument("--db", default=None, metavar="PATH|URL",
+                   help=f"results database: a SQLite file or postgresql://[user@]host[:port]/dbname "
+                        f"(default $HARNESS_DB, else {DEFAULT_DB})")
 
 
 def register(subparsers) -> None:
@@ -138,10 +139,10 @@ def _run(args) -> int:
             raise UsageError(f"--resume uses the run's stored plan; drop {', '.join(given)}")
     over = _overrides(args) if not args.resume else {}
     toml = load_toml(args.config) if args.config else {}
-    check_db_path(args.db, must_exist=bool(args.resume))
+    db = check_db_path(args.db, must_exist=bool(args.resume))
     stored_plan = None
     if args.resume:
-        with Store(args.db, readonly=True) as st:  # read only: a refused resume writes nothing
+        with Store(db, readonly=True) as st:  # read only: a refused resume writes nothing
             stored = st.get_run(args.resume)
             if st.run_status(stored.run_id) == "complete":
                 raise UsageError(f"run {stored.run_id} is already complete; see 'harness show {stored.run_id}'")
@@ -161,16 +162,16 @@ def _run(args) -> int:
         plan = stored_plan
     check_device_args(choice, plan)  # profile, serial, monitor: before any build, export or file write
     check_inputs(plan)
-    work_dir = Path(args.db).parent
+    work_dir = db.work_dir
     _check_work_dir(work_dir)
 
     models = None
     if args.resume:
-        with Store(args.db, readonly=True) as st:  # the stored plan and artifacts decide what to measure
+        with Store(db, readonly=True) as st:  # the stored plan and artifacts decide what to measure
             rec = st.get_run(args.resume)
             models = stored_models(st.models(rec.run_id), plan)
     backend = make_backend(choice, plan, work_dir, connect=args.connect)
-    with Store(args.db) as st:  # a locked or corrupt database fails here, before any work
+    with Store(db) as st:  # a locked or corrupt database fails here, before any work
         # builds happen here; uncached exports go on in worker processes while the lab starts
         prep = ModelPreparation(plan, work_dir / "cache", accuracy=args.accuracy) if models is None else None
         try:
@@ -206,7 +207,7 @@ def _run(args) -> int:
             print_json({"run_id": run_id, "device": choice.name, "virtual": backend.virtual,
                         "status": outcome.status, "rows": rows, "wall_s": round(wall_s, 2),
                         "measured_s": round(outcome.measured_s, 2), "prepare_s": round(prep_s, 2),
-                        "overhead_pct": overhead_pct, "db": str(args.db),
+                        "overhead_pct": overhead_pct, "db": db.display,
                         "report": str(report_path) if report_path else None})
         else:
             if run_rec.measures_energy:

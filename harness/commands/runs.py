@@ -21,15 +21,16 @@ def run(args) -> int:
 
     with Store(args.db, readonly=True) as st:
         runs = st.list_runs(args.device)
+        where = st.where  # a server URL without its password
     items = [{"run_id": s.run.run_id, "created_utc": s.run.created_utc, "device": s.run.device,
               "device_fingerprint": s.run.device_fingerprint, "virtual": s.run.virtual, "status": s.status,
               "models": s.n_models, "valid_windows": s.valid_windows, "invalid_windows": s.invalid_windows}
              for s in runs]
     if args.json:
-        print_json({"db": args.db, "runs": items})
+        print_json({"db": where, "runs": items})
         return 0
     if not items:
-        print(f"no runs in {args.db}")
+        print(f"no runs in {where}")
         return 0
     print(f"{'run':24} {'created (UTC)':20} {'device':16} {'status':12} {'models':>6} {'valid':>6} {'invalid':>7}")
     for it in items:

@@ -35,6 +35,9 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--out", metavar="DIR", default="results/sweep", help="output directory (default results/sweep)")
     p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
+    p.add_argument("--db", default=None, metavar="PATH|URL",
+                   help="keep the finished cells here (a SQLite file or postgresql:// URL; default $HARNESS_DB "
+                        "when set, else OUT/sweep.sqlite)")
     p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
@@ -66,9 +69,11 @@ def run(args) -> int:
     from harness import sweep as sw
     from harness.cliutil import progress
     from harness.errors import HarnessError
+    from harness.sweep.store import cells_location
     from specialist.methods import get_method
 
     opts = _options(args)
+    cells_location(args.out, getattr(args, "db", None))  # a malformed --db: one line, before any work
     for name in opts.methods:  # unknown names: one line listing the known ones, before any work
         get_method(name)
     paper = None
@@ -85,7 +90,8 @@ def run(args) -> int:
 
     try:
         res = sw.run_sweep(opts, model_path=args.model, stats_path=args.stats, data_dir=args.data,
-                           out_dir=args.out, fresh=args.fresh, progress=on_progress)
+                           out_dir=args.out, fresh=args.fresh, progress=on_progress,
+                           db=getattr(args, "db", None))
     except BrokenProcessPool as exc:
         raise HarnessError(f"a sweep worker died ({exc}); finished tasks are saved in {args.out}/sweep.sqlite: "
                            "run the same command again to continue") from None

@@ -15,7 +15,7 @@ from harness.pool import WorkerPool
 from harness.sweep.jobs import Job, draw_subsets, make_tasks
 from harness.sweep.keys import builder_code_hash, context_keys, data_fingerprint, sha
 from harness.sweep.options import SweepOptions
-from harness.sweep.store import CellStore, JobRecord
+from harness.sweep.store import CellStore, JobRecord, cells_location
 from harness.sweep.tables import Subsets, SweepResult, method_table
 from harness.sweep.worker import WorkerSetup, init_worker, load_test_images, run_task, worker_state
 from specialist.model import N_CLASSES
@@ -70,8 +70,9 @@ def _execute(tasks: list[list[Job]], setup: WorkerSetup, options: SweepOptions, 
 
 def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_path: str | None = None,
               data_dir: str | None = None, out_dir: str | Path = "results/sweep", fresh: bool = False,
-              progress: ProgressFn | None = None) -> SweepResult:
-    """Run (or resume) a sweep; results are saved per task in ``out_dir/sweep.sqlite``.
+              progress: ProgressFn | None = None, db: str | Path | None = None) -> SweepResult:
+    """Run (or resume) a sweep; results are saved per task in ``out_dir/sweep.sqlite`` (or in ``db``, a SQLite
+    file or server URL, when given or set in ``$HARNESS_DB``: harness/sweep/store.py ``cells_location``).
 
     Everything is checked before any work starts (unknown methods, missing data or artifact: one clear
     error); files other than the store are written by :func:`harness.sweep.writers.write_outputs`.
@@ -104,7 +105,7 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
               for m, opt in zip(methods, options.methods, strict=True)]
     subsets, notes = _draw_all(options)
 
-    store = CellStore(Path(out_dir) / "sweep.sqlite")
+    store = CellStore(cells_location(out_dir, db))
     try:
         if fresh:
             for ctx in [ctx_none, *ctx_method]:

@@ -1,30 +1,41 @@
-"""The sweep's cell store: finished jobs in SQLite, by the rules of the results store.
+"""The sweep's cell store: finished jobs in SQLite (``--out/sweep.sqlite``) or in the results database on a
+server (``--db postgresql://...``), by the rules of the results store.
 
 - Append-only: a job is written once with a plain ``INSERT``; writing the same job again is a
   :class:`~harness.store.DuplicateError` and leaves the stored one as it was.  ``--fresh`` does not
   delete: it opens a new *epoch* of a context, and only the latest epoch's jobs count.
-- Versioned: ``PRAGMA user_version`` holds the schema version.  :data:`MIGRATIONS` bring an older store up
-  to date (in one transaction each); a newer one is refused.  Stores written before the version lived in
-  ``user_version`` (a ``meta`` table with ``schema_version`` 1) are version 1; ``meta`` is kept in step so
-  that such older harnesses refuse a newer store instead of misreading it.
-- Parameterised SQL only; one writer (the sweep's parent process).
+- Versioned: a ``sweep_schema_version`` table holds the schema version (its own, so the cells can share a
+  database with the results store).  :data:`MIGRATIONS` bring an older store up to date (in one transaction
+  each, under the migration lock); a newer one is refused.  SQLite stores of older harnesses kept the version in
+  ``PRAGMA user_version``, and the first ones in a ``meta`` table: both are read, and kept in step on SQLite,
+  so that such older harnesses refuse a newer store instead of misreading it.
+- SQLAlchemy Core only (harness/store_schema.py makes the engine); one writer per context.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import column, func, insert, inspect, select, table, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
 from harness.errors import ArtifactError
-from harness.store import DuplicateError, StoreError
-from harness.store_schema import pending_migrations
+from harness.store import DuplicateError
+from harness.store_errors import db_error, error_text
+from harness.store_path import DB_ENV, DbLocation, resolve_db
+from harness.store_schema import lock_for_migration, make_engine, read, run_migrations, transaction
 
 log = logging.getLogger(__name__)
+
+VERSION_TABLE = "sweep_schema_version"
 
 
 @dataclass(frozen=True)
@@ -48,40 +59,52 @@ class JobRecord:
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRecord))  # context, subset, level, correct, ..., cpu_s
-_TYPES = {"context": "TEXT", "subset": "TEXT", "level": "REAL", "correct": "INTEGER", "n": "INTEGER",
-          "flops": "INTEGER", "flops_pruned_pct": "REAL", "build_ms": "REAL", "eval_s": "REAL", "cpu_s": "REAL"}
+_TYPES = {"context": "TEXT", "subset": "TEXT", "level": "DOUBLE PRECISION", "correct": "BIGINT", "n": "BIGINT",
+          "flops": "BIGINT", "flops_pruned_pct": "DOUBLE PRECISION", "build_ms": "DOUBLE PRECISION",
+          "eval_s": "DOUBLE PRECISION", "cpu_s": "DOUBLE PRECISION"}
+JOBS = table("jobs", *(column(c) for c in (*_COLUMNS, "epoch", "finished_at")))
+EPOCHS = table("epochs", column("context"), column("epoch"), column("started_at"))
 
 
-def _create_v1(db: sqlite3.Connection) -> None:
+def _create_v1(db: Connection) -> None:
     """Version 1: one row per job and context (the layout of the first sweeps)."""
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", "1"))
-    db.execute(
-        "CREATE TABLE jobs (context TEXT NOT NULL, subset TEXT NOT NULL, level REAL NOT NULL, "
-        "correct INTEGER NOT NULL, n INTEGER NOT NULL, flops INTEGER NOT NULL, flops_pruned_pct REAL NOT NULL, "
-        "build_ms REAL NOT NULL, eval_s REAL NOT NULL, finished_at TEXT NOT NULL, "
-        "cpu_s REAL NOT NULL DEFAULT 0, PRIMARY KEY (context, subset, level))")
+    db.execute(text("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
+    db.execute(text("INSERT INTO meta (key, value) VALUES ('schema_version', '1')"))
+    db.execute(text(
+        "CREATE TABLE jobs (context TEXT NOT NULL, subset TEXT NOT NULL, level DOUBLE PRECISION NOT NULL, "
+        "correct BIGINT NOT NULL, n BIGINT NOT NULL, flops BIGINT NOT NULL, "
+        "flops_pruned_pct DOUBLE PRECISION NOT NULL, build_ms DOUBLE PRECISION NOT NULL, "
+        "eval_s DOUBLE PRECISION NOT NULL, finished_at TEXT NOT NULL, "
+        "cpu_s DOUBLE PRECISION NOT NULL DEFAULT 0, PRIMARY KEY (context, subset, level))"))
 
 
-def _to_v2(db: sqlite3.Connection) -> None:
+def _to_v2(db: Connection) -> None:
     """Version 2: epochs (``--fresh`` appends one instead of deleting jobs); CPU time always present
     (the first version-1 stores lack ``cpu_s``: their jobs get 0)."""
-    has_cpu = "cpu_s" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    has_cpu = "cpu_s" in {c["name"] for c in inspect(db).get_columns("jobs")}
     cols = ", ".join(f"{c} {_TYPES[c]} NOT NULL" for c in _COLUMNS)
-    db.execute(f"CREATE TABLE jobs_v2 ({cols}, epoch INTEGER NOT NULL, finished_at TEXT NOT NULL, "
-               "PRIMARY KEY (context, epoch, subset, level))")
+    db.execute(text(f"CREATE TABLE jobs_v2 ({cols}, epoch INTEGER NOT NULL, finished_at TEXT NOT NULL, "
+                    "PRIMARY KEY (context, epoch, subset, level))"))
     old = ", ".join(c if c != "cpu_s" or has_cpu else "0" for c in _COLUMNS)
-    db.execute(f"INSERT INTO jobs_v2 ({', '.join(_COLUMNS)}, epoch, finished_at) "
-               f"SELECT {old}, 0, finished_at FROM jobs")
-    db.execute("DROP TABLE jobs")
-    db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
-    db.execute("CREATE TABLE epochs (context TEXT NOT NULL, epoch INTEGER NOT NULL, started_at TEXT NOT NULL, "
-               "PRIMARY KEY (context, epoch))")
+    db.execute(text(f"INSERT INTO jobs_v2 ({', '.join(_COLUMNS)}, epoch, finished_at) "
+                    f"SELECT {old}, 0, finished_at FROM jobs"))
+    db.execute(text("DROP TABLE jobs"))
+    db.execute(text("ALTER TABLE jobs_v2 RENAME TO jobs"))
+    db.execute(text("CREATE TABLE epochs (context TEXT NOT NULL, epoch INTEGER NOT NULL, "
+                    "started_at TEXT NOT NULL, PRIMARY KEY (context, epoch))"))
 
 
 #: Ordered migrations: (version, step).  A store at version v gets every later step.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = ((1, _create_v1), (2, _to_v2))
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _create_v1), (2, _to_v2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def cells_location(out_dir: str | Path, db: str | Path | DbLocation | None = None) -> DbLocation:
+    """Where a sweep keeps its cells: ``--db`` when given, else ``$HARNESS_DB`` when set, else
+    ``OUT/sweep.sqlite``."""
+    if db is None and not os.environ.get(DB_ENV):
+        return resolve_db(Path(out_dir) / "sweep.sqlite")
+    return resolve_db(db)
 
 
 def _now() -> str:
@@ -92,55 +115,100 @@ def _subset_text(subset: Sequence[int]) -> str:
     return ",".join(str(int(c)) for c in subset)
 
 
-class CellStore:
-    """SQLite store of finished jobs (see the module docstring for its rules)."""
+def _version(db: Connection) -> int:
+    """The store's version: its version table, and for stores of older harnesses ``user_version`` (SQLite)
+    or the ``meta`` table, whichever is highest.  Call inside a transaction."""
+    tables = set(inspect(db).get_table_names())
+    version = 0
+    if VERSION_TABLE in tables:
+        version = int(db.execute(text(f"SELECT MAX(version) FROM {VERSION_TABLE}")).scalar() or 0)
+    if db.dialect.name == "sqlite":
+        version = max(version, int(db.exec_driver_sql("PRAGMA user_version").scalar() or 0))
+    if "meta" in tables:
+        row = db.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).fetchone()
+        if row is not None:
+            version = max(version, int(row[0]))
+    return version
 
-    def __init__(self, path: str | Path,
-                 migrations: Sequence[tuple[int, Callable[[sqlite3.Connection], None]]] = MIGRATIONS):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+class CellStore:
+    """The store of finished jobs (see the module docstring for its rules).
+
+    ``path`` is a SQLite file or a server URL (``postgresql://...``), as ``--db`` takes it.
+    """
+
+    def __init__(self, path: str | Path | DbLocation,
+                 migrations: Sequence[tuple[int, Callable[[Connection], None]]] = MIGRATIONS):
+        self.location = resolve_db(path)
+        self.path = self.location.path if self.location.path is not None else self.location.display
+        self.where = f"sweep store {self.location.display}"
+        if self.location.path is not None:
+            self.location.path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = make_engine(self.location, 30.0, readonly=False)
+        self.db: Connection | None = None
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = self._engine.connect()
             self._migrate(migrations)
-        except sqlite3.DatabaseError as exc:
-            raise ArtifactError(f"sweep store {self.path} is not a usable SQLite database ({exc}); "
-                                "move it away or pass another --out") from None
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            self.close()
+            if self.location.path is not None and ("not a database" in error_text(exc).lower()
+                                                   or "malformed" in error_text(exc).lower()):
+                raise ArtifactError(f"sweep store {self.path} is not a usable SQLite database "
+                                    f"({error_text(exc)}); move it away or pass another --out") from None
+            raise db_error(exc, self.where) from None
+        except BaseException:
+            self.close()
+            raise
 
     def schema_version(self) -> int:
-        """``user_version``, or for stores from before it was kept there, the ``meta`` table's version."""
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?", ("schema_version",)).fetchone()
-            if row is not None:
-                version = max(version, int(row[0]))
-        return version
+        """The version (see :func:`_version`)."""
+        with self.db.begin():
+            return _version(self.db)
 
-    def _migrate(self, migrations: Sequence[tuple[int, Callable[[sqlite3.Connection], None]]]) -> None:
+    def _migrate(self, migrations: Sequence[tuple[int, Callable[[Connection], None]]]) -> None:
         def newer(current: int, latest: int) -> str:
-            return (f"sweep store {self.path} has schema {current}, newer than this harness ({latest}); "
-                    "upgrade the harness or use another --out")
+            return (f"sweep store {self.location.display} has schema {current}, newer than this harness "
+                    f"({latest}); upgrade the harness or use another --out")
 
-        for version, step in pending_migrations(self.schema_version(), migrations, newer):
-            log.info("migrating sweep store %s to schema version %d", self.path, version)
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                step(self.db)
-                self.db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(version), "schema_version"))
-                self.db.execute(f"PRAGMA user_version = {int(version)}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        def apply(db: Connection, version: int, step: Callable[[Connection], None]) -> None:
+            step(db)
+            db.execute(text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
+                            "(version INTEGER NOT NULL PRIMARY KEY, applied_utc TEXT NOT NULL)"))
+            db.execute(text(f"INSERT INTO {VERSION_TABLE} (version, applied_utc) VALUES (:v, :t)"),
+                       {"v": version, "t": _now()})
+            db.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(version)})
+            if db.dialect.name == "sqlite":
+                db.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
+
+        run_migrations(self.db, self.location.display, migrations, _version, apply, newer, what="sweep store ")
+        self._adopt_legacy_version()
+
+    def _adopt_legacy_version(self) -> None:
+        """A store of an older harness (version in ``user_version``/``meta`` only) gets the version table."""
+        def body(db: Connection) -> None:
+            lock_for_migration(db)
+            if VERSION_TABLE in inspect(db).get_table_names():
+                return
+            version = _version(db)
+            log.info("sweep store %s: recording its schema version %d", self.location.display, version)
+            db.execute(text(f"CREATE TABLE {VERSION_TABLE} "
+                            "(version INTEGER NOT NULL PRIMARY KEY, applied_utc TEXT NOT NULL)"))
+            db.execute(text(f"INSERT INTO {VERSION_TABLE} (version, applied_utc) VALUES (:v, :t)"),
+                       {"v": version, "t": _now()})
+
+        with self.db.begin():
+            if VERSION_TABLE in inspect(self.db).get_table_names():
+                return
+        transaction(self.db, self.where, (), before=body)
 
     def _epoch(self, context: str) -> int:
-        row = self.db.execute("SELECT MAX(epoch) FROM epochs WHERE context = ?", (context,)).fetchone()
-        return int(row[0]) if row[0] is not None else 0
+        rows = read(self.db, self.where, select(func.max(EPOCHS.c.epoch)).where(EPOCHS.c.context == context))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def load(self, context: str) -> dict[tuple[tuple[int, ...], float], JobRecord]:
         """Every finished job of a context's latest epoch, by ``(subset, level)``."""
-        rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE context = ? AND epoch = ?",
-                               (context, self._epoch(context))).fetchall()
+        rows = read(self.db, self.where, select(*(JOBS.c[c] for c in _COLUMNS))
+                    .where(JOBS.c.context == context, JOBS.c.epoch == self._epoch(context)))
         out = {}
         for ctx, subset, level, correct, n, flops, pct, build_ms, eval_s, cpu_s in rows:
             key = tuple(int(c) for c in subset.split(","))
@@ -152,38 +220,28 @@ class CellStore:
         """Save finished jobs in one transaction (committed before returning).  A job already stored in its
         context's epoch raises :class:`DuplicateError` and nothing of this call is written."""
         now = _now()
-        sql = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}, epoch, finished_at) "
-               f"VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})")
+        epochs = {r.context: self._epoch(r.context) for r in records}
+        rows = []
+        for r in records:
+            row = dict(zip(_COLUMNS, astuple(r), strict=True))
+            row["subset"] = _subset_text(r.subset)
+            rows.append(insert(JOBS).values(**row, epoch=epochs[r.context], finished_at=now))
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                epochs: dict[str, int] = {}
-                for r in records:
-                    if r.context not in epochs:
-                        epochs[r.context] = self._epoch(r.context)
-                    row = list(astuple(r))
-                    row[1] = _subset_text(r.subset)
-                    self.db.execute(sql, (*row, epochs[r.context], now))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError as exc:
-            raise DuplicateError(f"sweep store {self.path}: a job is already stored ({exc}); is another sweep "
+            transaction(self.db, self.where, rows)
+        except DuplicateError as exc:
+            raise DuplicateError(f"{self.where}: a job is already stored ({exc}); is another sweep "
                                  "writing to the same --out?") from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"sweep store {self.path}: {exc}") from None
 
     def forget(self, context: str) -> int:
         """Start a new epoch of a context (``--fresh``): its stored jobs no longer count (they stay in the
-        file).  Returns how many jobs were set aside."""
+        store).  Returns how many jobs were set aside."""
         n = len(self.load(context))
-        try:
-            self.db.execute("INSERT INTO epochs (context, epoch, started_at) VALUES (?, ?, ?)",
-                            (context, self._epoch(context) + 1, _now()))
-        except sqlite3.Error as exc:
-            raise StoreError(f"sweep store {self.path}: {exc}") from None
+        transaction(self.db, self.where, [insert(EPOCHS).values(context=context, epoch=self._epoch(context) + 1,
+                                                                started_at=_now())])
         return n
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self._engine.dispose()

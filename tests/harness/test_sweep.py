@@ -164,7 +164,7 @@ def test_store_is_append_only_duplicates_are_refused_and_not_overwritten(tmp_pat
     assert st.forget("a") == 1 and st.load("a") == {}
     st.put([_rec("a", (0, 1), 30.0, correct=3)])
     assert st.load("a")[((0, 1), 30.0)].correct == 3
-    assert st.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
+    assert sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
     st.close()
 
 
