@@ -97,6 +97,11 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX runs_by_fingerprint ON runs (device_fingerprint, created_utc)",
         ),
     ),
+    (
+        3,  # latency distribution and phases of each inference window (NULL in windows stored before)
+        tuple(f"ALTER TABLE windows ADD COLUMN {col} REAL" for col in (
+            "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "load_ms", "first_inference_ms", "warmup_ms")),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
