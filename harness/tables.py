@@ -186,12 +186,6 @@ def run_rows(store: Any, run_id: str) -> list[dict[str, Any]]:
                       latencies=lambda h: store.traces.get(h)["latencies_ms"])
 
 
-def _saved(base: float, value: float) -> float:
-    if base is None or value is None or not (math.isfinite(base) and math.isfinite(value)) or base == 0:
-        return math.nan
-    return (base - value) / base * 100.0
-
-
 def window_values(windows: Sequence[WindowRecord], metric: str) -> dict[str, np.ndarray]:
     """Valid per-window values of ``metric`` (``time_ms`` or ``energy_mj``) by model key."""
     m = window_metrics(windows)
@@ -224,7 +218,8 @@ def _notes(virtual: bool, measures_energy: bool, device: str) -> list[str]:
         notes.append(VIRTUAL_NOTE)
     if not measures_energy:
         notes.append(HOST_NOTE)
-    notes.append(f"Device: {device}. Means over valid windows, ± 95% CI half-width; savings against the full model.")
+    notes.append(f"Device: {device}. Trimmed means (20%) of the valid windows, ± 95% CI half-width; savings against "
+                 "the full model from paired per-round ratios, ± 95% CI half-width in points.")
     return notes
 
 
@@ -270,7 +265,7 @@ def _saving_table(spec: _TableSpec, rows: Sequence[dict], device: str, virtual: 
     lines = [spec.caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: -r["level"]):
         cells = [_fmt(r["flops_pruned_pct"], 1), str(r["level"]), _pm(r[spec.key], r[spec.key + "_ci"], spec.digits),
-                 _fmt(r[spec.saved]), f"{r['valid_windows']}/{r['invalid_windows']}"]
+                 _pm(r[spec.saved], r.get(spec.saved + "_ci")), f"{r['valid_windows']}/{r['invalid_windows']}"]
         if ref:
             p = PAPER_NEXUS4.get(r["level"], {})
             cells += [_fmt(p.get(spec.key), spec.paper_digits), _fmt(p.get(spec.saved))]
@@ -288,8 +283,24 @@ def table4_markdown(rows: Sequence[dict], device: str, virtual: bool, measures_e
     return _saving_table(_TABLE4, rows, device, virtual, measures_energy)
 
 
-CSV_COLUMNS = ("level", "flops_pruned_pct", "time_ms", "time_ms_ci", "time_saved_pct", "energy_mj",
-               "energy_mj_ci", "energy_saved_pct", "valid_windows", "invalid_windows", "accuracy_pct")
+def latency_markdown(rows: Sequence[dict], device: str) -> str:
+    """Latency distribution and phases per model: p50/p90/p99 of the timed inferences, load, first inference,
+    warm-up (ms), highest level first."""
+    head = ["model", "channels removed (%)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "load (ms)", "first inference (ms)",
+            "warm-up (ms)"]
+    lines = ["**Latency.** Per-inference latency percentiles and the phases before the timed inferences.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: -r["level"]):
+        cells = [r["model"], str(r["level"])] + [_fmt(r.get(k), 3) for k in PERCENTILE_KEYS + PHASE_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"_Device: {device}. Percentiles pool every timed inference of the valid windows; load (runner start to "
+            "first inference), first inference and warm-up (all warm-up executions) are medians over the windows._")
+    return "\n".join(lines + ["", note]) + "\n"
+
+
+CSV_COLUMNS = ("level", "flops_pruned_pct", "time_ms", "time_ms_ci", "time_saved_pct", "time_saved_pct_ci",
+               "energy_mj", "energy_mj_ci", "energy_saved_pct", "energy_saved_pct_ci", "paired_rounds",
+               "valid_windows", "invalid_windows", "accuracy_pct", *PERCENTILE_KEYS, *PHASE_KEYS)
 
 
 def rows_csv(rows: Sequence[dict], device: str, virtual: bool) -> str:

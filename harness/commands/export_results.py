@@ -29,7 +29,7 @@ def frames(st, run_ids: list[str]) -> dict:
 
     import pandas as pd
 
-    from harness.tables import model_rows
+    from harness.tables import run_rows
 
     runs, models, windows, rows = [], [], [], []
     for rid in run_ids:
@@ -40,7 +40,7 @@ def frames(st, run_ids: list[str]) -> dict:
         models += [asdict(m) for m in ms]
         windows += [asdict(w) for w in ws]
         rows += [{"run_id": r.run_id, "device": r.device, "virtual": r.virtual, **row}
-                 for row in model_rows(ms, ws, r.measures_energy)]
+                 for row in run_rows(st, r.run_id)]
     return {"runs": pd.DataFrame(runs), "models": pd.DataFrame(models), "windows": pd.DataFrame(windows),
             "rows": pd.DataFrame(rows)}
 
