@@ -368,12 +368,13 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
                 if slot.seq not in done:
                     measure(slot)
             rounds_here += 1
-            if r + 1 >= plan.min_reps or r == plan.max_reps - 1:
+            # the measuring budget: stop before a round that would end past it (once two rounds give a CI)
+            spent = time.monotonic() - t_rounds
+            over = (plan.max_measure_s is not None and r >= 1
+                    and spent * (rounds_here + 1) / rounds_here > plan.max_measure_s)
+            if r + 1 >= plan.min_reps or over or r == plan.max_reps - 1:
                 rows = model_rows(store.models(run.run_id), store.windows(run.run_id), run.measures_energy)
                 misses = target_misses(rows, plan, run.measures_energy)
-                # the measuring budget: stop before a round that would end past it
-                spent = time.monotonic() - t_rounds
-                over = plan.max_measure_s is not None and spent * (rounds_here + 1) / rounds_here > plan.max_measure_s
                 if not misses or over or r == plan.max_reps - 1:
                     if over and misses:
                         log.info("measuring budget %.0f s reached after %d rounds", plan.max_measure_s, r + 1)
