@@ -49,7 +49,8 @@ PAPER_NEXUS4: dict[int, dict[str, float]] = {
         "time_saved_pct": math.nan},
 }
 
-VIRTUAL_NOTE = "Numbers from the virtual lab (virtual phone + virtual Monsoon), not from a real phone."
+VIRTUAL_NOTE = ("Numbers from the virtual lab (virtual phone + virtual Monsoon), not from a real phone; its times "
+                "are the CPU time of the runner's thread on this host.")
 HOST_NOTE = "Host timing only (no power monitor): energy is not measured."
 
 
