@@ -41,6 +41,8 @@ PTE_MAGIC = b"ET12"
 #: ExecuTorch ScalarType codes -> numpy dtypes (the ones a runner input may have).
 _SCALAR_TYPES = {6: np.dtype("<f4"), 0: np.dtype("u1"), 1: np.dtype("i1"), 3: np.dtype("<i4"),
                  4: np.dtype("<i8"), 7: np.dtype("<f8"), 5: np.dtype("<f2"), 11: np.dtype("?")}
+#: Clocks a run can be timed with (:class:`RunSpec`): name -> nanosecond counter.
+CLOCKS = {"wall": time.perf_counter_ns, "thread": time.thread_time_ns}
 #: Default tolerances of the output check (the text output carries 6 significant digits).
 OUTPUT_ATOL = 1e-3
 OUTPUT_RTOL = 1e-3
@@ -56,8 +58,15 @@ class RunSpec:
     input_path: str | Path | None = None
     threads: int = 1
     method: str = "forward"
+    #: ``wall``: wall-clock time of each execution (the host, real phones); ``thread``: CPU time of the
+    #: executing thread (one thread only), what a dedicated CPU would take: the virtual phone's clock
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise InputError(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
+        if self.clock == "thread" and int(self.threads) != 1:
+            raise InputError("the thread clock times one thread: use threads=1 or clock='wall'")
         if int(self.iterations) < 1:
             raise InputError(f"iterations must be at least 1, got {self.iterations}")
         if int(self.warmup) < 0:
@@ -78,6 +87,8 @@ class RunResult:
     output_shape: tuple[int, ...] = ()
     threads: int = 1
     model_path: str = ""
+    #: from the runner's start to its first inference (program + method load, input set-up); None = unknown
+    load_ms: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -207,8 +218,10 @@ class HostProgram:
 
         self._x = torch.from_numpy(np.ascontiguousarray(a))
 
-    def run_once(self) -> float:
-        """Run one inference; returns its latency in ms (the method's execution only, like the runner)."""
+    def run_once(self, clock: str = "wall") -> float:
+        """Run one inference; returns its latency in ms (the method's execution only, like the runner), on the
+        wall clock or (``clock="thread"``) as the calling thread's CPU time (:data:`CLOCKS`)."""
+        now = CLOCKS[clock]
         if self._x is None:
             raise MeasurementError("no input set")
         if self._generation != _POOL_GENERATION:
@@ -216,13 +229,13 @@ class HostProgram:
                                    "(set_host_threads before HostProgram)")
         if self._raw is not None:
             self._raw.set_inputs([self._x])
-            t0 = time.perf_counter_ns()
+            t0 = now()
             self._raw.execute()
-            t1 = time.perf_counter_ns()
+            t1 = now()
         else:  # pragma: no cover - older runtime wrappers
-            t0 = time.perf_counter_ns()
+            t0 = now()
             self._out = self._method.execute([self._x])
-            t1 = time.perf_counter_ns()
+            t1 = now()
         return (t1 - t0) / 1e6
 
     def output(self) -> np.ndarray:
@@ -244,6 +257,8 @@ def default_input(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 
 def run_host(spec: RunSpec) -> RunResult:
     """Run ``spec`` with the ExecuTorch runtime on this machine (the host implementation of the contract)."""
+    now = CLOCKS[spec.clock]
+    t_start = now()
     set_host_threads(spec.threads)  # before loading: the delegate binds the pool at load time
     prog = HostProgram(spec.model_path, spec.method)
     if spec.input_path is not None:
@@ -251,15 +266,16 @@ def run_host(spec: RunSpec) -> RunResult:
     else:
         x = default_input(prog.input_shape, prog.input_dtype)
     prog.set_input(x)
+    load_ms = (now() - t_start) / 1e6
     n_all = int(spec.warmup) + int(spec.iterations)
     lat = np.empty(n_all, dtype=np.float64)
     for i in range(n_all):
-        lat[i] = prog.run_once()
+        lat[i] = prog.run_once(spec.clock)
     out = prog.output()
     w = int(spec.warmup)
     res = RunResult(latencies_ms=lat[w:], total_ms=float(lat[w:].sum()), output=out.ravel(),
                     warmup_latencies_ms=lat[:w], output_shape=tuple(out.shape), threads=int(spec.threads),
-                    model_path=str(spec.model_path))
+                    model_path=str(spec.model_path), load_ms=load_ms)
     res.raw_text = format_runner_output(res)
     return res
 
@@ -338,16 +354,20 @@ def _log_line(t_us: int, msg: str, line: int) -> str:
 
 def format_runner_output(result: RunResult, model_path: str | None = None) -> str:
     """The text ``executor_runner`` (logging build) prints for ``result``: one line per execution
-    (warm-up ones first, as the runner ran W+N), the total, then the output tensor."""
+    (warm-up ones first, as the runner ran W+N), the total, then the output tensor.
+
+    Log timestamps count from the runner's start, as ExecuTorch's PAL clock does: the program is loaded at
+    ``load_ms`` and each ``Iteration`` line is stamped at the end of its execution, so
+    :func:`parse_runner_output` reads the load time back (``t(Iteration 1) - latency 1``)."""
     lat = np.concatenate([np.asarray(result.warmup_latencies_ms, float), np.asarray(result.latencies_ms, float)])
     n = len(lat)
     path = model_path or result.model_path or "model.pte"
-    t = 1000
-    out = [_log_line(t, f"Resetting threadpool with num threads = {result.threads}", 333)]
-    out.append(_log_line(t + 200, f"Model file {path} is loaded.", 420))
-    out.append(_log_line(t + 210, "Using method forward", 430))
-    out.append(_log_line(t + 220, "Setting up planned buffer 0, size 0.", 480))
-    t += 1000
+    load_us = int(round(1000.0 * result.load_ms)) if result.load_ms is not None else 2000
+    out = [_log_line(0, f"Resetting threadpool with num threads = {result.threads}", 333)]
+    out.append(_log_line(load_us, f"Model file {path} is loaded.", 420))
+    out.append(_log_line(load_us, "Using method forward", 430))
+    out.append(_log_line(load_us, "Setting up planned buffer 0, size 0.", 480))
+    t = load_us
     for i, ms in enumerate(lat):
         t += int(round(ms * 1000))
         out.append(_log_line(t, f"Iteration {i + 1} of {n}: {ms:f} ms", 612))
@@ -359,6 +379,7 @@ def format_runner_output(result: RunResult, model_path: str | None = None) -> st
 
 
 _ITER_RE = re.compile(r"Iteration (\d+) of (\d+): ([-+0-9.eE]+) ms")
+_ITER1_TS_RE = re.compile(r"^I (\d\d):(\d\d):(\d\d)\.(\d{6}) [^\n]*\] Iteration 1 of \d+: ", re.M)
 _TOTAL_RE = re.compile(r"Model executed successfully (\d+) time\(s\) in ([-+0-9.eE]+) ms")
 _OUT_RE = re.compile(r"Output\w* 0: tensor\(sizes=\[([^\]]*)\], \[(.*?)\]\)", re.S)
 _ERR_RE = re.compile(r"^E \d\d:\d\d:\d\d\.\d+ executorch:[^\]]*\] (.*)$", re.M)
@@ -404,7 +425,18 @@ def parse_runner_output(text: str, warmup: int) -> RunResult:
             raise MeasurementError(f"runner output tensor is unreadable: {mo.group(0)[:80]!r}") from None
     timed = lat[warmup:]
     return RunResult(latencies_ms=timed, total_ms=float(timed.sum()), output=output, raw_text=text,
-                     warmup_latencies_ms=lat[:warmup], output_shape=shape)
+                     warmup_latencies_ms=lat[:warmup], output_shape=shape, load_ms=_load_ms(text, float(lat[0])))
+
+
+def _load_ms(text: str, first_ms: float) -> float | None:
+    """From the runner's start (its log clock's zero) to the start of the first execution: the timestamp of
+    the ``Iteration 1`` line (stamped at its end) minus its latency; None without timestamps."""
+    m = _ITER1_TS_RE.search(text)
+    if m is None:
+        return None
+    h, mi, sec, us = (int(g) for g in m.groups())
+    t_ms = ((h * 60 + mi) * 60 + sec) * 1000.0 + us / 1000.0
+    return max(t_ms - first_ms, 0.0)
 
 
 def host_reference(model_path: str | Path, input_path: str | Path | None = None) -> np.ndarray:

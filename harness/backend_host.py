@@ -13,7 +13,8 @@ from harness.runloop import Backend, PreparedModel, WindowResult
 class HostBackend(Backend):
     """This machine, timed with ExecuTorch's runtime (``device.runner.HostProgram``, as ``harness.hostrun``).
 
-    Each model is loaded once in :meth:`prepare`; a window is ``warmup`` untimed then N timed
+    Each model is loaded once in :meth:`prepare` (its load and first-inference times are the ones every
+    window reports: the program stays loaded); a window is ``warmup`` untimed then N timed
     ``run_once`` calls on the runner's default input.  No energy: idle windows only keep the
     schedule's shape.
     """
@@ -29,6 +30,7 @@ class HostBackend(Backend):
 
         self._runner = runner
         self._progs: dict[str, Any] = {}
+        self._cold: dict[str, tuple[float, float]] = {}  # model key -> (load ms, first inference ms)
 
     def fingerprint(self) -> dict[str, Any]:
         from harness import hostrun
@@ -45,9 +47,12 @@ class HostBackend(Backend):
         if r.set_host_threads(self.threads) != self.threads:
             for key, old in list(self._progs.items()):
                 self._progs[key] = self._load(old.path)
+        t0 = time.perf_counter()
         prog = self._load(model.artifact_path)
+        load_ms = (time.perf_counter() - t0) * 1000.0
         self._progs[model.key] = prog
-        for _ in range(max(1, warmup)):
+        self._cold[model.key] = (load_ms, prog.run_once())
+        for _ in range(max(1, warmup) - 1):
             prog.run_once()
         return float(np.median([prog.run_once() for _ in range(5)]))
 
@@ -60,14 +65,15 @@ class HostBackend(Backend):
     def run_window(self, model: PreparedModel, n_inferences: int, warmup: int) -> WindowResult:
         prog = self._progs[model.key]
         t0 = time.monotonic()
-        for _ in range(warmup):
-            prog.run_once()
+        warm = np.array([prog.run_once() for _ in range(warmup)], dtype=np.float64)
+        load_ms, first_ms = self._cold.get(model.key, (None, None))
+        phases = {"load_ms": load_ms, "first_inference_ms": first_ms, "warmup_ms": float(warm.sum())}
         lat = np.fromiter((prog.run_once() for _ in range(n_inferences)), dtype=np.float64, count=n_inferences)
         if not np.all(np.isfinite(prog.output())):
             return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0, valid=False,
-                                reason="model produced NaN/inf", latencies_ms=lat)
+                                reason="model produced NaN/inf", latencies_ms=lat, extra=phases)
         return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0,
-                            busy_s=float(lat.sum()) / 1000.0, latencies_ms=lat)
+                            busy_s=float(lat.sum()) / 1000.0, latencies_ms=lat, extra=phases)
 
     def idle_window(self, duration_s: float) -> WindowResult:
         t0 = time.monotonic()

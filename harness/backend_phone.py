@@ -251,7 +251,10 @@ class PhoneBackend(Backend):
         if an.sync != "markers":
             log.warning("sync markers not found in window %s; host timestamps (error up to %.1f ms)%s", key,
                         1e3 * (marks.host_error_s or 0.0), "" if an.valid else f": invalid ({an.reason})")
-        return self._result(an, src, tr, t_done - t_begin, len(lat), lat, {})
+        from harness.latency import phases_of
+
+        phases = phases_of(run.load_ms, run.warmup_latencies_ms, run.latencies_ms).to_dict()
+        return self._result(an, src, tr, t_done - t_begin, len(lat), lat, phases)
 
     def idle_window(self, duration_s: float) -> WindowResult:
         self._settle()

@@ -4,7 +4,8 @@ Protocol (:func:`measure_host`): every program is loaded once; ``warmup`` rounds
 timed rounds, where one round runs each model once in a fixed order (A B C A B C ..., ``order="abab"``)
 or alternately forwards and backwards (A B C C B A ..., ``order="abba"``, which also cancels position
 effects), so that drift (thermal, other load) hits all models alike.  Per model: trimmed mean (10% cut
-at each end) with its 95% CI (Tukey-McLaughlin), mean, p50, p90; time saved against the base model
+at each end) with its 95% CI (Tukey-McLaughlin), mean, p50, p90, p99 (``latency_p50_ms`` ...), the load time,
+first inference and warm-up of each program (``load_ms``, ``first_inference_ms``, ``warmup_ms``); time saved against the base model
 (level 0) with a propagated CI.  Energy columns read "not measured": the host has no power source here.
 
 Rows carry the keys every device's ``harness run`` uses (docs/seams.md): ``level``, ``flops_pruned_pct``,
@@ -19,6 +20,7 @@ import io
 import logging
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,8 +119,10 @@ def host_fingerprint(threads: int) -> dict[str, Any]:
 
 
 def summarize_rows(models: list[ModelEntry], lat_ms: np.ndarray, trim: float = latency.DEFAULT_TRIM,
-                   confidence: float = latency.DEFAULT_CONFIDENCE) -> list[dict[str, Any]]:
-    """Table rows from a ``[models, samples]`` latency array (pure: vectorised over models)."""
+                   confidence: float = latency.DEFAULT_CONFIDENCE,
+                   phases: list[latency.Phases] | None = None) -> list[dict[str, Any]]:
+    """Table rows from a ``[models, samples]`` latency array (pure: vectorised over models); ``phases`` (one
+    per model) fill ``load_ms``, ``first_inference_ms`` and ``warmup_ms`` (None without them)."""
     lat = np.asarray(lat_ms, dtype=np.float64)
     if lat.ndim != 2 or lat.shape[0] != len(models):
         raise ValueError("latencies must be [models, samples]")
@@ -127,6 +131,7 @@ def summarize_rows(models: list[ModelEntry], lat_ms: np.ndarray, trim: float = l
     mean = lat.mean(axis=1)
     p50 = latency.percentile(lat, 50)
     p90 = latency.percentile(lat, 90)
+    p99 = latency.percentile(lat, 99)
     base_idx = [i for i, m in enumerate(models) if float(m.level) == 0.0]
     if base_idx:
         b = base_idx[0]
@@ -147,6 +152,8 @@ def summarize_rows(models: list[ModelEntry], lat_ms: np.ndarray, trim: float = l
             "time_saved_pct_ci": float(saved_ci[i]) if np.isfinite(saved_ci[i]) else None,
             "time_saved_per_flops_saved": (float(saved[i] / fp) if fp > 0 and np.isfinite(saved[i]) else None),
             "time_ms_mean": float(mean[i]), "time_ms_p50": float(p50[i]), "time_ms_p90": float(p90[i]),
+            "latency_p50_ms": float(p50[i]), "latency_p90_ms": float(p90[i]), "latency_p99_ms": float(p99[i]),
+            **(phases[i] if phases is not None else latency.Phases()).to_dict(),
             "n_inferences": int(lat.shape[1]),
             "energy_mj": None, "energy_mj_ci": None, "energy_saved_pct": None,
             "valid_windows": 1, "invalid_windows": 0, "pte": m.pte_path,
@@ -166,7 +173,11 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
     if not models:
         raise InputError("no models to measure")
     set_host_threads(opts.threads)  # before loading: XNNPACK binds the thread pool at load time
-    progs = [HostProgram(m.pte_path) for m in models]
+    progs, load_ms = [], []
+    for m in models:
+        t0 = time.perf_counter()
+        progs.append(HostProgram(m.pte_path))
+        load_ms.append((time.perf_counter() - t0) * 1000.0)
     shapes = {p.input_shape for p in progs}
     if len(shapes) != 1:
         raise InputError(f"models take different inputs: {sorted(shapes)}")
@@ -178,9 +189,10 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
     k = len(progs)
     fwd = list(range(k))
     rev = fwd[::-1]
+    warm = np.zeros((k, opts.warmup))
     for r in range(opts.warmup):
         for i in (rev if opts.order == "abba" and r % 2 else fwd):
-            progs[i].run_once()
+            warm[i, r] = progs[i].run_once()
     lat = np.empty((k, opts.iterations), dtype=np.float64)
     rounds = range(opts.iterations)
     if progress:
@@ -194,7 +206,8 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
         out = p.output()
         if not np.all(np.isfinite(out)):
             raise MeasurementError(f"model {m.pte_path} produced NaN/inf on the fixed input")
-    rows = summarize_rows(models, lat, opts.trim, opts.confidence)
+    phases = [latency.phases_of(load_ms[i], warm[i], lat[i]) for i in range(k)]
+    rows = summarize_rows(models, lat, opts.trim, opts.confidence, phases)
     return HostRunResult(rows, lat, list(models), opts, host_fingerprint(opts.threads))
 
 

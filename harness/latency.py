@@ -138,3 +138,96 @@ def summarize(
         trim=trim,
         confidence=confidence,
     )
+
+
+# --------------------------------------------------------------------------- savings and robust estimates
+
+#: Fraction cut from EACH end of the per-window values of one model (20% + 20%): one wild window in five is
+#: ignored; with fewer than five windows nothing is cut (the plain mean).
+WINDOW_TRIM = 0.2
+#: Percentiles of the per-inference latencies reported per model.
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate, the half-width of its confidence interval (NaN below two values) and its count."""
+
+    value: float
+    ci: float
+    n: int
+
+
+def robust_estimate(values: np.ndarray, trim: float = WINDOW_TRIM,
+                    confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
+    """Trimmed mean of per-window values (``scipy.stats.trim_mean``, ``trim`` cut from each end) and the
+    Tukey-McLaughlin half-width of its CI; NaN values are ignored; NaN estimate when there are none."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Estimate(float("nan"), float("nan"), 0)
+    value = float(stats.trim_mean(v, trim))
+    half = float(trimmed_mean_ci(v, trim, confidence)) if v.size >= 2 else float("nan")
+    return Estimate(value, half, int(v.size))
+
+
+def paired_saved_pct(base: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Per-round saving of a model against the base model measured in the same round, in percent:
+    ``100 * (1 - value_r / base_r)``; NaN where either is missing (invalid window) or the base is 0."""
+    b = np.asarray(base, dtype=np.float64)
+    v = np.asarray(value, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 100.0 * (1.0 - v / b)
+    return np.where(np.isfinite(out) & (b != 0), out, np.nan)
+
+
+def saved_estimate(base: np.ndarray, value: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
+    """Saving (percent) with its CI from paired per-round ratios: the mean of :func:`paired_saved_pct` over
+    the rounds where both windows are valid and the Student-t half-width (``scipy.stats.t``) of that mean.
+    Pairing within a round cancels drift slower than a round (load, temperature, battery)."""
+    s = paired_saved_pct(base, value)
+    s = s[np.isfinite(s)]
+    n = int(s.size)
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), 0)
+    mean = float(s.mean())
+    if n < 2:
+        return Estimate(mean, float("nan"), n)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1) * s.std(ddof=1) / np.sqrt(n))
+    return Estimate(mean, half, n)
+
+
+def latency_percentiles(latencies_ms: np.ndarray, qs: tuple[int, ...] = PERCENTILES) -> dict[str, float | None]:
+    """``{"latency_p50_ms": ..., ...}`` of the pooled per-inference latencies (linear interpolation, numpy's
+    default); None for every key when there are no finite latencies."""
+    a = np.asarray(latencies_ms, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {f"latency_p{q}_ms": None for q in qs}
+    vals = np.percentile(a, qs)
+    return {f"latency_p{q}_ms": float(x) for q, x in zip(qs, vals, strict=True)}
+
+
+@dataclass(frozen=True)
+class Phases:
+    """What a runner did before its timed inferences (milliseconds; None when not known).
+
+    ``load_ms``: from the runner's start to its first inference (program and method load, input set-up);
+    ``first_inference_ms``: the first execution (cold caches, delegate set-up); ``warmup_ms``: all the
+    untimed warm-up executions together (the first one included)."""
+
+    load_ms: float | None = None
+    first_inference_ms: float | None = None
+    warmup_ms: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def phases_of(load_ms: float | None, warmup_latencies_ms: np.ndarray, latencies_ms: np.ndarray) -> Phases:
+    """The phases of one run from its load time and its warm-up and timed latencies (first = the first of all)."""
+    w = np.asarray(warmup_latencies_ms, dtype=np.float64).ravel()
+    t = np.asarray(latencies_ms, dtype=np.float64).ravel()
+    first = float(w[0]) if w.size else (float(t[0]) if t.size else None)
+    load = None if load_ms is None or not np.isfinite(load_ms) else float(load_ms)
+    return Phases(load, first, float(w.sum()) if w.size else 0.0)

@@ -5,8 +5,11 @@ virtual phone, host), then a TOML run file (``--config``), then command-line fla
 order is a randomized, counterbalanced sequence of rounds (each round is one row of a balanced
 Latin square, so every model precedes every other equally often and thermal drift and battery
 state hit all models alike), with every inference window bracketed by idle windows:
-``idle, inf, idle, inf, ..., idle``.  After ``min_reps`` rounds the run stops as soon as every
-model's CI is narrower than ``target_ci_pct``, or at ``max_reps``.
+``idle, inf, idle, inf, ..., idle``.  After ``min_reps`` rounds the run stops as soon as the precision
+targets are met (:func:`target_misses`: every level's savings CI half-width, from paired per-round ratios,
+at most ``target_saved_ci_pts`` points, and, when set, every model's CI at most ``target_ci_pct`` of its
+value), at ``max_reps``, or when the next round would overrun ``max_measure_s``.  A run that stopped
+without meeting them is "complete, target not reached" and says which level missed and by how much.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ import numpy as np
 from harness.cliutil import max_threads, short
 from harness.errors import UsageError
 
+#: The virtual lab's default windows (docs/run.md, "Precision"): many short rounds pair each specialist with
+#: the base model measured seconds apart; idle windows are short because the virtual phone's idle power is
+#: flat (0.5 s of 5 kHz samples pins it to well under 0.1%); the measuring budget keeps a default run of
+#: five levels within 5 minutes on a 2-core machine.
+VIRTUAL_WINDOW_S = 1.0
+VIRTUAL_IDLE_S = 0.5
+VIRTUAL_MEASURE_S = 210.0
+
 #: Device kinds and their defaults.  Real phones follow published practice (>= 60 s and >= 1024
 #: inferences per model, warm-up, cool-down); the virtual lab and the host get a quick demo.  The host
 #: measures no energy, so its idle windows last 0 s (they keep the schedule's shape).
@@ -34,9 +45,10 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "real": dict(window_s=15.0, min_reps=4, max_reps=20, target_ci_pct=2.0, warmup_inferences=10,
                  min_inference_s_per_model=60.0, min_inferences_per_model=1024, cooldown_temp_c=40.0,
                  cooldown_timeout_s=120.0, cooldown_pause_s=30.0),
-    "virtual": dict(window_s=2.5, min_reps=5, max_reps=6, target_ci_pct=5.0, warmup_inferences=3,
-                    min_inference_s_per_model=8.0, min_inferences_per_model=64, cooldown_temp_c=None,
-                    cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
+    "virtual": dict(window_s=VIRTUAL_WINDOW_S, idle_s=VIRTUAL_IDLE_S, min_reps=6, max_reps=40,
+                    target_ci_pct=None, target_saved_ci_pts=2.0, max_measure_s=VIRTUAL_MEASURE_S,
+                    warmup_inferences=20, min_inference_s_per_model=0.0, min_inferences_per_model=64,
+                    cooldown_temp_c=None, cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
     "host": dict(window_s=1.0, idle_s=0.0, min_reps=3, max_reps=8, target_ci_pct=3.0, warmup_inferences=3,
                  min_inference_s_per_model=3.0, min_inferences_per_model=64, cooldown_temp_c=None,
                  cooldown_timeout_s=0.0, cooldown_pause_s=0.0),
@@ -60,7 +72,9 @@ class RunPlan:
     warmup_inferences: int = 3
     min_reps: int = 4
     max_reps: int = 6
-    target_ci_pct: float = 5.0  # stop when every model's 95% CI half-width / mean is below this
+    target_ci_pct: float | None = 5.0  # stop only when every model's 95% CI half-width / value is below this
+    target_saved_ci_pts: float | None = 2.0  # ... and every level's savings CI half-width is below this (points)
+    max_measure_s: float | None = None  # start no round that would end past this many seconds of measuring
     min_inference_s_per_model: float = 8.0
     min_inferences_per_model: int = 64
     cooldown_temp_c: float | None = None  # wait until the device is below this before a window
@@ -101,6 +115,7 @@ MAX_WARMUP_INFERENCES = 1_000_000
 MAX_INFERENCES_PER_MODEL = 10_000_000
 MAX_INFERENCE_S_PER_MODEL = 3600.0
 MAX_COOLDOWN_S = 3600.0
+MAX_MEASURE_S = 7 * 86400.0
 MAX_TEMPERATURE_C = 150.0
 MAX_SEED = 2**32 - 1
 MAX_TEXT_CHARS = 4096
@@ -231,6 +246,9 @@ FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "min_reps": partial(_int_in, "min_reps", lo=2, hi=MAX_REPS),
     "max_reps": partial(_int_in, "max_reps", lo=2, hi=MAX_REPS),
     "target_ci_pct": partial(_finite_in, "target_ci_pct", lo=0.0, hi=100.0, lo_open=True, unit=" %"),
+    "target_saved_ci_pts": partial(_finite_in, "target_saved_ci_pts", lo=0.0, hi=100.0, lo_open=True,
+                                   unit=" points"),
+    "max_measure_s": partial(_finite_in, "max_measure_s", lo=0.0, hi=MAX_MEASURE_S, lo_open=True, unit=" s"),
     "warmup_inferences": partial(_int_in, "warmup_inferences", lo=0, hi=MAX_WARMUP_INFERENCES),
     "min_inferences_per_model": partial(_int_in, "min_inferences_per_model", lo=1, hi=MAX_INFERENCES_PER_MODEL),
     "min_inference_s_per_model": partial(_finite_in, "min_inference_s_per_model", lo=0.0,
@@ -360,3 +378,86 @@ def ci_reached(values_by_model: Mapping[str, Sequence[float]], target_ci_pct: fl
         if not np.isfinite(half) or mean == 0 or abs(half / mean) * 100.0 > target_ci_pct:
             return False
     return True
+
+
+# --------------------------------------------------------------------------- precision targets
+
+
+@dataclass(frozen=True)
+class Miss:
+    """One precision target a run did not reach: ``half_width`` > ``target`` (both in ``unit``)."""
+
+    model: str
+    level: int
+    what: str  # "time saved" | "energy saved" | "time" | "energy"
+    half_width: float | None  # None: no interval yet (fewer than two paired rounds)
+    target: float
+    unit: str  # "points" | "%"
+
+    @property
+    def missed_by(self) -> float | None:
+        return None if self.half_width is None else self.half_width - self.target
+
+    @property
+    def text(self) -> str:
+        where = f"level {self.level}" if self.level else "base model"
+        if self.half_width is None:
+            return f"{where}: {self.what} has no CI yet (fewer than two valid rounds)"
+        return (f"{where}: {self.what} CI +-{self.half_width:.2f} {self.unit} > target {self.target:g} "
+                f"(missed by {self.missed_by:.2f})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "level": self.level, "what": self.what, "half_width": self.half_width,
+                "target": self.target, "unit": self.unit, "missed_by": self.missed_by, "text": self.text}
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def target_misses(rows: Sequence[Mapping[str, Any]], plan: RunPlan, measures_energy: bool) -> list[Miss]:
+    """The precision targets the table rows (``harness.tables.model_rows``) do not meet yet; [] = reached.
+
+    Savings (``<metric>_saved_pct_ci``, paired per-round CIs) against ``target_saved_ci_pts`` for every level;
+    per-model CIs (``<metric>_ci`` relative to the value) against ``target_ci_pct`` when it is set.
+    """
+    metrics = [("time", "time_ms", "time_saved_pct")]
+    if measures_energy:
+        metrics.append(("energy", "energy_mj", "energy_saved_pct"))
+    misses: list[Miss] = []
+    for r in rows:
+        level = int(r["level"])
+        for name, key, saved in metrics:
+            if plan.target_saved_ci_pts is not None and level != 0:
+                half = _finite(r.get(saved + "_ci"))
+                if half is None or half > plan.target_saved_ci_pts:
+                    misses.append(Miss(r["model"], level, f"{name} saved", half, plan.target_saved_ci_pts, "points"))
+            if plan.target_ci_pct is not None:
+                value, ci = _finite(r.get(key)), _finite(r.get(key + "_ci"))
+                rel = abs(ci / value) * 100.0 if value and ci is not None else None
+                if rel is None or rel > plan.target_ci_pct:
+                    misses.append(Miss(r["model"], level, name, rel, plan.target_ci_pct, "%"))
+    return misses
+
+
+def target_from_events(events: Sequence[tuple[str, str, str]]) -> dict[str, Any] | None:
+    """``{"reached": bool, "misses": [text, ...]}`` from a run's last ``complete`` event, None when the run is
+    not complete or was recorded before targets were (``events``: ``(event, detail, t_utc)`` in order)."""
+    for event, detail, _ in reversed(events):
+        if event != "complete":
+            continue
+        try:
+            d = json.loads(detail)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or "target_reached" not in d:
+            return None
+        return {"reached": bool(d["target_reached"]), "misses": list(d.get("misses", []))}
+    return None
+
+
+def status_text(status: str, target: Mapping[str, Any] | None) -> str:
+    """``complete``, ``complete, target reached`` or ``complete, target not reached`` (others unchanged)."""
+    if status != "complete" or not target:
+        return status
+    return "complete, target reached" if target.get("reached") else "complete, target not reached"

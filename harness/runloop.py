@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from harness import latency
 from harness.errors import PROJECT_ERRORS, InputError, MeasurementError
-from harness.plan import RunPlan, ci_reached, closing_idle, inferences_per_window, round_slots, schedule
+from harness.plan import RunPlan, closing_idle, inferences_per_window, round_slots, schedule, target_misses
 from harness.signals import deferred_signals, interrupt_name
 from harness.store import (
     ModelRecord,
@@ -39,7 +40,7 @@ from harness.store import (
     fingerprint_id,
     new_run_id,
 )
-from harness.tables import window_values
+from harness.tables import model_rows
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,12 @@ class WindowResult:
 
     @property
     def time_ms(self) -> float | None:
+        """The window's time per inference: the 10%-trimmed mean of its latencies (a preempted inference
+        on a shared machine does not move it), else busy time / inferences."""
         if self.latencies_ms is not None and len(self.latencies_ms):
-            return float(np.mean(self.latencies_ms))
+            lat = np.asarray(self.latencies_ms, dtype=np.float64)
+            lat = lat[np.isfinite(lat)]
+            return float(latency.trimmed_mean(lat)) if lat.size else None
         if self.n_inferences and self.busy_s:
             return self.busy_s * 1000.0 / self.n_inferences
         return None
@@ -147,6 +152,15 @@ class RunOutcome:
     wall_s: float
     measured_s: float
     reason: str = ""
+    target_reached: bool | None = None  # complete runs: were the plan's precision targets met?
+    misses: tuple[dict[str, Any], ...] = ()  # harness.plan.Miss.to_dict() of each target not met
+
+    @property
+    def status_text(self) -> str:
+        """``complete, target reached`` / ``complete, target not reached`` / the status."""
+        from harness.plan import status_text
+
+        return status_text(self.status, None if self.target_reached is None else {"reached": self.target_reached})
 
     @property
     def overhead_pct(self) -> float:
@@ -232,6 +246,10 @@ def _window_record(run_id: str, slot, store: Store, res: WindowResult, model: Pr
     def num(v: Any) -> float | None:
         return None if v is None or not math.isfinite(float(v)) else float(v)
 
+    pct = latency.latency_percentiles(res.latencies_ms if res.latencies_ms is not None else np.zeros(0)) \
+        if slot.kind == "inference" else {}
+    phases = {k: num(res.extra.get(k)) for k in ("load_ms", "first_inference_ms", "warmup_ms")}
+
     return WindowRecord(
         run_id=run_id, seq=slot.seq, round_idx=slot.round_idx, kind=slot.kind, model_key=slot.model_key,
         status="valid" if res.valid else "invalid", reason=res.reason, t_start_mono_s=t0,
@@ -241,6 +259,8 @@ def _window_record(run_id: str, slot, store: Store, res: WindowResult, model: Pr
         latencies_hash=lat_hash, model_hash=model.model_hash if model else "",
         artifact_hash=model.artifact_hash if model else "", device_fingerprint=fp, instrument=instrument,
         code_version=code_version(), settings_json=json.dumps({**settings, **res.extra}, sort_keys=True, default=str),
+        latency_p50_ms=num(pct.get("latency_p50_ms")), latency_p90_ms=num(pct.get("latency_p90_ms")),
+        latency_p99_ms=num(pct.get("latency_p99_ms")), **phases,
     )
 
 
@@ -340,24 +360,35 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
                         f"run {run.run_id} stopped after {failures} failed windows in a row (last: {rec.reason}); "
                         f"fix the device and resume with 'harness run --resume {run.run_id}'")
 
+        misses: list = []
+        t_rounds = time.monotonic()
+        rounds_here = 0
         for r in range(plan.max_reps):
             for slot in round_slots(slots, r):
                 if slot.seq not in done:
                     measure(slot)
-            if r + 1 >= plan.min_reps:
-                wins = store.windows(run.run_id)
-                enough = ci_reached(window_values(wins, "time_ms"), plan.target_ci_pct, plan.min_reps)
-                if enough and run.measures_energy:
-                    enough = ci_reached(window_values(wins, "energy_mj"), plan.target_ci_pct, plan.min_reps)
-                if enough or r == plan.max_reps - 1:
+            rounds_here += 1
+            # the measuring budget: stop before a round that would end past it (once two rounds give a CI)
+            spent = time.monotonic() - t_rounds
+            over = (plan.max_measure_s is not None and r >= 1
+                    and spent * (rounds_here + 1) / rounds_here > plan.max_measure_s)
+            if r + 1 >= plan.min_reps or over or r == plan.max_reps - 1:
+                rows = model_rows(store.models(run.run_id), store.windows(run.run_id), run.measures_energy)
+                misses = target_misses(rows, plan, run.measures_energy)
+                if not misses or over or r == plan.max_reps - 1:
+                    if over and misses:
+                        log.info("measuring budget %.0f s reached after %d rounds", plan.max_measure_s, r + 1)
                     last = closing_idle(len(keys), r)
                     if last.seq not in done:
                         measure(last, closing=True)
                     break
         status = "complete"
+        miss_dicts = [x.to_dict() for x in misses]
+        if misses:
+            store.add_event(run.run_id, "target_not_reached", "; ".join(x.text for x in misses)[:2000])
         store.add_event(run.run_id, "complete", json.dumps({
             "wall_s": round(time.monotonic() - t_start, 3), "measured_s": round(measured_s, 3),
-            "windows": n_measured}))
+            "windows": n_measured, "target_reached": not misses, "misses": [x.text for x in misses]}))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (harness.errors.Terminated)
         _record_interrupt(store, run.run_id, interrupt_name(exc))
         bar.close()
@@ -369,4 +400,5 @@ def run_experiment(store: Store, backend: Backend, plan: RunPlan, models: Sequen
         raise
     bar.close()
     wall = time.monotonic() - t_start
-    return RunOutcome(run.run_id, status, n_measured, wall, measured_s, last_reason)
+    return RunOutcome(run.run_id, status, n_measured, wall, measured_s, last_reason, target_reached=not misses,
+                      misses=tuple(miss_dicts))

@@ -85,7 +85,9 @@ class WindowRecord:
     ``time_ms`` is the mean wall-clock time per inference inside the window; ``energy_j`` the
     energy measured over the busy part (``busy_s``) of an inference window or the whole of an idle
     window; ``mean_power_w`` the mean power over that same span.  Energy keys are None where
-    nothing measures energy.
+    nothing measures energy.  ``latency_p50/p90/p99_ms`` summarise the window's timed inferences;
+    ``load_ms``, ``first_inference_ms`` and ``warmup_ms`` what the runner did before them
+    (:class:`harness.latency.Phases`); None where not known (schema version 3 added them).
     """
 
     run_id: str
@@ -112,6 +114,12 @@ class WindowRecord:
     code_version: str = field(default_factory=code_version)
     settings_json: str = "{}"
     created_utc: str = field(default_factory=utc_now)
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    load_ms: float | None = None
+    first_inference_ms: float | None = None
+    warmup_ms: float | None = None
 
     @property
     def valid(self) -> bool:

@@ -115,6 +115,11 @@ MIGRATIONS: tuple[tuple[int, tuple[Any, ...]], ...] = (
         ),
     ),
     (3, (CreateTable(TRACES_TABLE),)),
+    (
+        4,  # latency distribution and phases of each inference window (NULL in windows stored before)
+        tuple(f"ALTER TABLE windows ADD COLUMN {col} DOUBLE PRECISION" for col in (
+            "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "load_ms", "first_inference_ms", "warmup_ms")),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -2,7 +2,12 @@
 
 One runner runs at a time in a process (``RUNNER_LOCK``): the ExecuTorch host thread pool is
 process-wide, and resizing it under a running program crashed or deadlocked the phone when clients
-ran with different ``--cpu_threads``.  A waiting runner is not busy on the timeline and gives up when its
+ran with different ``--cpu_threads``.
+
+Timing: the phone's CPU is its own, so with one thread each execution is timed by the CPU time of the
+executing thread (``RunSpec(clock="thread")``): time the host gave to other processes (a shared machine) is
+not phone time.  With more threads it is wall-clock time.  The phone is busy on its timeline until the
+runner has printed its output, as a real runner is until it exits.  A waiting runner is not busy on the timeline and gives up when its
 session ends.  ``--cpu_threads`` is at most ``MAX_CPU_THREADS`` and ``--num_executions`` at most
 ``MAX_EXECUTIONS``, otherwise an error line and status 1, as for any bad flag.
 """
@@ -77,16 +82,18 @@ def executor_runner(sh, argv: list[str], stdin: bytes, out: Output) -> int:
     drop = phone.faults.drop_mid_run_s
     if drop is not None and phone.take_drop() and phone.on_drop_all:
         threading.Timer(drop, phone.on_drop_all).start()
-    spec = RunSpec(model_path=host_model, iterations=n, warmup=0, input_path=host_input, threads=threads)
+    spec = RunSpec(model_path=host_model, iterations=n, warmup=0, input_path=host_input, threads=threads,
+                   clock="thread" if threads == 1 else "wall")
     wait_cancellable(RUNNER_LOCK, sh.cancel)
     try:
         with phone.timeline.busy(threads):
-            result = run_host(spec)
-    except Exception as exc:  # the runtime's own failures become the runner's error text
-        return _runner_error(out, sh.scrub(f"{type(exc).__name__}: {exc}"))
+            try:
+                result = run_host(spec)
+            except Exception as exc:  # the runtime's own failures become the runner's error text
+                return _runner_error(out, sh.scrub(f"{type(exc).__name__}: {exc}"))
+            if sh.cancel.is_set():
+                raise Cancelled()
+            out.write(format_runner_output(result, model_path=model))
     finally:
         RUNNER_LOCK.release()
-    if sh.cancel.is_set():
-        raise Cancelled()
-    out.write(format_runner_output(result, model_path=model))
     return 0

@@ -33,7 +33,7 @@ def frames(st, run_ids: list[str]) -> dict:
 
     import pandas as pd
 
-    from harness.tables import model_rows
+    from harness.tables import run_rows
 
     runs, models, events, windows, rows = [], [], [], [], []
     for rid in run_ids:
@@ -46,7 +46,7 @@ def frames(st, run_ids: list[str]) -> dict:
                    for i, (e, d, t) in enumerate(st.events(r.run_id))]
         windows += [asdict(w) for w in ws]
         rows += [{"run_id": r.run_id, "device": r.device, "virtual": r.virtual, **row}
-                 for row in model_rows(ms, ws, r.measures_energy)]
+                 for row in run_rows(st, r.run_id)]
     return {"runs": pd.DataFrame(runs), "models": pd.DataFrame(models),
             "events": pd.DataFrame(events, columns=["run_id", "seq", "event", "detail", "t_utc"]),
             "windows": pd.DataFrame(windows), "rows": pd.DataFrame(rows)}

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 #: flags that define a plan (refused together with --resume: the stored plan is used)
 PLAN_FLAGS = ("levels", "classes", "method", "config", "window_s", "idle_s", "min_reps", "max_reps",
-              "target_ci_pct", "seed", "threads", "monitor", "serial", "monitor_serial", "model", "stats")
+              "target_ci_pct", "target_saved_ci_pts", "max_measure_s", "seed", "threads", "monitor", "serial",
+              "monitor_serial", "model", "stats")
 
 
 def add_db_flag(p) -> None:
@@ -60,6 +61,10 @@ def register(subparsers) -> None:
     p.add_argument("--min-reps", type=bounded_int(2, 1000), default=None, help="rounds before the CI target may stop the run")
     p.add_argument("--max-reps", type=bounded_int(2, 1000), default=None, help="cap on rounds")
     p.add_argument("--target-ci-pct", type=finite_float(0.0, 100.0, lo_open=True), default=None, help="stop when every CI half-width < this %% of the mean")
+    p.add_argument("--target-saved-ci-pts", type=finite_float(0.0, 100.0, lo_open=True), default=None,
+                   help="stop when every level's savings CI half-width is below this many points (default 2)")
+    p.add_argument("--max-measure-s", type=finite_float(0.0, 7 * 86400.0, lo_open=True), default=None,
+                   help="measuring budget: start no round that would end past it (virtual default 210 s)")
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=None, help="seed of the randomized window order")
     p.add_argument("--threads", type=bounded_int(1, None), default=None, help="inference threads")
     p.add_argument("--model", default=None, help="base model .npz (default: the shipped NIN)")
@@ -78,7 +83,7 @@ def _overrides(args) -> dict[str, Any]:
     if args.classes is not None:
         over["classes"] = parse_int_list(args.classes, "--classes", lo=0, hi=9)
     for k in ("method", "monitor", "serial", "monitor_serial", "window_s", "idle_s", "min_reps", "max_reps",
-              "target_ci_pct", "seed", "threads", "model", "stats"):
+              "target_ci_pct", "target_saved_ci_pts", "max_measure_s", "seed", "threads", "model", "stats"):
         v = getattr(args, k)
         if v is not None:
             over[k] = v
@@ -124,11 +129,11 @@ def _run(args) -> int:
         resolve_device,
         stored_models,
     )
-    from harness.plan import RunPlan, check_inputs, load_toml, make_plan
+    from harness.plan import RunPlan, check_inputs, load_toml, make_plan, status_text, target_from_events
     from harness.report import build_report
     from harness.runloop import check_resumable, create_run, run_experiment
     from harness.store import Store, check_db_path
-    from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
+    from harness.tables import device_label, latency_markdown, run_rows, table3_markdown, table4_markdown
 
     t_start = time.monotonic()
     # ---- everything about the input is checked before anything is written
@@ -196,7 +201,9 @@ def _run(args) -> int:
         finally:
             if prep is not None:
                 prep.close()
-        rows = model_rows(st.models(run_id), st.windows(run_id), run_rec.measures_energy)
+        rows = run_rows(st, run_id)
+        target = target_from_events(st.events(run_id))
+        status = status_text(outcome.status, target)
         report_path = None
         if not args.no_report:
             rep = build_report(st, run_id)
@@ -205,7 +212,11 @@ def _run(args) -> int:
         overhead_pct = (wall_s - outcome.measured_s) / wall_s * 100.0 if wall_s > 0 else None
         if args.json:
             print_json({"run_id": run_id, "device": choice.name, "virtual": backend.virtual,
-                        "status": outcome.status, "rows": rows, "wall_s": round(wall_s, 2),
+                        "status": outcome.status, "status_text": status,
+                        "target_reached": target["reached"] if target else None,
+                        "target": {"saved_ci_pts": plan.target_saved_ci_pts, "ci_pct": plan.target_ci_pct,
+                                   "misses": list(outcome.misses)},
+                        "rows": rows, "wall_s": round(wall_s, 2),
                         "measured_s": round(outcome.measured_s, 2), "prepare_s": round(prep_s, 2),
                         "overhead_pct": overhead_pct, "db": db.display,
                         "report": str(report_path) if report_path else None})
@@ -213,6 +224,9 @@ def _run(args) -> int:
             if run_rec.measures_energy:
                 print(table3_markdown(rows, device_label(run_rec), backend.virtual))
             print(table4_markdown(rows, device_label(run_rec), backend.virtual, run_rec.measures_energy))
-            print(f"run {run_id}: {outcome.status}; wall {wall_s:.1f} s, in windows {outcome.measured_s:.1f} s, "
+            print(latency_markdown(rows, device_label(run_rec)))
+            for miss in outcome.misses:
+                print(f"target not reached: {miss['text']}")
+            print(f"run {run_id}: {status}; wall {wall_s:.1f} s, in windows {outcome.measured_s:.1f} s, "
                   f"overhead {overhead_pct:.1f}%" + (f"; report {report_path}" if report_path else ""))
     return 0

@@ -19,18 +19,23 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from harness.plan import status_text, target_from_events
     from harness.store import Store
-    from harness.tables import device_label, model_rows, table3_markdown, table4_markdown
+    from harness.tables import device_label, latency_markdown, run_rows, table3_markdown, table4_markdown
 
     with Store(args.db, readonly=True) as st:
         r = st.get_run(args.run_id)
         events = st.events(r.run_id)
         models = st.models(r.run_id)
         windows = st.windows(r.run_id)
-    rows = model_rows(models, windows, r.measures_energy)
+        rows = run_rows(st, r.run_id)
+    status = events[-1][0] if events else ""
+    target = target_from_events(events)
     if args.json:
         print_json({
-            "run_id": r.run_id, "device": r.device, "virtual": r.virtual, "status": events[-1][0] if events else "",
+            "run_id": r.run_id, "device": r.device, "virtual": r.virtual, "status": status,
+            "status_text": status_text(status, target), "target_reached": target["reached"] if target else None,
+            "target_misses": target["misses"] if target else [],
             "device_fingerprint": r.device_fingerprint, "fingerprint": json.loads(r.fingerprint_json),
             "instrument": r.instrument, "code_version": r.code_version, "created_utc": r.created_utc,
             "plan": json.loads(r.plan_json), "events": [{"event": e, "detail": d, "t_utc": t} for e, d, t in events],
@@ -47,8 +52,12 @@ def run(args) -> int:
     print(f"instrument {r.instrument}; code {r.code_version}; created {r.created_utc}")
     for e, d, t in events:
         print(f"  {t[:19]}  {e}  {d}")
+    print(f"status: {status_text(status, target)}")
+    for miss in (target or {}).get("misses", []):
+        print(f"  target not reached: {miss}")
     print(f"{len(windows)} windows, {sum(1 for w in windows if not w.valid)} invalid")
     if r.measures_energy:
         print(table3_markdown(rows, device_label(r), r.virtual))
     print(table4_markdown(rows, device_label(r), r.virtual, r.measures_energy))
+    print(latency_markdown(rows, device_label(r)))
     return 0

@@ -186,3 +186,19 @@ def test_programs_loaded_before_a_pool_resize_refuse_to_run(tiny_pte):
         assert res.latencies_ms.shape == (2,)
     finally:
         set_host_threads(before)  # leave the pool as this process had it
+
+
+def test_load_time_round_trips_through_the_runner_text():
+    from device.runner import RunResult, RunSpec, format_runner_output, parse_runner_output
+
+    res = RunResult(latencies_ms=np.array([1.5, 1.25]), total_ms=2.75, output=np.array([1.0]),
+                    warmup_latencies_ms=np.array([5.0, 2.0]), load_ms=12.345)
+    back = parse_runner_output(format_runner_output(res), warmup=2)
+    assert back.load_ms == pytest.approx(12.345, abs=1e-3)  # t(Iteration 1) - latency 1, microsecond stamps
+    np.testing.assert_allclose(back.warmup_latencies_ms, [5.0, 2.0])
+    no_stamps = "Iteration 1 of 2: 3.0 ms\nIteration 2 of 2: 2.0 ms\n"
+    assert parse_runner_output(no_stamps, warmup=1).load_ms is None
+    with pytest.raises(InputError, match="one thread"):
+        RunSpec("m.pte", iterations=1, threads=2, clock="thread")
+    with pytest.raises(InputError, match="clock"):
+        RunSpec("m.pte", iterations=1, clock="sundial")

@@ -41,6 +41,19 @@ def test_rows_from_synthetic_latencies_have_exact_answers():
     assert rows[1]["time_ms_mean"] == pytest.approx((99 * 9.0 + 1000.0) / 100)
 
 
+def test_rows_carry_percentiles_and_phases():
+    from harness.latency import Phases
+
+    lat = np.vstack([np.arange(1.0, 102.0), np.arange(1.0, 102.0) / 2, np.full(101, 4.0)])
+    phases = [Phases(20.0, 9.0, 30.0), Phases(10.0, 4.5, 15.0), Phases()]
+    rows = summarize_rows(_models(), lat, phases=phases)
+    assert (rows[0]["latency_p50_ms"], rows[0]["latency_p90_ms"], rows[0]["latency_p99_ms"]) == (51.0, 91.0, 100.0)
+    assert rows[1]["latency_p99_ms"] == 50.0
+    assert (rows[0]["load_ms"], rows[0]["first_inference_ms"], rows[0]["warmup_ms"]) == (20.0, 9.0, 30.0)
+    assert rows[2]["load_ms"] is None
+    assert summarize_rows(_models(), lat)[0]["first_inference_ms"] is None
+
+
 def test_ci_propagates_into_time_saved():
     rng = np.random.default_rng(0)
     lat = np.vstack([10 + rng.normal(0, 0.5, 400), 5 + rng.normal(0, 0.25, 400)])

@@ -63,3 +63,52 @@ def test_summarize_constant_samples():
 def test_refuses_empty_or_nan(bad):
     with pytest.raises(MeasurementError):
         latency.summarize(bad)
+
+
+# ---------------------------------------------------------------- savings and robust estimates
+
+
+def test_paired_saved_pct_per_round_and_missing_rounds():
+    base = np.array([10.0, 20.0, np.nan, 10.0, 0.0])
+    val = np.array([8.0, 15.0, 5.0, np.nan, 1.0])
+    out = latency.paired_saved_pct(base, val)
+    np.testing.assert_allclose(out[:2], [20.0, 25.0])
+    assert np.all(np.isnan(out[2:]))  # a missing window on either side, or a zero base: no pair
+
+
+def test_saved_estimate_is_the_paired_t_interval():
+    # per-round savings 20, 25, 30 (drift doubles both models in round 2: the ratio cancels it)
+    base = np.array([10.0, 20.0, 10.0])
+    val = np.array([8.0, 15.0, 7.0])
+    est = latency.saved_estimate(base, val)
+    assert est.value == pytest.approx(25.0) and est.n == 3
+    assert est.ci == pytest.approx(stats.t.ppf(0.975, 2) * 5.0 / np.sqrt(3))  # sd of 20,25,30 is 5
+    exact = latency.saved_estimate(np.array([10.0, 30.0]), np.array([5.0, 15.0]))  # 50% in both rounds
+    assert (exact.value, exact.ci, exact.n) == (50.0, 0.0, 2)
+    one = latency.saved_estimate(np.array([10.0, np.nan]), np.array([5.0, 4.0]))
+    assert one.value == 50.0 and np.isnan(one.ci) and one.n == 1
+    assert latency.saved_estimate(np.array([np.nan]), np.array([1.0])).n == 0
+
+
+def test_robust_estimate_trims_one_window_in_five():
+    v = np.array([10.0, 11.0, 9.0, 10.0, 100.0, np.nan])  # one wild window; NaN ignored
+    est = latency.robust_estimate(v)
+    assert est.n == 5
+    assert est.value == pytest.approx(10.0 + 1.0 / 3.0)  # mean of 10, 10, 11 (9 and 100 cut)
+    w = np.array([10.0, 10.0, 10.0, 11.0, 11.0])  # winsorized: 9->10, 100->11
+    assert est.ci == pytest.approx(stats.t.ppf(0.975, 2) * np.std(w, ddof=1) / (0.6 * np.sqrt(5)))
+    assert np.isnan(latency.robust_estimate(np.array([np.nan])).value)
+    assert latency.robust_estimate(np.array([2.0, 4.0])).value == 3.0  # nothing cut below five
+
+
+def test_latency_percentiles_exact():
+    got = latency.latency_percentiles(np.arange(1.0, 102.0))  # 1..101: p50 = 51, p90 = 91, p99 = 100
+    assert got == {"latency_p50_ms": 51.0, "latency_p90_ms": 91.0, "latency_p99_ms": 100.0}
+    assert latency.latency_percentiles(np.zeros(0)) == dict.fromkeys(got)
+
+
+def test_phases_of_a_run():
+    ph = latency.phases_of(12.5, np.array([9.0, 3.0, 2.0]), np.array([1.0, 1.0]))
+    assert ph.to_dict() == {"load_ms": 12.5, "first_inference_ms": 9.0, "warmup_ms": 14.0}
+    no_warm = latency.phases_of(None, np.zeros(0), np.array([4.0, 1.0]))
+    assert no_warm.to_dict() == {"load_ms": None, "first_inference_ms": 4.0, "warmup_ms": 0.0}

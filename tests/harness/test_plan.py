@@ -1,3 +1,5 @@
+import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -139,3 +141,42 @@ def test_check_inputs_refuses_unknown_method_model_stats(tmp_path):
         from harness.errors import INPUT_ERRORS
 
         assert isinstance(info.value, INPUT_ERRORS)
+
+
+def _row(model, level, t, t_ci, ts_ci, e=None, e_ci=None, es_ci=None):
+    return {"model": model, "level": level, "time_ms": t, "time_ms_ci": t_ci, "time_saved_pct_ci": ts_ci,
+            "energy_mj": e, "energy_mj_ci": e_ci, "energy_saved_pct_ci": es_ci}
+
+
+def test_target_misses_names_the_level_and_by_how_much():
+    from harness.plan import target_misses
+
+    plan = make_plan("virtual", "virtual", {"target_saved_ci_pts": 2.0})
+    assert plan.target_ci_pct is None  # the virtual default targets savings only
+    rows = [_row("L0", 0, 10.0, 5.0, math.nan, 20.0, 9.0, math.nan),
+            _row("L10", 10, 9.0, 0.1, 1.5, 18.0, 0.1, 2.6),
+            _row("L30", 30, 7.0, 0.1, math.nan, 14.0, 0.1, 1.0)]
+    misses = target_misses(rows, plan, measures_energy=True)
+    assert [(m.model, m.what) for m in misses] == [("L10", "energy saved"), ("L30", "time saved")]
+    assert misses[0].missed_by == pytest.approx(0.6) and misses[0].unit == "points"
+    assert "level 10" in misses[0].text and "missed by 0.60" in misses[0].text
+    assert misses[1].half_width is None and "no CI yet" in misses[1].text
+    assert target_misses(rows, plan, measures_energy=False) == misses[1:]  # energy not judged without it
+    # the per-model target (percent of the value) when set
+    per_model = make_plan("virtual", "virtual", {"target_saved_ci_pts": 3.0, "target_ci_pct": 10.0})
+    got = target_misses(rows, per_model, measures_energy=False)
+    assert [(m.model, m.what, m.half_width) for m in got] == [("L0", "time", 50.0), ("L30", "time saved", None)]
+
+
+def test_target_from_events_and_status_text():
+    from harness.plan import status_text, target_from_events
+
+    ev = [("started", "x", "t"), ("target_not_reached", "level 10: ...", "t"),
+          ("complete", json.dumps({"target_reached": False, "misses": ["level 10: ..."]}), "t")]
+    tgt = target_from_events(ev)
+    assert tgt == {"reached": False, "misses": ["level 10: ..."]}
+    assert status_text("complete", tgt) == "complete, target not reached"
+    assert status_text("complete", {"reached": True, "misses": []}) == "complete, target reached"
+    assert target_from_events([("complete", json.dumps({"wall_s": 1}), "t")]) is None  # older runs
+    assert target_from_events([("started", "", "t")]) is None
+    assert status_text("interrupted", tgt) == "interrupted"

@@ -5,6 +5,7 @@ ExecuTorch runtime behind the phone's executor_runner).  One exported model (the
 models so the test needs no statistics artifact.
 """
 
+import json
 import math
 
 import numpy as np
@@ -114,3 +115,38 @@ def test_monitor_lost_mid_run_then_resume(tmp_path, pte):
         # each model kept a valid window, unless a loaded machine distorted its markers (stated above)
         assert all(r["valid_windows"] >= 1 for r in rows) or later
         assert sum(r["invalid_windows"] for r in rows) + sum(1 for w in bad if w.kind == "idle") == 3 + len(later)
+
+
+def test_short_run_reports_latency_phases_and_target_not_reached(tmp_path, pte, capsys):
+    """Two rounds cannot reach a 0.01-point savings CI: the run is complete, target not reached, in the
+    outcome, the store's events and ``show --json``; every row carries the latency distribution and phases."""
+    from harness.cli import main
+    from harness.tables import run_rows
+
+    plan = make_plan("virtual", "virtual", {"window_s": 0.3, "idle_s": 0.2, "min_reps": 2, "max_reps": 2,
+                                            "min_inferences_per_model": 8, "min_inference_s_per_model": 0.0,
+                                            "warmup_inferences": 3, "target_saved_ci_pts": 0.01})
+    db = tmp_path / "h.db"
+    with Store(db) as st:
+        with VirtualLabBackend("virtual-nexus4", plan, tmp_path / "lab") as be:
+            run_id = create_run(st, be, plan)
+            out = run_experiment(st, be, plan, _models(pte), run_id, progress=False)
+        assert out.status == "complete" and out.target_reached is False
+        assert out.status_text == "complete, target not reached"
+        assert out.misses and all(m["level"] == 50 and m["target"] == 0.01 for m in out.misses)
+        events = [e for e, _, _ in st.events(run_id)]
+        assert events[-2:] == ["target_not_reached", "complete"] and st.run_status(run_id) == "complete"
+        rows = run_rows(st, run_id)
+    # a loaded machine may distort a window's sync markers (invalid, with its reason): judge the valid ones
+    measured = [r for r in rows if r["valid_windows"]]
+    assert measured
+    for r in measured:
+        assert 0 < r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
+        assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["warmup_ms"] >= r["first_inference_ms"]
+    assert "energy_saved_pct_ci" in rows[1] and "paired_rounds" in rows[1]
+    assert main(["show", run_id, "--db", str(db), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "complete" and shown["status_text"] == "complete, target not reached"
+    assert shown["target_reached"] is False and shown["target_misses"]
+    for key in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "load_ms", "first_inference_ms", "warmup_ms"):
+        assert [r[key] for r in shown["rows"]] == [r[key] for r in rows]
