@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, add_output_flag, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import UsageError
 
@@ -16,7 +16,8 @@ def register(subparsers) -> None:
                               description="Write runs, models, windows (one row per window, with status and "
                                           "reason) and per-model table rows as CSV and/or Parquet files.")
     p.add_argument("run_ids", nargs="*", help="runs to export (default: all)")
-    p.add_argument("--out", default="results/export", metavar="DIR", help="output folder (default results/export)")
+    add_output_flag(p, "output folder (default results/export)", dest="out", old=("--out",),
+                    default="results/export", metavar="DIR")
     p.add_argument("--format", default="csv,parquet", help="csv, parquet or both (default csv,parquet)")
     add_db_flag(p)
     add_json_flag(p)
@@ -70,7 +71,7 @@ def run(args) -> int:
                 buf = io.BytesIO()
                 df.to_parquet(buf, index=False)
                 data = buf.getvalue()
-            write_output(path, data, "--out")
+            write_output(path, data, "-o")
             written.append(str(path))
     if args.json:
         print_json({"runs": ids, "files": written, "windows": int(len(dfs["windows"]))})

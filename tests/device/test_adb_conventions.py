@@ -69,7 +69,7 @@ class Phones:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness.cli", "virtual-phone", "--port", "0", "--root", str(self.tmp / serial),
-             "--serial", serial, "--authorize-key", f"{self.key}.pub", "--duration-s", "300"],
+             "--serial", serial, "--authorize-key", f"{self.key}.pub", "--duration-s", "1800"],
             cwd=str(self.tmp), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(proc)
         reg = Path(os.environ["HARNESS_CACHE_DIR"]) / "virtual-phones"
