@@ -75,6 +75,13 @@ def check_device_args(choice: DeviceChoice, plan, connect: str | None = None):
     exists.  (The profile itself was loaded and validated by :func:`resolve_device`.)"""
     from pathlib import Path
 
+    if choice.kind != "host":
+        from device.adb import vendor_key_paths
+
+        try:
+            vendor_key_paths()  # a wrong $ADB_VENDOR_KEYS is one line now, not after the builds
+        except INPUT_ERRORS as exc:
+            raise UsageError(str(exc)) from None
     if choice.kind != "real":
         if plan.serial or plan.monitor_serial:
             raise UsageError(f"--serial/--monitor-serial are for real phones, not --device {choice.name}")

@@ -86,7 +86,7 @@ class WorkerPool(ProcessPoolExecutor):
         path, self.log_path = self.log_path, None
         if path is None:
             return
-        if getattr(self, "_broken", False):  # a worker died: what it wrote may say why
+        if getattr(self, "_broken", False) and not getattr(self, "_stopping", False):  # what it wrote may say why
             log.warning("a worker process died; its output is in %s", path)
         else:
             try:
@@ -100,6 +100,7 @@ class WorkerPool(ProcessPoolExecutor):
         while not self._worker_pids.empty():
             pids.add(self._worker_pids.get())
         ours = [p for p in multiprocessing.active_children() if p.pid in pids]
+        self._stopping = True  # the workers end because we end them: not a death worth reporting
         for proc in ours:
             proc.terminate()
         self.shutdown(wait=False, cancel_futures=True)

@@ -168,6 +168,14 @@ def test_run_refuses_an_ambiguous_real_phone_in_one_line(clean_env, capsys):
     assert not (clean_env / "r").exists()
 
 
+def test_a_wrong_adb_vendor_keys_is_refused_before_any_work(clean_env, capsys, monkeypatch):
+    monkeypatch.setenv("ADB_VENDOR_KEYS", str(clean_env / "nowhere"))
+    assert main(["run", "--device", "virtual", "--db", str(clean_env / "r" / "h.db")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ADB_VENDOR_KEYS" in err and "nowhere" in err
+    assert not (clean_env / "r").exists()
+
+
 # ---------------------------------------------------------------- ADB_VENDOR_KEYS
 
 
