@@ -8,6 +8,7 @@ missing) or ``key_path``.  Transport errors are retried a bounded number of time
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import select
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from adb_shell import exceptions as adb_exc
 from adb_shell.adb_device import AdbDevice as _AdbShellDevice
-from adb_shell.auth.keygen import keygen, write_public_keyfile
+from adb_shell.auth.keygen import encode_pubkey, keygen, write_public_keyfile
 from adb_shell.auth.sign_pythonrsa import PythonRSASigner
 from adb_shell.transport.tcp_transport import TcpTransport
 
@@ -78,6 +79,36 @@ def ensure_adb_key(path: Path | str | None = None) -> Path:
     return key
 
 
+def vendor_key_paths(env: dict[str, str] | None = None) -> list[Path]:
+    """Private keys named by ``$ADB_VENDOR_KEYS``, as adb reads it: colon-separated files, or directories
+    whose ``*.adbkey`` files are all used.  A missing entry is one clear :class:`InputError`."""
+    env = os.environ if env is None else env
+    out: list[Path] = []
+    for part in env.get("ADB_VENDOR_KEYS", "").split(":"):
+        if not part.strip():
+            continue
+        path = Path(part).expanduser()
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.name.endswith(".adbkey") and p.is_file()))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise InputError(f"ADB_VENDOR_KEYS: {part!r} is neither a key file nor a directory")
+    return out
+
+
+def _load_signer(path: Path) -> PythonRSASigner:
+    """A signer for a vendor key; its public half is derived in memory when ``KEY.pub`` is absent."""
+    try:
+        pub_path = Path(f"{path}.pub")
+        if pub_path.is_file():
+            return PythonRSASigner.FromRSAKeyPath(str(path))
+        pub = base64.b64encode(encode_pubkey(str(path))).decode() + " harness@vendor-key"
+        return PythonRSASigner(pub, path.read_text())
+    except (OSError, ValueError, IndexError, TypeError) as exc:
+        raise InputError(f"ADB_VENDOR_KEYS: cannot read the ADB key {path}: {exc}") from None
+
+
 class _Transport(TcpTransport):
     """adb-shell's TCP transport with TCP_NODELAY, complete writes and EOF detection.
 
@@ -107,6 +138,32 @@ class _Transport(TcpTransport):
         return len(data)
 
 
+def parse_shell_output(name: str, command: str, raw: bytes, duration_s: float, check: bool) -> ShellResult:
+    """The :class:`ShellResult` of a command run as ``sh -c CMD; echo SENTINEL$?`` (shell protocol v1)."""
+    text = bytes(raw).decode("utf-8", "replace").replace("\r\n", "\n")
+    output, sep, status = text.rpartition(SENTINEL)
+    if not sep:
+        raise DeviceError(name, f"command {command!r}: no exit status (link dropped?); output: {text[-200:]!r}")
+    try:
+        code = int(status.strip())
+    except ValueError:
+        raise DeviceError(name, f"command {command!r}: unreadable exit status {status!r}") from None
+    result = ShellResult(command, output, code, duration_s)
+    if check and code != 0:
+        raise CommandError(name, command, output, code)
+    return result
+
+
+def describe_device(dev: Device, transport: str) -> dict[str, Any]:
+    """Model, ABI, Android level and serial of a connected phone, for listings."""
+    props = dev.properties()
+    return {"address": dev.name, "transport": transport, "state": "device",
+            "model": props.get("ro.product.model", ""), "device": props.get("ro.product.device", ""),
+            "serial": props.get("ro.serialno", ""), "abi": props.get("ro.product.cpu.abi", ""),
+            "api_level": int(props.get("ro.build.version.sdk", "0") or 0),
+            "release": props.get("ro.build.version.release", "")}
+
+
 def parse_address(address: str) -> tuple[str, str, int]:
     """``("tcp", host, port)`` for ``host:port``, ``("usb", serial, 0)`` otherwise."""
     address = address.strip()
@@ -128,7 +185,10 @@ class AdbDevice(Device):
         self.kind, self.host, self.port = parse_address(address)
         self.name = address
         self._key = ensure_adb_key(self.options.key_path or None)
-        self._signer = PythonRSASigner.FromRSAKeyPath(str(self._key))
+        self._signers = [PythonRSASigner.FromRSAKeyPath(str(self._key))]
+        for extra in vendor_key_paths():
+            if extra.resolve() != self._key.resolve():
+                self._signers.append(_load_signer(extra))
         self._dev: _AdbShellDevice | None = None
 
     # ------------------------------------------------------------ connection
@@ -149,7 +209,7 @@ class AdbDevice(Device):
             dev = None
             try:
                 dev = self._new_device()
-                dev.connect(rsa_keys=[self._signer], transport_timeout_s=self.options.connect_timeout_s,
+                dev.connect(rsa_keys=self._signers, transport_timeout_s=self.options.connect_timeout_s,
                             auth_timeout_s=self.options.auth_timeout_s,
                             read_timeout_s=self.options.connect_timeout_s,
                             auth_callback=lambda _d, sent=pubkey_sent: sent.append(True))
@@ -227,18 +287,7 @@ class AdbDevice(Device):
         raw = self._call(f"command {command!r}", lambda d: d.shell(
             wrapped, transport_timeout_s=timeout_s, read_timeout_s=timeout_s, timeout_s=timeout_s, decode=False),
             retry=retry, timeout_s=timeout_s)
-        text = bytes(raw).decode("utf-8", "replace").replace("\r\n", "\n")
-        output, sep, status = text.rpartition(SENTINEL)
-        if not sep:
-            raise DeviceError(self.name, f"command {command!r}: no exit status (link dropped?); output: {text[-200:]!r}")
-        try:
-            code = int(status.strip())
-        except ValueError:
-            raise DeviceError(self.name, f"command {command!r}: unreadable exit status {status!r}") from None
-        result = ShellResult(command, output, code, time.monotonic() - t0)
-        if check and code != 0:
-            raise CommandError(self.name, command, output, code)
-        return result
+        return parse_shell_output(self.name, command, raw, time.monotonic() - t0, check)
 
     def push(self, local: Path | str, remote: str, mode: int = 0o644, timeout_s: float = 120.0) -> None:
         local = Path(local)
@@ -293,12 +342,7 @@ class AdbDevice(Device):
 
     def describe(self) -> dict[str, Any]:
         """Model, ABI, Android level and serial, for listings."""
-        props = self.properties()
-        return {"address": self.name, "transport": self.kind, "state": "device",
-                "model": props.get("ro.product.model", ""), "device": props.get("ro.product.device", ""),
-                "serial": props.get("ro.serialno", ""), "abi": props.get("ro.product.cpu.abi", ""),
-                "api_level": int(props.get("ro.build.version.sdk", "0") or 0),
-                "release": props.get("ro.build.version.release", "")}
+        return describe_device(self, self.kind)
 
 
 def connect(address: str, options: AdbOptions | None = None) -> AdbDevice:

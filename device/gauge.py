@@ -42,9 +42,13 @@ class ShellDevice(Protocol):
 
 
 def second_link(device: Any) -> Any | None:
-    """A separate connection to the same phone (ADB over TCP), or None when only one link can exist."""
+    """A separate connection to the same phone (ADB over TCP, or through an adb server, which multiplexes
+    commands over one USB link), or None when only one link can exist."""
     from device.adb import AdbDevice
+    from device.adb_server import AdbServerDevice
 
+    if isinstance(device, AdbServerDevice):
+        return AdbServerDevice(device.serial, device.server).connect()
     if not isinstance(device, AdbDevice) or device.kind != "tcp":
         return None
     return AdbDevice(device.name, device.options).connect()

@@ -271,21 +271,26 @@ class PhoneBackend(Backend):
 
 
 class RealPhoneBackend(PhoneBackend):
-    """A real phone over ADB (``--serial``, TCP ``host:port`` or USB serial) and a Monsoon or the fuel gauge."""
+    """A real phone over ADB (the plan's serial: TCP ``host:port`` or USB serial, chosen by
+    ``harness.device_names.check_device_args``) and a Monsoon or the fuel gauge.  A phone a running adb
+    server holds is driven through that server (``device.adb_select.open_phone``); ``key``: ``--key``."""
 
-    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str):
+    def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str, key: str | None = None):
         from device.profiles import load_profile
 
         super().__init__(None, None, load_profile(profile_name), plan, virtual=False, name=name)
         self.lab_dir = Path(lab_dir)
         self.instrument = plan.monitor
+        self.key = key
 
     def open(self) -> None:
-        from device.adb import connect
+        from device.adb import AdbOptions
+        from device.adb_select import open_phone
 
         if not self.plan.serial:
-            raise InputError(f"--device {self.name}: give the phone with --serial (USB serial or host:port)")
-        self.device = connect(self.plan.serial)
+            raise InputError(f"--device {self.name}: give the phone with --serial (USB serial or host:port) "
+                             "or ANDROID_SERIAL")
+        self.device = open_phone(self.plan.serial, AdbOptions(key_path=self.key or ""))
         try:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             trace = self.lab_dir / f"trace-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.ptrc"

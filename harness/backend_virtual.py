@@ -30,7 +30,8 @@ class VirtualLabBackend(PhoneBackend):
     """The virtual phone (loopback ADB, ADB auth with our key) and the virtual Monsoon, started on open."""
 
     def __init__(self, profile_name: str, plan: RunPlan, lab_dir: Path, name: str = "virtual",
-                 monsoon_faults: dict[str, Any] | None = None, connect: str | None = None):
+                 monsoon_faults: dict[str, Any] | None = None, connect: str | None = None,
+                 key: str | None = None):
         from device.profiles import load_profile
 
         super().__init__(None, None, load_profile(profile_name), plan, virtual=True, name=name)
@@ -38,8 +39,11 @@ class VirtualLabBackend(PhoneBackend):
         self.instrument = "monsoon (virtual HVPM)"
         self.monsoon_faults = dict(monsoon_faults or {})  # VirtualMonsoonConfig fields, e.g. fail_after_s (tests)
         self._phone = None
-        # --connect: an externally started `harness virtual-phone` (its entry: address, timeline, profile)
-        self.external = _announced_phone(connect, self.profile.name) if connect else None
+        # --connect (else ANDROID_SERIAL naming one): an externally started `harness virtual-phone` (its
+        # entry: address, timeline, profile); --key: the ADB key to offer it (default: the lab's own)
+        self.external = (_announced_phone(connect, self.profile.name) if connect else
+                         _env_phone(self.profile.name))
+        self.key = key
 
     @property
     def phone(self):
@@ -64,7 +68,8 @@ class VirtualLabBackend(PhoneBackend):
                                            serial=f"virtual-{self.profile.name}").start()
             address, timeline = ((self.external["address"], self.external["timeline"]) if self.external else
                                  (self._phone.address, self._phone.timeline_path))
-            self.device = AdbDevice(address, AdbOptions(key_path=str(key))).connect()
+            own_key = self.key if (self.key and self.external) else str(key)
+            self.device = AdbDevice(address, AdbOptions(key_path=own_key)).connect()
             cfg = VirtualMonsoonConfig(root=str(self.lab_dir), timeline_path=str(timeline),
                                        profile=power_model_for(self.profile), **self.monsoon_faults)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -86,6 +91,26 @@ class VirtualLabBackend(PhoneBackend):
             if self._phone is not None:
                 self._phone.stop()
                 self._phone = None
+
+
+def _env_phone(profile: str) -> dict[str, Any] | None:
+    """The running virtual phone ``$ANDROID_SERIAL`` names (its address or serial), else None (the lab
+    starts its own; an ANDROID_SERIAL naming a real phone does not concern the virtual lab)."""
+    from device.adb_select import ENV_SERIAL, env_serial, matches
+    from device.virtual_phone.registry import live_phones
+
+    serial = env_serial()
+    if not serial:
+        return None
+    found = [e for e in live_phones() if matches(e, serial)]
+    if not found:
+        log.info("%s=%s names no running virtual phone; the virtual lab starts its own", ENV_SERIAL, serial)
+        return None
+    if found[0].get("profile") != profile:
+        raise InputError(f"{ENV_SERIAL}={serial}: that virtual phone emulates {found[0].get('profile')}, not "
+                         f"{profile}; use --device {found[0].get('profile')} or unset {ENV_SERIAL}")
+    log.info("%s=%s: measuring the running virtual phone at %s", ENV_SERIAL, serial, found[0]["address"])
+    return found[0]
 
 
 def _announced_phone(address: str, profile: str) -> dict[str, Any]:

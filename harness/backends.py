@@ -44,12 +44,13 @@ __all__ = [
 
 
 def make_backend(choice: DeviceChoice, plan: RunPlan, work_dir: Path = Path("results"),
-                 connect: str | None = None) -> Backend:
+                 connect: str | None = None, key: str | None = None) -> Backend:
     """The backend for a resolved device (not yet opened); ``work_dir`` holds lab files and raw traces;
-    ``connect`` (virtual only): the address of a running ``harness virtual-phone`` to measure instead."""
+    ``connect`` (virtual only): the address of a running ``harness virtual-phone`` to measure instead;
+    ``key``: the ADB private key to offer the phone (``--key``)."""
     if choice.kind == "host":
         return HostBackend(threads=plan.threads)
     if choice.kind == "virtual":
         return VirtualLabBackend(choice.profile, plan, Path(work_dir) / "virtual-lab", name=choice.name,
-                                 connect=connect)
-    return RealPhoneBackend(choice.profile, plan, Path(work_dir) / "phone-traces", name=choice.name)
+                                 connect=connect, key=key)
+    return RealPhoneBackend(choice.profile, plan, Path(work_dir) / "phone-traces", name=choice.name, key=key)

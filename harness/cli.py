@@ -22,6 +22,7 @@ import sys  # noqa: E402
 from harness import __version__  # noqa: E402
 from harness.cliutil import one_line  # noqa: E402
 from harness.errors import PROJECT_ERRORS, Terminated, UsageError, exit_code_for  # noqa: E402
+from harness.logsetup import configure_logging, restore_log_levels, save_log_levels  # noqa: E402
 from harness.signals import (  # noqa: E402
     ignore_stop_signals,
     install_sigterm,
@@ -29,6 +30,7 @@ from harness.signals import (  # noqa: E402
     restore_handlers,
     saved_handlers,
 )
+from harness.store import DEFAULT_DB  # noqa: E402
 
 log = logging.getLogger("harness")
 
@@ -40,10 +42,42 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(one_line(f"{self.prog}: {message} (see '{self.prog} --help')"))
 
 
+#: Options every command takes, before or after its name (``harness -v run`` = ``harness run -v``).
+GLOBAL_OPTIONS = ("-v", "-q", "--json", "--db")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, after: bool) -> None:
+    """``-v/-q/--json/--db`` on the top parser (``after`` False) or on a command's parser.
+
+    On a command's parser they default to ``SUPPRESS`` (argparse copies a command's values over the top
+    parser's, so a default there would undo ``harness --json show``); ``-v``/``-q`` given after the command
+    count into their own attributes and are added to the ones before it (:func:`_global_values`).
+    A command's own ``--json``/``--db`` (``add_json_flag``, ``add_db_flag``) keeps its help text.
+    """
+    have = parser._option_string_actions  # noqa: SLF001 - the one way to ask argparse which flags exist
+    sup = argparse.SUPPRESS
+    for flag, dest, help_text in (("-v", "verbose", "more logging: -v info, -vv debug (our loggers only)"),
+                                  ("-q", "quiet", "less logging: errors only")):
+        if flag not in have:
+            parser.add_argument(flag, f"--{dest}", action="count", dest=f"{dest}_after" if after else dest,
+                                default=sup if after else 0, help=help_text)
+    if "--json" in have:
+        have["--json"].default = sup
+    else:
+        parser.add_argument("--json", action="store_true", default=sup if after else False,
+                            help="print one JSON object on stdout (commands that have one)")
+    if "--db" in have:
+        have["--db"].default = sup
+    else:
+        parser.add_argument("--db", default=sup if after else None, metavar="PATH|URL",
+                            help=f"results database (default $HARNESS_DB or {DEFAULT_DB})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
+                     epilog="-v, -q, --json and --db may also come after the command.")
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _add_global_options(parser, after=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     import harness.commands as pkg
 
@@ -54,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(mod, "register", None)
         if register is not None:
             register(sub)
+    for command_parser in sub.choices.values():
+        _add_global_options(command_parser, after=True)
     return parser
+
+
+def _global_values(args: argparse.Namespace) -> int:
+    """Merge the global options given after the command into ``args``; returns the verbosity
+    (-1 quiet, 0 default, 1 info, 2 debug)."""
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    quiet = args.quiet + getattr(args, "quiet_after", 0)
+    if args.db is None:
+        args.db = os.environ.get("HARNESS_DB", "").strip() or str(DEFAULT_DB)
+    return max(-1, min(verbose - quiet, 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    saved = save_log_levels()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.WARNING - 10 * min(args.verbose, 2),
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(_global_values(args))
+        for flag, new in getattr(args, "deprecated_flags", None) or []:
+            log.warning("%s is deprecated; use %s", flag, new)
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2
@@ -105,6 +151,8 @@ def _main(argv: list[str]) -> int:
         ignore_stop_signals()  # already stopping: pressing Ctrl-C again changes nothing now
         print(f"harness: interrupted ({interrupt_name(exc)})", file=sys.stderr)
         return exit_code_for(exc)
+    finally:
+        restore_log_levels(saved)  # main() called in-process (tests) leaves logging as it found it
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,6 +54,47 @@ def add_command(subparsers, name: str, func, help_text: str, doc: str | None = N
     return p
 
 
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: stores like the new one and notes itself in ``args.deprecated_flags``
+    (``harness.cli`` logs one warning per use once logging is set up)."""
+
+    def __init__(self, option_strings, dest, new_flag: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notes = list(getattr(namespace, "deprecated_flags", None) or [])
+        notes.append((option_string, self.new_flag))
+        namespace.deprecated_flags = notes
+
+
+class _RefusedFlag(argparse.Action):
+    """A flag whose meaning changed: refused with one line saying what to use."""
+
+    def __init__(self, option_strings, dest, message: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.message = message
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError(f"{parser.prog}: {option_string} {self.message}")
+
+
+def add_output_flag(parser, help_text: str, *, dest: str = "output", old: tuple[str, ...] = (), **kwargs) -> None:
+    """``-o/--output``, the one spelling of an output file or folder; ``old`` spellings (``--out``,
+    ``--plot``) still work, hidden, with a deprecation warning."""
+    parser.add_argument("-o", "--output", dest=dest, help=help_text, **kwargs)
+    for flag in old:
+        parser.add_argument(flag, dest=dest, action=_DeprecatedFlag, new_flag="-o/--output",
+                            default=argparse.SUPPRESS, metavar=kwargs.get("metavar"), help=argparse.SUPPRESS)
+
+
+def add_refused_flag(parser, flag: str, message: str) -> None:
+    """A hidden ``flag`` that fails with ``message`` (a flag renamed because its old meaning misled)."""
+    parser.add_argument(flag, dest=f"refused_{flag.strip('-').replace('-', '_')}", action=_RefusedFlag,
+                        message=message, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -225,5 +266,5 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
-__all__ = ["add_json_flag", "atomic_write_bytes", "bounded_int", "check_output_file", "finite_float", "parse_int_list",
+__all__ = ["add_json_flag", "add_output_flag", "add_refused_flag", "atomic_write_bytes", "bounded_int", "check_output_file", "finite_float", "parse_int_list",
            "print_json", "progress", "short", "writable_dir", "write_output"]

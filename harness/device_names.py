@@ -3,10 +3,13 @@ device profile's name (``nexus4``, ``virtual-nexus4``...), resolved to a kind an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 from device import profiles
 from harness.errors import INPUT_ERRORS, InputError, UsageError
+
+log = logging.getLogger(__name__)
 
 VIRTUAL_DEFAULT_PROFILE = "virtual-nexus4"
 
@@ -38,26 +41,53 @@ def resolve_device(name: str) -> DeviceChoice:
     return DeviceChoice(name, "virtual" if p.virtual else "real", name)
 
 
-def check_device_args(choice: DeviceChoice, plan) -> None:
-    """Refuse device arguments that cannot work (UsageError, one line) before any slow work: a real phone
-    needs ``--serial`` (USB serial or ``host:port``), a Monsoon serial is a number and only for
-    ``--monitor monsoon``, and the profile names an ``executor_runner`` that exists.  (The profile itself
-    was loaded and validated by :func:`resolve_device`.)"""
+def _chosen_serial(where: str, serial: str, connect: str | None) -> str:
+    """The phone of a real-phone run (see :func:`check_device_args`), its address checked."""
+    from device.adb import parse_address
+    from device.adb_select import attached_devices, choose_serial, env_serial, ready_addresses
+
+    serial = (serial or "").strip()
+    if connect is not None:
+        if serial and serial != connect.strip():
+            raise UsageError(f"{where}: --serial {serial} and --connect {connect} name different phones")
+        try:
+            kind = parse_address(connect)[0]
+        except INPUT_ERRORS as exc:
+            raise UsageError(f"{where}: --connect: {exc}") from None
+        if kind != "tcp":
+            raise UsageError(f"{where}: --connect {connect!r}: expected HOST:PORT (ADB over TCP)")
+        serial = connect.strip()
+    try:
+        attached = [] if serial or env_serial() else ready_addresses(attached_devices())
+        serial, why = choose_serial(serial, attached)
+        parse_address(serial)
+    except INPUT_ERRORS as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    log.info("%s: phone %s (%s)", where, serial, why)
+    return serial
+
+
+def check_device_args(choice: DeviceChoice, plan, connect: str | None = None):
+    """Refuse device arguments that cannot work (UsageError, one line) before any slow work, and return
+    the plan with the phone chosen: a real phone is ``--serial`` or ``--connect HOST:PORT``, else
+    ``$ANDROID_SERIAL``, else the only attached phone (several: one line listing them); a Monsoon serial
+    is a number and only for ``--monitor monsoon``, and the profile names an ``executor_runner`` that
+    exists.  (The profile itself was loaded and validated by :func:`resolve_device`.)"""
     from pathlib import Path
 
+    if choice.kind != "host":
+        from device.adb import vendor_key_paths
+
+        try:
+            vendor_key_paths()  # a wrong $ADB_VENDOR_KEYS is one line now, not after the builds
+        except INPUT_ERRORS as exc:
+            raise UsageError(str(exc)) from None
     if choice.kind != "real":
         if plan.serial or plan.monitor_serial:
             raise UsageError(f"--serial/--monitor-serial are for real phones, not --device {choice.name}")
-        return
+        return plan
     where = f"--device {choice.name}"
-    if not plan.serial.strip():
-        raise UsageError(f"{where}: give the phone with --serial (USB serial or host:port)")
-    from device.adb import parse_address
-
-    try:
-        parse_address(plan.serial)
-    except INPUT_ERRORS as exc:
-        raise UsageError(f"{where}: --serial: {exc}") from None
+    plan = replace(plan, serial=_chosen_serial(where, plan.serial, connect))
     profile = profiles.load_profile(choice.profile)
     if plan.monitor == "monsoon":
         if plan.monitor_serial and not plan.monitor_serial.strip().isdigit():
@@ -72,3 +102,4 @@ def check_device_args(choice: DeviceChoice, plan) -> None:
                              "(set [runner].binary in a user profile, see docs/devices.md)")
         if not Path(spec.binary).expanduser().is_file():
             raise UsageError(f"{where}: profile {profile.name}: executor_runner {spec.binary} not found")
+    return plan

@@ -7,6 +7,11 @@ own initializer, report their pid.  :meth:`WorkerPool.stop` terminates exactly t
 multiprocessing's documented API (``active_children``, ``Process.terminate``/``join``), so an interrupted
 parent leaves no worker computing on.  A worker that dies shows as
 :class:`concurrent.futures.process.BrokenProcessPool` on its futures, as with any executor.
+
+Unless the user asked for ``-v`` (``harness.logsetup.verbose``), a worker's stdout and stderr (file
+descriptors 1 and 2: Python warnings, library log lines, C libraries such as cpuinfo) go to a file, not the
+terminal: :attr:`WorkerPool.log_path`, removed when the pool shuts down cleanly and kept (its path logged)
+when a worker died.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,15 +32,28 @@ log = logging.getLogger(__name__)
 STOP_JOIN_S = 5.0
 
 
-def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> None:
-    """Worker initializer: ignore Ctrl-C, die with the parent, report this worker's pid, then run the
-    caller's initializer.
+def _quiet_worker(log_path: str) -> None:
+    """Point this process's stdout and stderr (the descriptors: C libraries write there too) at ``log_path``."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequence[Any],
+                  log_path: str | None = None) -> None:
+    """Worker initializer: output to ``log_path`` (when given), ignore Ctrl-C, die with the parent, report
+    this worker's pid, then run the caller's initializer.
 
     A parent killed with ``kill -9`` cannot stop its workers; the kernel's parent-death signal and a
     watchdog on the parent pid (``device.lifeline``) end them instead, so nothing computes on orphaned.
     """
     from device.lifeline import die_with_parent
 
+    if log_path:
+        _quiet_worker(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(os.getppid(), threading.Event(), grace_s=0.0)
     pids.put(os.getpid())
@@ -50,11 +69,30 @@ class WorkerPool(ProcessPoolExecutor):
     """
 
     def __init__(self, max_workers: int, initializer: Callable[..., Any] | None = None,
-                 initargs: Sequence[Any] = ()):
+                 initargs: Sequence[Any] = (), quiet: bool | None = None):
+        from harness.logsetup import verbose
+
         ctx = multiprocessing.get_context("spawn")
         self._worker_pids = ctx.SimpleQueue()
+        self.log_path: str | None = None
+        if quiet if quiet is not None else not verbose():
+            fd, self.log_path = tempfile.mkstemp(prefix="harness-workers-", suffix=".log")
+            os.close(fd)
         super().__init__(max_workers=max_workers, mp_context=ctx, initializer=_start_worker,
-                         initargs=(self._worker_pids, initializer, tuple(initargs)))
+                         initargs=(self._worker_pids, initializer, tuple(initargs), self.log_path))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        path, self.log_path = self.log_path, None
+        if path is None:
+            return
+        if getattr(self, "_broken", False) and not getattr(self, "_stopping", False):  # what it wrote may say why
+            log.warning("a worker process died; its output is in %s", path)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         """Cancel what has not started, terminate the workers (running tasks are lost) and wait for them."""
@@ -62,6 +100,7 @@ class WorkerPool(ProcessPoolExecutor):
         while not self._worker_pids.empty():
             pids.add(self._worker_pids.get())
         ours = [p for p in multiprocessing.active_children() if p.pid in pids]
+        self._stopping = True  # the workers end because we end them: not a death worth reporting
         for proc in ours:
             proc.terminate()
         self.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,8 @@
-"""``harness devices``: connected phones (USB, running virtual phones, --connect addresses) and profiles.
+"""``harness devices``: connected phones (USB, an adb server's, virtual, --connect addresses) and profiles.
 
-List ADB phones on USB, running virtual phones, and phones at --connect addresses (probed over ADB), with the
-device profile each matches; then the known profiles.
+List ADB phones on USB, the phones a running adb server lists, running virtual phones, and phones at --connect
+addresses (probed over ADB), with the device profile each matches; the phone `harness run` would use is marked
+with * (--serial, else $ANDROID_SERIAL, else the only attached phone); then the known profiles.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from harness.cliutil import add_command, add_json_flag, print_json
-from harness.errors import PROJECT_ERRORS, UsageError
+from harness.errors import INPUT_ERRORS, PROJECT_ERRORS, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,8 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "devices", run, "list connected devices and known device profiles", __doc__)
     p.add_argument("--connect", action="append", default=[], metavar="HOST:PORT",
                    help="also probe a phone over ADB/TCP (repeatable), e.g. 192.168.1.7:5555")
-    p.add_argument("--key", default=None, help="ADB private key (default ~/.android/adbkey, created if missing)")
+    p.add_argument("--key", default=None, help="ADB private key (default ~/.android/adbkey, created if missing; "
+                                               "the keys of $ADB_VENDOR_KEYS are offered too)")
     p.add_argument("--no-usb", action="store_true", help="do not scan USB")
     add_json_flag(p)
 
@@ -45,29 +47,49 @@ def _probe(address: str, key: str | None) -> dict:
         dev.close()
 
 
-def run(args) -> int:
-    from device.adb import usb_adb_serials
-    from device.profiles import all_profiles
-    from device.virtual_phone.registry import live_phones
+def _selection(devices: list[dict]) -> tuple[str | None, str]:
+    """The phone ``harness run`` would pick for a real-phone profile (None and why not when none)."""
+    from device.adb_select import choose_serial, ready_addresses
 
-    devices: list[dict] = []
-    if not args.no_usb:
-        for d in usb_adb_serials():
-            devices.append({**d, "profile": None})
-    for v in live_phones():
-        devices.append({"address": v["address"], "transport": "tcp", "state": "device", "virtual": True,
-                        "serial": v.get("serial", ""), "profile": v.get("profile"), "root": v.get("root"),
-                        "pid": v.get("pid")})
-    for addr in args.connect:
-        devices.append(_probe(addr, args.key))
+    try:
+        serial, why = choose_serial(None, ready_addresses(devices))
+    except INPUT_ERRORS as exc:
+        return None, str(exc)
+    return serial, why
+
+
+def run(args) -> int:
+    from device.adb import parse_address
+    from device.adb_select import attached_devices, env_serial, matches
+    from device.profiles import all_profiles
+
+    devices = attached_devices(scan_usb=not args.no_usb)
+    wanted = list(args.connect)
+    chosen = env_serial()
+    if chosen and ":" in chosen and not any(matches(d, chosen) for d in devices) and chosen not in wanted:
+        parse_address(chosen)  # a bad ANDROID_SERIAL is one line
+        wanted.append(chosen)  # ANDROID_SERIAL=HOST:PORT names a phone over TCP: probe it
+    for addr in wanted:
+        devices = [d for d in devices if d["address"] != addr] + [_probe(addr, args.key)]
+    selected, why = _selection(devices)
+    for d in devices:
+        if selected is not None and matches(d, selected):
+            d["selected"] = True
     profiles = [p.to_dict() for p in all_profiles()]
     if args.json:
-        print_json({"devices": devices, "profiles": profiles})
+        print_json({"devices": devices, "selected": selected, "selected_by": why if selected else None,
+                    "selection_error": None if selected else why, "profiles": profiles})
         return 0
     print("devices:" if devices else "devices: none found (phones: USB debugging on, udev rule; or `harness virtual-phone`)")
     for d in devices:
-        extra = " ".join(f"{k}={d[k]}" for k in ("model", "serial", "abi", "api_level", "error") if d.get(k))
-        print(f"  {d['address']:24} {d['transport']:4} {d['state']:14} profile={d.get('profile') or '-'} {extra}".rstrip())
+        extra = " ".join(f"{k}={d[k]}" for k in ("model", "serial", "abi", "api_level", "via", "error") if d.get(k))
+        mark = "*" if d.get("selected") else " "
+        print(f"{mark} {d['address']:24} {d['transport']:4} {d['state']:14} profile={d.get('profile') or '-'} "
+              f"{extra}".rstrip())
+    if selected:
+        print(f"selected: {selected} ({why})")
+    elif devices:
+        print(f"selected: none ({why})")
     print("profiles:")
     for p in profiles:
         print(f"  {p['name']:16} {p['abi']:12} API {p['api_level']:<3} {'virtual ' if p['virtual'] else ''}{p['description']}")

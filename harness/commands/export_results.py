@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, add_output_flag, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import UsageError
 
@@ -17,7 +17,8 @@ def register(subparsers) -> None:
                               description="Write runs, models, windows (one row per window, with status and "
                                           "reason) and per-model table rows as CSV and/or Parquet files.")
     p.add_argument("run_ids", nargs="*", help="runs to export (default: all)")
-    p.add_argument("--out", default="results/export", metavar="DIR", help="output folder (default results/export)")
+    add_output_flag(p, "output folder (default results/export)", dest="out", old=("--out",),
+                    default="results/export", metavar="DIR")
     p.add_argument("--format", default="csv,parquet", help="csv, parquet or both (default csv,parquet)")
     p.add_argument("--traces", action="store_true",
                    help="also write the windows' raw traces (traces/<sha256>.npz), for 'harness import-results'")
@@ -92,7 +93,7 @@ def run(args) -> int:
                 buf = io.BytesIO()
                 df.to_parquet(buf, index=False)
                 data = buf.getvalue()
-            write_output(path, data, "--out")
+            write_output(path, data, "-o")
             written.append(str(path))
     for digest, data in traces.items():
         write_output(out / "traces" / f"{digest}.npz", data, "--out")

@@ -10,7 +10,7 @@ import logging
 import math
 from pathlib import Path
 
-from harness.cliutil import add_command, add_json_flag, print_json
+from harness.cliutil import add_command, add_json_flag, add_output_flag, add_refused_flag, print_json
 from harness.commands.run import add_db_flag
 from harness.errors import InputError
 
@@ -23,9 +23,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", required=True, help="device name (as given to harness run) or fingerprint")
     p.add_argument("--metric", choices=("energy", "time"), default=None,
                    help="energy (mJ per inference) or time (ms per inference); default energy when measured")
-    p.add_argument("--model", action="append", default=[], metavar="KEY",
+    p.add_argument("--model-key", dest="model", action="append", default=[], metavar="KEY",
                    help="model key (L0 base, L30...) or level; repeat; default all")
-    p.add_argument("--plot", default=None, metavar="PNG", help="plot path (default <db dir>/history-<fp>-<metric>.png)")
+    add_refused_flag(p, "--model", "is --model-key here (a model key such as L30); --model names a base model "
+                                   "file in 'harness run'")
+    add_output_flag(p, "plot path (default <db dir>/history-<fp>-<metric>.png)", dest="plot", old=("--plot",),
+                    default=None, metavar="PNG")
     p.add_argument("--no-plot", action="store_true", help="skip the plot")
     add_db_flag(p)
     add_json_flag(p)
@@ -106,7 +109,7 @@ def run(args) -> int:
     if not args.no_plot:
         path = Path(args.plot) if args.plot else work_dir / (
             f"history-{res['device_fingerprint']}-{res['metric']}.png")
-        write_output(path, plot_history(res), "--plot")
+        write_output(path, plot_history(res), "-o")
         res["plot"] = str(path)
     if args.json:
         print_json(res)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.cliutil import add_json_flag, print_json, short
+from harness.cliutil import add_json_flag, add_output_flag, print_json, short
 from harness.commands.run import add_db_flag
 from harness.errors import UsageError
 
@@ -12,7 +12,8 @@ def register(subparsers) -> None:
                               description="Rebuild Tables 3/4 (Markdown, CSV), the plots and report.html of a run "
                                           "from the results store (default: results/<run>/).")
     p.add_argument("run_id", help="run id (a unique prefix is enough)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <db dir>/<run id>)")
+    add_output_flag(p, "output folder (default: <db dir>/<run id>)", dest="out", old=("--out",), default=None,
+                    metavar="DIR")
     add_db_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -27,7 +28,7 @@ def run(args) -> int:
         try:
             rep = build_report(st, run_id, args.out)
         except OSError as exc:
-            raise UsageError(f"--out {short(str(args.out or exc.filename or ''))}: cannot write the report "
+            raise UsageError(f"-o {short(str(args.out or exc.filename or ''))}: cannot write the report "
                              f"({exc.strerror or exc})") from None
     if args.json:
         print_json({"run_id": run_id, "out_dir": str(rep.out_dir),

@@ -52,9 +52,11 @@ def register(subparsers) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue an interrupted run")
     p.add_argument("--monitor", choices=("monsoon", "gauge"), default=None, help="power monitor (real phones)")
     p.add_argument("--serial", default=None, help="phone serial (real phones)")
-    p.add_argument("--connect", default=None, metavar="127.0.0.1:PORT",
-                   help="with a virtual device: measure a running `harness virtual-phone` (its fault flags apply) "
-                        "instead of starting one")
+    p.add_argument("--connect", default=None, metavar="HOST:PORT",
+                   help="a phone over ADB/TCP (real phones: same as --serial HOST:PORT); with a virtual device: "
+                        "measure a running `harness virtual-phone` at 127.0.0.1:PORT instead of starting one")
+    p.add_argument("--key", default=None, help="ADB private key (default ~/.android/adbkey; the virtual lab: its "
+                                               "own); the keys of $ADB_VENDOR_KEYS are offered too")
     p.add_argument("--monitor-serial", default=None, help="Monsoon serial number (real phones)")
     p.add_argument("--window-s", type=finite_float(0.0, 600.0, lo_open=True), default=None, help="inference window length (s)")
     p.add_argument("--idle-s", type=finite_float(0.0, 600.0), default=None, help="idle window length (s; default = window)")
@@ -160,12 +162,13 @@ def _run(args) -> int:
     choice = resolve_device(device_name)
     if choice.kind != "real" and any(getattr(args, k) for k in ("monitor", "serial", "monitor_serial")):
         raise UsageError(f"--monitor/--serial/--monitor-serial are for real phones, not --device {choice.name}")
-    if args.connect is not None and choice.kind != "virtual":
-        raise UsageError(f"--connect is for virtual phones, not --device {choice.name}")
+    if (args.connect is not None or args.key is not None) and choice.kind == "host":
+        raise UsageError(f"--connect/--key are for virtual phones and real phones, not --device {choice.name}")
     plan = make_plan(choice.kind, choice.name, {**toml, **over, "device": choice.name})
     if stored_plan is not None:
         plan = stored_plan
-    check_device_args(choice, plan)  # profile, serial, monitor: before any build, export or file write
+    # profile, phone (--serial/--connect/ANDROID_SERIAL/the only one), monitor: before any build, export or write
+    plan = check_device_args(choice, plan, connect=args.connect if choice.kind == "real" else None)
     check_inputs(plan)
     work_dir = db.work_dir
     _check_work_dir(work_dir)
@@ -175,7 +178,7 @@ def _run(args) -> int:
         with Store(db, readonly=True) as st:  # the stored plan and artifacts decide what to measure
             rec = st.get_run(args.resume)
             models = stored_models(st.models(rec.run_id), plan)
-    backend = make_backend(choice, plan, work_dir, connect=args.connect)
+    backend = make_backend(choice, plan, work_dir, connect=args.connect, key=args.key)
     with Store(db) as st:  # a locked or corrupt database fails here, before any work
         # builds happen here; uncached exports go on in worker processes while the lab starts
         prep = ModelPreparation(plan, work_dir / "cache", accuracy=args.accuracy) if models is None else None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from harness.buildargs import add_model_args
-from harness.cliutil import add_json_flag, print_json
+from harness.cliutil import add_json_flag, add_output_flag, print_json
 
 DESCRIPTION = ("For each subset size, --subsets seeded random class subsets; for each level, build the specialist "
                "and measure its accuracy on the test images of its classes.  Cells: mean and 95%% CI half-width "
                "over the subsets, plus the unpruned 'None' column.  Writes Markdown, CSV, PNG and JSON under "
-               "--out; finished work is kept in --out/sweep.sqlite, so an interrupted sweep continues where it "
+               "-o/--output; finished work is kept in OUTPUT/sweep.sqlite, so an interrupted sweep continues where it "
                "stopped.")
 
 
@@ -33,7 +33,8 @@ def register(sub) -> None:
                    help="the paper's Table 2 in table2_accuracy.csv layout (default: the published numbers)")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
     add_model_args(p)
-    p.add_argument("--out", metavar="DIR", default="results/sweep", help="output directory (default results/sweep)")
+    add_output_flag(p, "output directory (default results/sweep)", dest="out", old=("--out",),
+                    default="results/sweep", metavar="DIR")
     p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
     p.add_argument("--db", default=None, metavar="PATH|URL",
                    help="keep the finished cells here (a SQLite file or postgresql:// URL; default $HARNESS_DB "

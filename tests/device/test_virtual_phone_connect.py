@@ -36,7 +36,7 @@ def _external(tmp_path: Path, *flags: str) -> PhoneProcess:
 @pytest.mark.parametrize("argv, text", [
     (["--device", "virtual", "--connect", "127.0.0.1:1"], "no virtual phone is running there"),
     (["--device", "virtual", "--connect", "10.0.0.7:5555"], "expected 127.0.0.1:PORT"),
-    (["--device", "host", "--connect", "127.0.0.1:5555"], "--connect is for virtual phones"),
+    (["--device", "host", "--connect", "127.0.0.1:5555"], "--connect/--key are for virtual phones"),
 ])
 def test_connect_is_checked_before_anything_is_written(cache, capsys, argv, text):
     db = cache / "db" / "h.sqlite"

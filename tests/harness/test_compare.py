@@ -67,7 +67,7 @@ def test_history_and_listing_commands(db, capsys, tmp_path):
     assert main(["show", a, "--db", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["run_id"] == a and len(shown["rows"]) == 3 and shown["windows"]["total"] == 25
-    assert main(["history", "--device", "scripted", "--metric", "time", "--model", "50", "--db", str(path),
+    assert main(["history", "--device", "scripted", "--metric", "time", "--model-key", "50", "--db", str(path),
                  "--json"]) == 0
     hist = json.loads(capsys.readouterr().out)
     assert [s["model"] for s in hist["series"]] == ["L50"] and len(hist["series"][0]["points"]) == 3

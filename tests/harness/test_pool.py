@@ -90,3 +90,21 @@ def test_workers_die_when_the_parent_is_killed(tmp_path):
         time.sleep(0.1)
     alive = os.path.exists(f"/proc/{worker}") and open(f"/proc/{worker}/stat").read().split()[2] != "Z"
     assert not alive, f"worker {worker} outlived its killed parent"
+
+
+def test_worker_output_stays_off_the_terminal_unless_verbose(capfd):
+    """Library noise of workers (written to file descriptors 1 and 2, as C libraries do) goes to a file
+    that is removed on a clean shutdown; with quiet=False (``-v``) it reaches the terminal."""
+    with WorkerPool(1, quiet=True) as pool:
+        pool.submit(os.write, 2, b"noise-err\n").result(timeout=120)
+        pool.submit(os.write, 1, b"noise-out\n").result(timeout=60)
+        log_path = pool.log_path
+        text = open(log_path).read()
+        assert "noise-err" in text and "noise-out" in text
+    assert not os.path.exists(log_path)
+    out, err = capfd.readouterr()
+    assert "noise" not in out + err
+    with WorkerPool(1, quiet=False) as pool:
+        assert pool.log_path is None
+        pool.submit(os.write, 2, b"shown-err\n").result(timeout=120)
+    assert "shown-err" in capfd.readouterr().err

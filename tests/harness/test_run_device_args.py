@@ -49,12 +49,17 @@ def profiles(tmp_path, monkeypatch):
                                   ("hot", runner, 20.0)):
         (d / f"{name}.toml").write_text(PROFILE.format(name=name, binary=binary, voltage=voltage))
     monkeypatch.setenv("HARNESS_PROFILES", str(d))
+    # no phone attached: no virtual phones, no adb server, no ANDROID_SERIAL of the user's
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "1")
+    monkeypatch.delenv("ANDROID_SERIAL", raising=False)
+    monkeypatch.delenv("ADB_SERVER_SOCKET", raising=False)
     return d
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--device", "nexus4"], "--device nexus4: give the phone with --serial"),
-    (["--device", "labphone"], "give the phone with --serial"),
+    (["--device", "nexus4"], "--device nexus4: no phone attached"),
+    (["--device", "labphone"], "give --serial (USB serial or HOST:PORT) or set ANDROID_SERIAL"),
     (["--device", "labphone", "--serial", "10.0.0.2:99999"], "bad device address '10.0.0.2:99999'"),
     (["--device", "labphone", "--serial", "X1", "--monitor-serial", "abc"], "--monitor-serial must be"),
     (["--device", "labphone", "--serial", "X1", "--monitor", "gauge", "--monitor-serial", "7"],
