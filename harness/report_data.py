@@ -123,6 +123,14 @@ def run_status(events: Sequence[tuple[str, str, str]], rows: Sequence[dict], pla
             "interrupted": interrupted, "events": [{"event": e, "detail": d, "t_utc": t} for e, d, t in events]}
 
 
+def _rounds(plan: dict[str, Any]) -> str:
+    lo, hi = plan.get("min_reps"), plan.get("max_reps")
+    target = f"±{fmt(plan.get('target_ci_pct'), 1)}% of its mean"
+    if lo == hi:
+        return f"{hi} rounds (precision target: every 95% CI within {target})"
+    return f"{lo} to {hi} rounds, stopping early when every 95% CI is within {target}"
+
+
 def plan_words(plan: dict[str, Any], method: str) -> list[str]:
     """The plan as a few sentences."""
     idle = plan.get("idle_s")
@@ -131,8 +139,7 @@ def plan_words(plan: dict[str, Any], method: str) -> list[str]:
         f"Levels {', '.join(str(v) for v in plan.get('levels', []))} % of channels removed (plus the full model), "
         f"classes {', '.join(str(c) for c in plan.get('classes', []))}, method {method}.",
         f"Inference windows of {fmt(plan.get('window_s'), 2)} s, idle windows {idle_txt}; "
-        f"{plan.get('min_reps')} to {plan.get('max_reps')} rounds, stopping early when every 95% CI is within "
-        f"±{fmt(plan.get('target_ci_pct'), 1)}% of its mean.",
+        f"{_rounds(plan)}.",
         f"At least {plan.get('min_inferences_per_model')} inferences and {fmt(plan.get('min_inference_s_per_model'), 1)} s "
         f"per model, {plan.get('warmup_inferences')} warm-up inferences per window, {plan.get('threads')} thread(s), "
         f"seed {plan.get('seed')}.",
@@ -153,6 +160,12 @@ def idle_power_by_seq(windows: Sequence[WindowRecord]) -> dict[int, float]:
             if w.kind == "idle" and w.valid and w.mean_power_w is not None and math.isfinite(w.mean_power_w)}
 
 
+def short_reason(reason: str, limit: int = 48) -> str:
+    """The first clause of a window's reason, at most ``limit`` characters (the page has the rest on hover)."""
+    first = reason.split(";")[0].split(" (")[0].strip() or reason
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+
+
 def window_rows(windows: Sequence[WindowRecord], energy_by_seq: dict[int, float]) -> list[dict[str, str]]:
     """One row per window (idle and inference): the report's per-window table, as formatted cells."""
     idle = idle_power_by_seq(windows)
@@ -169,6 +182,7 @@ def window_rows(windows: Sequence[WindowRecord], energy_by_seq: dict[int, float]
         out.append({
             "seq": str(w.seq), "round": str(w.round_idx + 1), "kind": w.kind, "model": w.model_key or "–",
             "valid": w.valid, "status": "valid" if w.valid else (w.reason or "invalid"),
+            "status_short": "valid" if w.valid else short_reason(w.reason or "invalid"),
             "sync": str(s.get("sync", "–")) if w.kind == "inference" else "–",
             "sync_error_ms": fmt(err * 1000.0 if isinstance(err, int | float) else None, 2),
             "dropped": fmt(dropped if isinstance(dropped, int) else None),

@@ -141,3 +141,22 @@ def test_more_repetitions_estimate_is_capped():
     w = compare_samples(b, b + 1.0, threshold_pct=2.0)
     assert w.verdict == "unknown" and not w.beyond_plan and 0 < w.more_reps <= MAX_MORE_REPS
     assert "more repetitions per side would decide" in w.reason
+
+
+def test_history_plot_by_date_with_commits_and_cis(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from harness.commands.history import commit_label, plot_history
+
+    assert commit_label("harness 0.1.0 3dd395f6b13d") == "3dd395f" and commit_label("harness 0.1.0") == "0.1.0"
+    days = [f"2026-11-{d:02d}T10:00:00.000000Z" for d in (1, 2, 5, 9, 10)]
+    pts = [{"run_id": f"r{i}", "created_utc": t, "value": v, "ci": ci, "code_version": f"harness 0.1.0 {c}",
+            "commit": c[:7]} for i, (t, v, ci, c) in enumerate(zip(
+                days, [10.0, 10.1, None, 12.0, 12.1], [0.2, None, None, 0.3, float("nan")],
+                ["aaaaaaa1", "aaaaaaa1", "bbbbbbb2", "bbbbbbb2", "ccccccc3"], strict=True))]
+    res = {"device": "d", "device_fingerprint": "f", "metric": "time", "unit": "ms",
+           "series": [{"model": "L50", "level": 50, "points": pts,
+                       "steps": [{"index": 3, "run_id": "r3", "before": 10.0, "after": 12.0, "change_pct": 20.0}]}]}
+    png = plot_history(res)
+    assert png[:4] == b"\x89PNG" and len(png) > 5000
