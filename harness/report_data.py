@@ -94,13 +94,16 @@ def run_status(events: Sequence[tuple[str, str, str]], rows: Sequence[dict], pla
     complete = [_detail(d) for e, d, _ in events if e.startswith("complete")]
     info = complete[-1] if complete else {}
     stated = info.get("target_reached")
+    if "not reached" in str(info.get("status", "")).replace("_", " "):
+        stated = False
     missed_stated = info.get("target_missed") or info.get("missed") or []
     if isinstance(missed_stated, dict):
         missed_stated = [f"{k}: {v}" for k, v in missed_stated.items()]
     elif isinstance(missed_stated, str):
         missed_stated = [missed_stated]
     own = precision_misses(rows, plan.get("target_ci_pct"))
-    if "not reached" in status:
+    named = any("not reached" in e.replace("_", " ") for e, _, _ in events)  # an event of its own, if any
+    if named or "not reached" in status.replace("_", " "):
         reached: bool | None = False
     elif isinstance(stated, bool):
         reached = stated
@@ -108,8 +111,8 @@ def run_status(events: Sequence[tuple[str, str, str]], rows: Sequence[dict], pla
         reached = not own
     else:
         reached = None
-    words = status
-    if status == "complete" and reached is False:
+    words = status.replace("_", " ")
+    if complete and reached is False and (status.startswith("complete") or named):
         words = "complete, target not reached"
     missed = [str(m) for m in missed_stated] if missed_stated else (own if reached is False else [])
     wall_s, measured_s = info.get("wall_s"), info.get("measured_s")

@@ -188,3 +188,19 @@ def test_report_has_no_horizontal_overflow_in_chromium(report, tmp_path, width):
     shot = tmp_path / "shot.png"
     got = _chromium([f"--window-size={width},1600", f"--screenshot={shot}", probe.as_uri()], tmp_path)
     assert shot.read_bytes()[:4] == b"\x89PNG", got.stderr[-2000:]
+
+
+@pytest.mark.parametrize("events,want", [
+    ([("complete", '{"wall_s": 10, "measured_s": 9}')], "complete, target not reached"),  # L0 ±10% > 5%
+    ([("complete", '{"target_reached": true}')], "complete"),  # the run loop's word wins
+    ([("complete", "{}"), ("target_not_reached", "L10 by 1.1 points")], "complete, target not reached"),
+    ([("complete", '{"status": "complete, target not reached"}')], "complete, target not reached"),
+    ([("interrupted", "phone lost")], "interrupted"),
+])
+def test_status_in_words(events, want):
+    from harness.report_data import run_status
+
+    rows = [{"model": "L0", "time_ms": 10.0, "time_ms_ci": 1.0, "energy_mj": None}]
+    got = run_status([("created", "", "t0"), *[(e, d, "t") for e, d in events]], rows, {"target_ci_pct": 5})
+    assert got["status"] == want
+    assert (want == "complete, target not reached") == (got["target_reached"] is False and bool(got["missed"]))
