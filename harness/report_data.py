@@ -115,9 +115,10 @@ def run_status(events: Sequence[tuple[str, str, str]], rows: Sequence[dict], pla
     if complete and reached is False and (status.startswith("complete") or named):
         words = "complete, target not reached"
     missed = [str(m) for m in missed_stated] if missed_stated else (own if reached is False else [])
-    wall_s, measured_s = info.get("wall_s"), info.get("measured_s")
+    wall_s, measured_s = (v if isinstance(v, int | float) and math.isfinite(v) else None
+                          for v in (info.get("wall_s"), info.get("measured_s")))
     overhead = None
-    if isinstance(wall_s, int | float) and isinstance(measured_s, int | float) and wall_s > 0:
+    if wall_s is not None and measured_s is not None and wall_s > 0:
         overhead = (wall_s - measured_s) / wall_s * 100.0
     resumed = sum(1 for e, _, _ in events if e == "resumed")
     interrupted = sum(1 for e, _, _ in events if e == "interrupted")

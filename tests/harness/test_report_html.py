@@ -204,3 +204,31 @@ def test_status_in_words(events, want):
     got = run_status([("created", "", "t0"), *[(e, d, "t") for e, d in events]], rows, {"target_ci_pct": 5})
     assert got["status"] == want
     assert (want == "complete, target not reached") == (got["target_reached"] is False and bool(got["missed"]))
+
+
+class HostLike(ScriptedBackend):
+    """A device with no power monitor: time only, no traces."""
+
+    measures_energy = False
+    instrument = ""
+
+    def run_window(self, model, n, warmup):
+        res = super().run_window(model, n, warmup)
+        res.energy_j = res.mean_power_w = None
+        res.trace = None
+        return res
+
+
+def test_report_of_a_timing_only_run(tmp_path):
+    with Store(tmp_path / "h.db") as st:
+        plan = make_plan("host", "scripted", {**FAST, "idle_s": 0.0})
+        be = HostLike()
+        rid = create_run(st, be, plan)
+        run_experiment(st, be, plan, models(), rid, progress=False)
+        rep = build_report(st, rid)
+    text = (rep.out_dir / "report.html").read_text()
+    page = Page(text)
+    assert "table3" not in page.tables and len(page.tables["table4"]) == 4
+    assert "energy is not measured" in text and "No raw traces were kept" in text
+    assert page.tables["window-table"][0][-1] == "ms"  # no mJ column
+    assert "traces.png" not in page.images and "drift.png" in page.images
