@@ -69,11 +69,17 @@ def _detail(text: str) -> dict[str, Any]:
 
 
 def precision_misses(rows: Sequence[dict], target_ci_pct: float | None) -> list[str]:
-    """Models whose 95% CI half-width is above ``target_ci_pct`` of the mean, in words (time and energy)."""
-    if not target_ci_pct:
-        return []
+    """Models whose 95% CI half-width is above ``target_ci_pct`` of the mean, in words (time and energy).
+
+    A model with no CI (fewer than 2 valid windows) misses too: nothing says how precise it is.
+    """
     out = []
     for r in rows:
+        if r.get("valid_windows", 2) < 2:
+            out.append(f"{r['model']}: {r.get('valid_windows', 0)} valid window(s), no confidence interval")
+            continue
+        if not target_ci_pct:
+            continue
         for key, what in (("time_ms", "time"), ("energy_mj", "energy")):
             mean, ci = r.get(key), r.get(key + "_ci")
             if mean is None or ci is None or not (math.isfinite(mean) and math.isfinite(ci)) or mean == 0:

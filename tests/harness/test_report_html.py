@@ -232,3 +232,12 @@ def test_report_of_a_timing_only_run(tmp_path):
     assert "energy is not measured" in text and "No raw traces were kept" in text
     assert page.tables["window-table"][0][-1] == "ms"  # no mJ column
     assert "traces.png" not in page.images and "drift.png" in page.images
+
+
+def test_no_valid_window_is_no_precision():
+    from harness.report_data import run_status
+
+    rows = [{"model": "L0", "time_ms": float("nan"), "time_ms_ci": float("nan"), "valid_windows": 0}]
+    got = run_status([("created", "", "t0"), ("complete", '{"wall_s": 1, "measured_s": 1}', "t")], rows,
+                     {"target_ci_pct": 5})
+    assert got["status"] == "complete, target not reached" and "L0: 0 valid window(s)" in got["missed"][0]
