@@ -5,7 +5,9 @@ Each package owns its errors: ``device.errors`` (phones, monitors, the virtual l
 is the single place where any of them becomes an exit code: input errors (bad flags, bad files, bad
 names) exit 2, every other project error exits 1, Ctrl-C (SIGINT) 130 and SIGTERM 143 (128 + the signal
 number, what a shell reports for a process the signal ended, so a supervisor sees the same code whether or not
-the harness handled it; both stop a run the same way, see harness/signals.py).
+the harness handled it; both stop a run the same way, see harness/signals.py).  A command whose exit code is
+itself a result has its own rows, tried first (:data:`COMMAND_EXIT_CODES`): ``harness compare`` exits 0 when
+nothing regressed and 1 when something did, so any error there (a locked database, a missing run) exits 3.
 """
 
 from __future__ import annotations
@@ -71,9 +73,16 @@ EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
 )
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """The process exit code for ``exc`` (1 for anything the table does not name)."""
-    for classes, code in EXIT_CODES:
+#: Per command, rows tried before :data:`EXIT_CODES`: where exit 1 is a result ("regressed"), errors need their own
+#: code.  Usage errors (bad flags) stay 2 everywhere.
+COMMAND_EXIT_CODES: dict[str, tuple[tuple[tuple[type[BaseException], ...], int], ...]] = {
+    "compare": (((UsageError,), 2), (PROJECT_ERRORS, 3)),
+}
+
+
+def exit_code_for(exc: BaseException, command: str | None = None) -> int:
+    """The process exit code for ``exc`` raised by ``command`` (1 for anything the tables do not name)."""
+    for classes, code in COMMAND_EXIT_CODES.get(command or "", ()) + EXIT_CODES:
         if isinstance(exc, classes):
             return code
     return 1

@@ -1,14 +1,15 @@
-"""A run's report, rebuilt from the store: tables (Markdown, CSV), PNG plots and a static HTML page.
+"""A run's lab report, rebuilt from the store: tables (Markdown, CSV, JSON, Parquet), PNG figures and a static
+HTML page rendered from a jinja2 template (``harness/templates/report.html.j2``).
 
-Everything lands in ``<db dir>/<run_id>/`` (``results/<run>/`` by default): ``table3.md``,
-``table4.md``, ``tables.csv``, ``rows.json``, ``energy_time_vs_flops.png``, ``power_trace.png``
-(when a raw trace is kept), ``pareto.png`` (when accuracies are known) and ``report.html``.
-Files are written atomically; plots use matplotlib's Agg backend (no display needed).
+Everything lands in ``<db dir>/<run_id>/`` (``results/<run>/`` by default): ``table3.md``, ``table4.md``,
+``tables.csv``, ``rows.json``, ``rows.parquet``, ``windows.csv``, ``windows.parquet``, ``energy_time_vs_flops.png``,
+``drift.png`` (per-round values), ``power_trace.png`` and ``traces.png`` (one window in full, every window as a
+thumbnail; when raw traces are kept), ``pareto.png`` (when accuracies are known) and ``report.html``.
+Files are written atomically; figures use matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import logging
@@ -20,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from harness import report_data as data
+from harness import report_plots as plots
 from harness.cliutil import _clean, atomic_write_bytes
 from harness.store import Store, WindowRecord
 from harness.tables import (
+    HOST_NOTE,
     PAPER_NEXUS4,
     _paper_ref,
     device_label,
@@ -30,11 +34,15 @@ from harness.tables import (
     rows_csv,
     table3_markdown,
     table4_markdown,
+    window_metrics,
 )
 
 log = logging.getLogger(__name__)
 
-PHASE_COLOURS = {"idle": "#d9d9d9", "sync": "#f4a582", "inference": "#92c5de", "warmup": "#fddbc7"}
+VIRTUAL_PAGE_NOTE = "These numbers are from the VIRTUAL LAB (virtual phone + virtual Monsoon), not a real phone."
+
+#: At most this many windows in the trace thumbnails (spread evenly over the run when there are more).
+MAX_TRACE_THUMBNAILS = 48
 
 
 @dataclass(frozen=True)
@@ -52,104 +60,6 @@ def run_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
     return model_rows(store.models(run.run_id), store.windows(run.run_id), run.measures_energy)
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_vs_flops(rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool) -> bytes:
-    """Energy and time per inference, and their savings, against FLOPs pruned."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(rows, key=lambda r: r["flops_pruned_pct"])
-    x = np.array([r["flops_pruned_pct"] for r in rows], dtype=float)
-
-    def col(k: str) -> np.ndarray:
-        return np.array([np.nan if r.get(k) is None else r[k] for r in rows], dtype=float)
-
-    panels = [("time_ms", "time_ms_ci", "time per inference (ms)"), ("time_saved_pct", None, "time saved (%)")]
-    if measures_energy:
-        panels = [("energy_mj", "energy_mj_ci", "energy per inference (mJ)"),
-                  ("energy_saved_pct", None, "energy saved (%)")] + panels
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    ref = _paper_ref(device)
-    paper = sorted(PAPER_NEXUS4.values(), key=lambda p: p["flops_pruned_pct"])
-    for ax, (key, ci, label) in zip(axes[0], panels, strict=True):
-        yerr = col(ci) if ci else None
-        ax.errorbar(x, col(key), yerr=yerr, marker="o", capsize=3, label="this run" + (" (virtual lab)" if virtual else ""))
-        if ref:
-            ax.plot([p["flops_pruned_pct"] for p in paper], [p[key] for p in paper], "k--", marker="x",
-                    label="paper, Nexus 4")
-        ax.set_xlabel("FLOPs pruned (%)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{device}{' — virtual lab' if virtual else ''}", fontsize=10)
-    return _png(fig)
-
-
-def plot_trace(arrays: dict[str, np.ndarray], title: str) -> bytes:
-    """Power over one window with idle, sync marks and inference phases shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.asarray(arrays["t_s"], dtype=float)
-    p = np.asarray(arrays["power_w"], dtype=float)
-    step = max(1, len(t) // 20000)  # plot at most ~20k points
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    ax.plot(t[::step], p[::step], lw=0.6, color="#2166ac")
-    seen = set()
-    names = arrays.get("phase_name", np.zeros(0, dtype="<U1"))
-    for a, b, name in zip(arrays.get("phase_start_s", []), arrays.get("phase_end_s", []), names, strict=False):
-        name = str(name)
-        ax.axvspan(a, b, color=PHASE_COLOURS.get(name, "#eeeeee"), alpha=0.6,
-                   label=None if name in seen else name, lw=0)
-        seen.add(name)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("power (W)")
-    ax.set_title(title, fontsize=10)
-    if seen:
-        ax.legend(fontsize=8, loc="upper right")
-    return _png(fig)
-
-
-def plot_pareto(rows: Sequence[dict], measures_energy: bool) -> bytes | None:
-    """Accuracy against energy (or time) per inference; None when no accuracy is known."""
-    pts = [r for r in rows if r.get("accuracy_pct") is not None]
-    if not pts:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = "energy_mj" if measures_energy else "time_ms"
-    x = np.array([np.nan if r[key] is None else r[key] for r in pts], dtype=float)
-    y = np.array([r["accuracy_pct"] for r in pts], dtype=float)
-    order = np.argsort(x)
-    best = np.maximum.accumulate(y[order])
-    front = order[y[order] >= best]  # non-dominated: no cheaper model is at least as accurate
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.scatter(x, y)
-    for xi, yi, r in zip(x, y, pts, strict=True):
-        ax.annotate(f"{r['level']}%", (xi, yi), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.step(x[front], y[front], where="post", color="k", lw=0.8, label="Pareto front")
-    ax.set_xlabel("energy per inference (mJ)" if measures_energy else "time per inference (ms)")
-    ax.set_ylabel("accuracy on target classes (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
 def _pick_trace_window(windows: Sequence[WindowRecord]) -> WindowRecord | None:
     for w in windows:
         if w.kind == "inference" and w.valid and w.trace_hash:
@@ -157,26 +67,66 @@ def _pick_trace_window(windows: Sequence[WindowRecord]) -> WindowRecord | None:
     return None
 
 
-def _html_table(rows: Sequence[dict], measures_energy: bool, virtual: bool) -> str:
-    cols = [("level", "channels removed (%)"), ("flops_pruned_pct", "FLOPs pruned (%)"),
-            ("time_ms", "time (ms)"), ("time_ms_ci", "± CI"), ("time_saved_pct", "time saved (%)")]
-    if measures_energy:
-        cols += [("energy_mj", "energy (mJ)"), ("energy_mj_ci", "± CI"), ("energy_saved_pct", "energy saved (%)")]
-    cols += [("valid_windows", "valid"), ("invalid_windows", "invalid"), ("accuracy_pct", "accuracy (%)")]
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in cols) + "</tr>"]
+def _thumbnail_windows(windows: Sequence[WindowRecord]) -> list[WindowRecord]:
+    with_trace = [w for w in windows if w.kind == "inference" and w.trace_hash]
+    if len(with_trace) <= MAX_TRACE_THUMBNAILS:
+        return with_trace
+    idx = np.unique(np.linspace(0, len(with_trace) - 1, MAX_TRACE_THUMBNAILS).round().astype(int))
+    return [with_trace[i] for i in idx]
+
+
+def _saving_table(rows: Sequence[dict], key: str, saved: str, digits: int, paper_ref: bool) -> list[dict[str, str]]:
+    out = []
     for r in sorted(rows, key=lambda r: -r["level"]):
-        cells = []
-        for k, _ in cols:
-            v = r.get(k)
-            txt = "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (
-                f"{v:.3f}" if isinstance(v, float) else str(v))
-            cells.append(f"<td>{html.escape(txt)}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    return "\n".join(out + ["</table>"])
+        p = PAPER_NEXUS4.get(r["level"], {}) if paper_ref else {}
+        out.append({"flops": data.fmt(r["flops_pruned_pct"], 1), "level": str(r["level"]), "model": r["model"],
+                    "value": data.pm(r.get(key), r.get(key + "_ci"), digits),
+                    "saved": data.pm(r.get(saved), r.get(saved + "_ci"), 2),
+                    "windows": f"{r['valid_windows']}/{r['invalid_windows']}",
+                    "paper_saved": data.fmt(p.get(saved), 2)})
+    return out
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """The report page from ``report.html.j2`` (every value escaped)."""
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def _parquet(frame_rows: Sequence[dict]) -> bytes | None:
+    try:
+        import pandas as pd
+
+        buf = io.BytesIO()
+        pd.DataFrame(list(frame_rows)).to_parquet(buf, index=False)
+        return buf.getvalue()
+    except Exception as exc:  # pyarrow missing or a type it cannot store: the CSV/JSON remain  # noqa: BLE001
+        log.warning("parquet output skipped: %s", exc)
+        return None
+
+
+def _windows_csv(windows: Sequence[WindowRecord]) -> str:
+    import csv
+
+    cols = ["seq", "round_idx", "kind", "model_key", "status", "reason", "n_inferences", "duration_s", "busy_s",
+            "time_ms", "energy_j", "mean_power_w", "temperature_c", "settings_json"]
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(cols)
+    for w in windows:
+        wr.writerow(["" if getattr(w, c) is None else getattr(w, c) for c in cols])
+    return buf.getvalue()
 
 
 def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -> Report:
-    """Rebuild a run's tables, plots and HTML from the store."""
+    """Rebuild a run's tables, figures and HTML page from the store."""
     run = store.get_run(run_id)
     models = store.models(run.run_id)
     windows = store.windows(run.run_id)
@@ -184,60 +134,107 @@ def build_report(store: Store, run_id: str, out_dir: str | Path | None = None) -
     out = Path(out_dir) if out_dir is not None else store.work_dir / run.run_id
     files: dict[str, Path] = {}
 
-    def put(name: str, data: bytes) -> None:
-        atomic_write_bytes(out / name, data)
+    def put(name: str, payload: bytes | None) -> bool:
+        if payload is None:
+            return False
+        atomic_write_bytes(out / name, payload)
         files[name] = out / name
+        return True
 
     label = device_label(run)
-    t3 = table3_markdown(rows, label, run.virtual, run.measures_energy) if run.measures_energy else ""
-    t4 = table4_markdown(rows, label, run.virtual, run.measures_energy)
-    if t3:
-        put("table3.md", t3.encode())
-    put("table4.md", t4.encode())
+    paper_ref = _paper_ref(label)
+    plan = json.loads(run.plan_json or "{}")
+    method = data.resolve_method(plan, models)
+    plan_shown = {**plan, "method": method} if not plan.get("method") else plan
+    if run.measures_energy:
+        put("table3.md", table3_markdown(rows, label, run.virtual, run.measures_energy).encode())
+    put("table4.md", table4_markdown(rows, label, run.virtual, run.measures_energy).encode())
     put("tables.csv", rows_csv(rows, run.device, run.virtual).encode())
     put("rows.json", json.dumps(_clean({"run_id": run.run_id, "device": run.device, "virtual": run.virtual,
-                                        "rows": rows}), indent=2).encode())
-    images: list[tuple[str, str]] = []
+                                        "method": method, "rows": rows}), indent=2).encode())
+    put("windows.csv", _windows_csv(windows).encode())
+    put("rows.parquet", _parquet([{"run_id": run.run_id, **{k: v for k, v in r.items()}} for r in rows]))
+    put("windows.parquet", _parquet([w.__dict__ for w in windows]))
+
+    metrics = window_metrics(windows)
+    energy_by_seq = {int(s): float(e) for s, e in zip(metrics["seq"], metrics["energy_mj"], strict=True)
+                     if math.isfinite(e)}
+    figures: list[dict[str, str]] = []
     if any(r["valid_windows"] for r in rows):
-        put("energy_time_vs_flops.png", plot_vs_flops(rows, label, run.virtual, run.measures_energy))
-        images.append(("energy_time_vs_flops.png", "Energy and time per inference against FLOPs pruned"))
+        put("energy_time_vs_flops.png", plots.plot_vs_flops(rows, label, run.virtual, run.measures_energy, paper_ref))
+        figures.append({"id": "fig-flops", "file": "energy_time_vs_flops.png",
+                        "caption": "Per inference " + ("energy and time" if run.measures_energy else "time") +
+                                   " against FLOPs pruned (left), and savings against the full model (right)" +
+                                   ("; the paper's Nexus 4 appears as savings only" if paper_ref else "")})
+        put("drift.png", plots.plot_drift(data.drift_series(windows, metrics, run.measures_energy)))
+        figures.append({"id": "fig-drift", "file": "drift.png",
+                        "caption": "Per round: each model's value as % of its median (drift shows as a trend)"
+                                   + (", idle power" if run.measures_energy else "")
+                                   + " and temperature (when read) in schedule order"})
+    traces = _trace_figures(store, windows, put)
+    pareto = plots.plot_pareto(rows, run.measures_energy)
+    if put("pareto.png", pareto):
+        figures.append({"id": "fig-pareto", "file": "pareto.png",
+                        "caption": "Accuracy against " + ("energy" if run.measures_energy else "time")
+                                   + " per inference"})
+    status = data.run_status(store.events(run.run_id), rows, plan)
+    latency, latency_computed = data.latency_rows(store, rows, windows)
+    try:
+        fingerprint = json.dumps(json.loads(run.fingerprint_json), indent=2, sort_keys=True)
+    except ValueError:
+        fingerprint = run.fingerprint_json
+    notes = ([VIRTUAL_PAGE_NOTE] if run.virtual else []) + ([HOST_NOTE] if not run.measures_energy else [])
+    links = [{"file": n, "what": what} for n, what in (
+        ("table3.md", "Table 3 (Markdown)"), ("table4.md", "Table 4 (Markdown)"),
+        ("tables.csv", "Tables 3 and 4 (CSV)"), ("rows.json", "per-model rows (JSON)"),
+        ("rows.parquet", "per-model rows (Parquet)"), ("windows.csv", "every window (CSV)"),
+        ("windows.parquet", "every window (Parquet)")) if n in files]
+    context = {
+        "run": run, "label": label, "notes": notes, "method": method, "status": status,
+        "plan_words": data.plan_words(plan, method), "plan_json": json.dumps(plan_shown, indent=2, sort_keys=True),
+        "measures_energy": run.measures_energy, "paper_ref": paper_ref,
+        "table3": _saving_table(rows, "energy_mj", "energy_saved_pct", 2, paper_ref) if run.measures_energy else [],
+        "table4": _saving_table(rows, "time_ms", "time_saved_pct", 3, paper_ref),
+        "has_saved_ci": any(r.get("time_saved_pct_ci") is not None for r in rows),
+        "latency": latency, "latency_computed": latency_computed,
+        "accuracy": [{"model": r["model"], "level": r["level"], "accuracy": data.fmt(r.get("accuracy_pct"), 1)}
+                     for r in rows if r.get("accuracy_pct") is not None],
+        "windows": data.window_rows(windows, energy_by_seq),
+        "n_valid": sum(1 for w in windows if w.valid), "n_invalid": sum(1 for w in windows if not w.valid),
+        "figures": figures, "traces": traces, "fingerprint": fingerprint,
+        "earlier": data.earlier_runs(store, run), "links": links,
+    }
+    put("report.html", render_html(context).encode())
+    return Report(out, files, rows)
+
+
+def _trace_figures(store: Store, windows: Sequence[WindowRecord], put) -> dict[str, Any]:
+    """The full trace of one window and thumbnails of every window (a damaged trace is skipped, logged)."""
+    out: dict[str, Any] = {"full": None, "grid": None, "shown": 0, "total": 0}
     tw = _pick_trace_window(windows)
     if tw is not None:
         try:
             arrays = store.traces.get(tw.trace_hash)
             if "t_s" in arrays and "power_w" in arrays:
-                put("power_trace.png", plot_trace(arrays, f"window {tw.seq}: {tw.model_key}, "
-                                                          f"{tw.n_inferences} inferences"))
-                images.append(("power_trace.png", "Power trace of one window (idle, sync marks, inference)"))
+                put("power_trace.png", plots.plot_trace(
+                    arrays, f"window {tw.seq} (round {tw.round_idx + 1}): {tw.model_key}, {tw.n_inferences} inferences"))
+                out["full"] = {"file": "power_trace.png", "seq": tw.seq, "model": tw.model_key}
         except Exception as exc:  # a damaged trace must not stop the report  # noqa: BLE001
             log.warning("power trace plot skipped: %s", exc)
-    pareto = plot_pareto(rows, run.measures_energy)
-    if pareto is not None:
-        put("pareto.png", pareto)
-        images.append(("pareto.png", "Accuracy against energy per inference"))
-    notes = []
-    if run.virtual:
-        notes.append("These numbers are from the VIRTUAL LAB (virtual phone + virtual Monsoon), not a real phone.")
-    if not run.measures_energy:
-        notes.append("Host timing only: nothing measured energy.")
-    status = store.run_status(run.run_id)
-    body = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>harness run {html.escape(run.run_id)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}.note{background:#fff3cd;padding:6px}"
-        "</style></head><body>",
-        f"<h1>Run {html.escape(run.run_id)}</h1>",
-        *[f"<p class='note'>{html.escape(n)}</p>" for n in notes],
-        "<p>" + "<br>".join(html.escape(x) for x in [
-            f"device: {label} (fingerprint {run.device_fingerprint})",
-            f"instrument: {run.instrument}", f"code: {run.code_version}", f"created: {run.created_utc}",
-            f"status: {status}"]) + "</p>",
-        "<h2>Tables 3 and 4</h2>", _html_table(rows, run.measures_energy, run.virtual),
-        *[f"<h2>{html.escape(cap)}</h2><img src='{html.escape(name)}' alt='{html.escape(cap)}'>"
-          for name, cap in images],
-        "<h2>Plan</h2><pre>" + html.escape(json.dumps(json.loads(run.plan_json), indent=2)) + "</pre>",
-        "</body></html>",
-    ]
-    put("report.html", "\n".join(body).encode())
-    return Report(out, files, rows)
+    picked = _thumbnail_windows(windows)
+    out["total"] = sum(1 for w in windows if w.kind == "inference" and w.trace_hash)
+    thumbs = []
+    for w in picked:
+        try:
+            arrays = store.traces.get(w.trace_hash)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("trace of window %s skipped: %s", w.seq, exc)
+            continue
+        if "t_s" in arrays and "power_w" in arrays:
+            state = "" if w.valid else " INVALID"
+            thumbs.append((f"w{w.seq} r{w.round_idx + 1} {w.model_key}{state}", arrays))
+    if thumbs:
+        put("traces.png", plots.plot_trace_grid(thumbs))
+        out["grid"] = {"file": "traces.png"}
+        out["shown"] = len(thumbs)
+    return out

@@ -4,7 +4,9 @@
 decide it: a two-sided Mann-Whitney U test on the per-window values plus a minimum effect size
 (``threshold_pct`` of the baseline median).  Otherwise it says *unknown* and how many more
 repetitions per side would most likely decide (normal approximation of the difference, scaled by
-the U test's asymptotic efficiency 3/pi).  Lower values are better (time, energy).
+the U test's asymptotic efficiency 3/pi), capped at :data:`MAX_MORE_REPS`: beyond that it says so in plain
+words (the difference is below what the plan can resolve) instead of an absurd count.  Lower values are
+better (time, energy).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from scipy import stats
 
 #: Asymptotic relative efficiency of the U test against the t test under normality.
 MWU_EFFICIENCY = 3.0 / math.pi
+
+#: Above this many more repetitions per side an estimate is no longer useful advice: the verdict says the
+#: difference is below what the plan can resolve, and ``more_reps`` is capped here.
+MAX_MORE_REPS = 100
 
 
 def mean_ci_along(values, axis: int = -1, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,12 +64,14 @@ class Verdict:
     p_value: float
     n_a: int
     n_b: int
-    more_reps: int  # extra repetitions per side likely to decide ("unknown" only), else 0
+    more_reps: int  # extra repetitions per side likely to decide ("unknown" only, at most MAX_MORE_REPS), else 0
     reason: str
+    beyond_plan: bool = False  # "unknown" and more than MAX_MORE_REPS more repetitions would be needed
 
     def as_dict(self) -> dict:
         return {"verdict": self.verdict, "effect_pct": self.effect_pct, "p_value": self.p_value,
-                "n_a": self.n_a, "n_b": self.n_b, "more_reps": self.more_reps, "reason": self.reason}
+                "n_a": self.n_a, "n_b": self.n_b, "more_reps": self.more_reps, "beyond_plan": self.beyond_plan,
+                "reason": self.reason}
 
 
 def _reps_needed(rel_sd_pct: float, margin_pct: float, alpha: float) -> int:
@@ -116,6 +124,9 @@ def compare_samples(a, b, threshold_pct: float = 2.0, alpha: float = 0.05, min_n
     else:
         need = _reps_needed(rel_sd, threshold_pct - abs(effect), alpha)
     more = max(need - min(na, nb), 1)
-    return Verdict("unknown", effect, p, na, nb, more,
-                   f"p={p:.3g}, effect {effect:+.2f}% +- {half:.2f}%; about {more} more repetitions per side "
-                   f"would decide")
+    head = f"p={p:.3g}, effect {effect:+.2f}% +- {half:.2f}%; "
+    if more > MAX_MORE_REPS:
+        return Verdict("unknown", effect, p, na, nb, MAX_MORE_REPS,
+                       head + f"more than {MAX_MORE_REPS} repetitions per side would be needed; the difference is "
+                              f"below what this plan can resolve", beyond_plan=True)
+    return Verdict("unknown", effect, p, na, nb, more, head + f"about {more} more repetitions per side would decide")

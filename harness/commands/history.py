@@ -1,7 +1,8 @@
 """``harness history --device D``: a metric over runs on one device, with change points and a plot.
 
 The series of per-run means over the runs of one device fingerprint (a device name picks the fingerprint of
-its latest run), change points marked by step detection, and a PNG plot.
+its latest run), change points marked by step detection, and a PNG plot against the runs' dates, with 95% CI
+error bars and the commit each run measured.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def history(st, device: str, metric: str | None, model_keys: list[str]) -> dict:
             v = row[col]
             ser["points"].append({"run_id": s.run.run_id, "created_utc": s.run.created_utc,
                                   "value": v if v is not None and math.isfinite(v) else None,
-                                  "ci": row[col + "_ci"], "code_version": s.run.code_version})
+                                  "ci": row[col + "_ci"], "code_version": s.run.code_version,
+                                  "commit": commit_label(s.run.code_version)})
     if wanted and not series:
         raise InputError(f"no model {', '.join(sorted(wanted))} in the runs of {device!r}")
     for ser in series.values():
@@ -73,28 +75,65 @@ def history(st, device: str, metric: str | None, model_keys: list[str]) -> dict:
             "series": sorted(series.values(), key=lambda s: s["level"])}
 
 
+def commit_label(code_version: str) -> str:
+    """The short commit of a stored code version (``harness 0.1.0 3dd395f6b13d`` -> ``3dd395f``), else the version."""
+    parts = code_version.split()
+    if len(parts) >= 3:
+        return parts[-1][:7]
+    return parts[-1] if parts else "?"
+
+
+def _when(utc: str):
+    import datetime as dt
+
+    return dt.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
 def plot_history(res: dict) -> bytes:
+    """Per-run means with 95% CI error bars against the run's date, commit labels, change points dotted."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.22, top=0.9)
+    commits: dict = {}
     for ser in res["series"]:
-        y = [math.nan if p["value"] is None else p["value"] for p in ser["points"]]
-        x = list(range(len(y)))
-        line, = ax.plot(x, y, marker="o", label=ser["model"])
+        pts = ser["points"]
+        x = [_when(p["created_utc"]) for p in pts]
+        y = [math.nan if p["value"] is None else p["value"] for p in pts]
+        e = [math.nan if p["ci"] is None or not math.isfinite(p["ci"]) else p["ci"] for p in pts]
+        bars = ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, lw=1, label=ser["model"])
         for s in ser["steps"]:
-            ax.axvline(s["index"] - 0.5, color=line.get_color(), ls=":", lw=1)
-    ax.set_xlabel("run (oldest first)")
+            i = s["index"]
+            mid = x[i - 1] + (x[i] - x[i - 1]) / 2 if i > 0 else x[i]
+            ax.axvline(mid, color=bars.lines[0].get_color(), ls=":", lw=1)
+        for xi, p in zip(x, pts, strict=True):
+            commits.setdefault(xi, commit_label(p["code_version"]))
+    # one commit label per run, below the plot area; a label is written only where the commit changes
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    last = None
+    for xi in sorted(commits):
+        if commits[xi] != last:
+            ax.text(xi, -0.13, commits[xi], transform=trans, rotation=30, ha="right", va="top", fontsize=7,
+                    color="#555555")
+            ax.plot([xi], [0.0], transform=trans, marker="|", color="#555555", ms=6, clip_on=False)
+            last = commits[xi]
+    loc = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
     ax.set_ylabel(f"{res['metric']} per inference ({res['unit']})")
-    ax.set_title(f"{res['device']} ({res['device_fingerprint']}): dotted = change point", fontsize=10)
+    ax.set_title(f"{res['device']} ({res['device_fingerprint']}): mean ± 95% CI per run; dotted = change point; "
+                 f"grey = commit", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 

@@ -2,6 +2,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.cli import main
@@ -108,3 +109,54 @@ def test_command_errors(tmp_path, capsys):
     assert main(["show", "nope", "--db", str(tmp_path / "h.db")]) == 2
     assert main(["history", "--device", "x", "--db", str(tmp_path / "h.db")]) == 2
     assert main(["export-results", "--format", "xls", "--db", str(tmp_path / "h.db")]) == 2
+
+
+def test_compare_exit_codes_tell_errors_from_regressions(db, tmp_path, capsys):
+    path, a, b, c = db
+    # an unknown run, a missing database, a corrupt one: exit 3 with one line (1 would read as "regressed")
+    assert main(["compare", a, "nope", "--db", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "nope" in err and "not found" in err and len(err.strip().splitlines()) == 1
+    assert main(["compare", a, b, "--db", str(tmp_path / "none.db")]) == 3
+    assert "no results database" in capsys.readouterr().err
+    bad = tmp_path / "corrupt.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    assert main(["compare", a, b, "--db", str(bad)]) == 3
+    assert "corrupt" in capsys.readouterr().err
+    # bad flags stay usage errors (2), as in every command
+    assert main(["compare", a, b, "--alpha", "2", "--db", str(path)]) == 2
+
+
+def test_more_repetitions_estimate_is_capped():
+    from harness.verdict import MAX_MORE_REPS, compare_samples
+
+    # a 0.5% shift under 20% noise: thousands of repetitions would be needed
+    rng = np.random.default_rng(0)
+    a = 10.0 * (1 + 0.2 * rng.standard_normal(6))
+    v = compare_samples(a, a * 1.005, threshold_pct=2.0)
+    assert v.verdict == "unknown" and v.beyond_plan and v.more_reps == MAX_MORE_REPS
+    assert f"more than {MAX_MORE_REPS} repetitions" in v.reason and "below what this plan can resolve" in v.reason
+    # a moderate case keeps its estimate
+    b = np.array([10.0, 13.0, 7.0, 11.0])
+    w = compare_samples(b, b + 1.0, threshold_pct=2.0)
+    assert w.verdict == "unknown" and not w.beyond_plan and 0 < w.more_reps <= MAX_MORE_REPS
+    assert "more repetitions per side would decide" in w.reason
+
+
+def test_history_plot_by_date_with_commits_and_cis(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from harness.commands.history import commit_label, plot_history
+
+    assert commit_label("harness 0.1.0 3dd395f6b13d") == "3dd395f" and commit_label("harness 0.1.0") == "0.1.0"
+    days = [f"2026-11-{d:02d}T10:00:00.000000Z" for d in (1, 2, 5, 9, 10)]
+    pts = [{"run_id": f"r{i}", "created_utc": t, "value": v, "ci": ci, "code_version": f"harness 0.1.0 {c}",
+            "commit": c[:7]} for i, (t, v, ci, c) in enumerate(zip(
+                days, [10.0, 10.1, None, 12.0, 12.1], [0.2, None, None, 0.3, float("nan")],
+                ["aaaaaaa1", "aaaaaaa1", "bbbbbbb2", "bbbbbbb2", "ccccccc3"], strict=True))]
+    res = {"device": "d", "device_fingerprint": "f", "metric": "time", "unit": "ms",
+           "series": [{"model": "L50", "level": 50, "points": pts,
+                       "steps": [{"index": 3, "run_id": "r3", "before": 10.0, "after": 12.0, "change_pct": 20.0}]}]}
+    png = plot_history(res)
+    assert png[:4] == b"\x89PNG" and len(png) > 5000
