@@ -65,6 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--stats", default=None, help="calibration stats artifact (default: the project's)")
     p.add_argument("--accuracy", action="store_true", help="also measure accuracy on the target classes")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-layer ETDump profile (harness profile)")
     add_db_flag(p)
     add_json_flag(p)
 
@@ -192,6 +193,12 @@ def _run(args) -> int:
                     print(f"harness: interrupted; measured windows are stored. Resume with "
                           f"'harness run --resume {run_id}'", file=sys.stderr)
                     return exit_code_for(exc)
+                if outcome.status.startswith("complete") and not args.no_profile:  # after every window: one profiled pass
+                    from harness.profile import collect_run_profiles, layers_from_entries, run_profile_dir
+                    from harness.prepare import model_key
+
+                    collect_run_profiles(backend, models, run_profile_dir(args.db, run_id), run_id,
+                                         layers_from_entries(prep.entries, model_key) if prep else None)
         finally:
             if prep is not None:
                 prep.close()
