@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import statistics
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ def read_etdump(path: str | Path | None = None, data: bytes | None = None,
     try:
         from executorch.devtools import Inspector
 
-        ins = Inspector(etdump_data=bytes(data), etrecord=str(etrecord) if etrecord else None)
+        with warnings.catch_warnings():  # "Output Buffer not found": no debug buffer is asked for
+            warnings.simplefilter("ignore")
+            ins = Inspector(etdump_data=bytes(data), etrecord=str(etrecord) if etrecord else None)
     except Exception as exc:  # noqa: BLE001 - the flatbuffer reader raises anything on a corrupt file
         raise DataError(f"{what} is not a readable ETDump ({type(exc).__name__}: {str(exc)[:200]})") from None
     ops: list[OperatorTime] = []

@@ -153,7 +153,7 @@ class PhoneBackend(Backend):
         self._est_ms[model.key] = float(np.median(res.latencies_ms))
         return self._est_ms[model.key]
 
-    def profile(self, model: PreparedModel, etdump_path, runs: int) -> Path | None:
+    def etdump_profile(self, model: PreparedModel, etdump_path, runs: int) -> Path | None:
         """Profiling mode (after the measurements, no monitor window): the runner with ``--etdump_path``,
         then ``adb pull`` of the ETDump to ``etdump_path``.  None when the runner wrote none (a build without
         ``EXECUTORCH_ENABLE_EVENT_TRACER=ON``: docs/run.md, "Per-layer profile")."""

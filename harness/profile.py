@@ -1,8 +1,8 @@
 """Per-layer profiles of a run: ETDump operator times beside each layer's FLOPs, and the speedup per layer.
 
 After the measured rounds of ``harness run`` (outside every window), :func:`collect_run_profiles` runs each
-model once more in the runner's profiling mode (``Backend.profile``: the host runtime, or the phone's
-``executor_runner --etdump_path`` and an ``adb pull``), reads the ETDump (``device.etdump``), maps the
+model once more in the runner's profiling mode (the backend's ``etdump_profile``: the host runtime, or the
+phone's ``executor_runner --etdump_path`` and an ``adb pull``), reads the ETDump (``device.etdump``), maps the
 operators to the model's layers (:func:`align`) and writes ``<results>/<run_id>/profile/``: one ``<key>.etdp``
 per model and ``profile.json`` (the parsed rows, the FLOPs per layer, each ETDump's SHA-256).
 :func:`profile_table_data` turns that file into the table ``harness profile`` prints and the report can show:
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def collect_run_profiles(backend, models, out_dir: str | Path, run_id: str,
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "run_id": run_id,
                            "device": getattr(backend, "name", ""), "runs": int(runs),
                            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": []}
-    profile = getattr(backend, "profile", None)
+    profile = getattr(backend, "etdump_profile", None)
     for m in models:
         entry: dict[str, Any] = {"model": m.key, "level": m.level_pct, "flops": int(m.flops),
                                  "artifact_hash": m.artifact_hash}
@@ -271,8 +271,3 @@ def format_profile(data: dict[str, Any]) -> str:
             for o in m["operators"]:
                 lines.append(f"  {o['name']:<40} {o['median_ms']:8.3f} ms")
     return "\n".join(lines)
-
-
-def layer_dicts(layers: list[LayerFlops]) -> list[dict[str, Any]]:
-    """JSON-ready layers."""
-    return [asdict(x) for x in layers]

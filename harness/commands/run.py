@@ -194,8 +194,8 @@ def _run(args) -> int:
                           f"'harness run --resume {run_id}'", file=sys.stderr)
                     return exit_code_for(exc)
                 if outcome.status.startswith("complete") and not args.no_profile:  # after every window: one profiled pass
-                    from harness.profile import collect_run_profiles, layers_from_entries, run_profile_dir
                     from harness.prepare import model_key
+                    from harness.profile import collect_run_profiles, layers_from_entries, run_profile_dir
 
                     collect_run_profiles(backend, models, run_profile_dir(args.db, run_id), run_id,
                                          layers_from_entries(prep.entries, model_key) if prep else None)
