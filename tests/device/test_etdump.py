@@ -53,3 +53,26 @@ def test_runner_argv_carries_the_etdump_path():
     argv = executor_runner_argv("/data/local/tmp/er", "/m.pte", 5, 1, etdump_path="/data/local/tmp/p.etdp")
     assert argv[-1] == "--etdump_path=/data/local/tmp/p.etdp" and "--num_executions=6" in argv
     assert not any(a.startswith("--etdump") for a in executor_runner_argv("er", "m.pte", 5))
+
+
+def test_virtual_phone_runner_writes_an_etdump_that_pulls_and_reads(tiny_pte, tmp_path):
+    from device.adb import AdbOptions, ensure_adb_key, start_virtual
+    from device.push import checked_push
+
+    key = ensure_adb_key(tmp_path / "adbkey")
+    phone, dev = start_virtual(tmp_path / "phone", options=AdbOptions(key_path=str(key)))
+    try:
+        checked_push(dev, tiny_pte, "/data/local/tmp/t.pte")
+        base = ["executor_runner", "--model_path=/data/local/tmp/t.pte", "--num_executions=2"]
+        res = dev.run([*base, "--etdump_path=/data/local/tmp/t.etdp"], check=False)
+        assert res.exit_code == 0, res.output
+        assert "Iteration 2 of 2" in res.output
+        dev.pull("/data/local/tmp/t.etdp", tmp_path / "t.etdp")
+        prof = read_etdump(tmp_path / "t.etdp")
+        assert prof.runs == 2 and prof.operators
+        # a directory that does not exist: the runner's error line, status 1
+        res = dev.run([*base, "--etdump_path=/data/local/tmp/nodir/t.etdp"], check=False)
+        assert res.exit_code == 1 and "No such file or directory" in res.output
+    finally:
+        dev.close()
+        phone.stop()

@@ -129,3 +129,16 @@ def test_a_run_without_profile_is_one_clear_line(tmp_path, capsys):
     assert main(["profile", run_id, "--db", str(db)]) == 2
     err = capsys.readouterr().err
     assert "no per-layer profile" in err and err.count("\n") == 1
+
+
+def test_host_backend_profiles_outside_its_windows(tiny_pte, tmp_path, tiny_weights):
+    from harness.backends import HostBackend
+
+    m = PreparedModel("L0", 0, (0, 1), "paper", 100, 0.0, "m0", file_hash(tiny_pte), str(tiny_pte))
+    with HostBackend(threads=1) as be:
+        be.prepare(m, warmup=1)
+        doc = collect_run_profiles(be, [m], tmp_path / "prof", "r1", None, runs=2)
+        assert be.run_window(m, 3, 0).valid  # the loaded program still runs after the profiled pass
+    (entry,) = doc["models"]
+    assert entry["runs"] == 2 and entry["operators"] and entry["layers"] == []
+    assert "FLOPs per layer unknown" in entry["note"]
