@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PROFILE_FILE = "profile.json"
 #: Executions in a profiled pass (the median of each operator is the figure).
-DEFAULT_PROFILE_RUNS = 10
+DEFAULT_PROFILE_RUNS = 20
 #: Operator kinds that compute a layer (the others never take one).
 COMPUTE_KINDS = ("conv", "depthwise", "deconv", "fc")
 

@@ -103,6 +103,14 @@ def _check_work_dir(work_dir: Path) -> None:
             writable_dir(d, f"results directory {work_dir}")
 
 
+def _profile_file(db: str, run_id: str) -> str | None:
+    """The run's per-layer profile (``harness profile``), when one was written."""
+    from harness.profile import PROFILE_FILE, run_profile_dir
+
+    p = run_profile_dir(db, run_id) / PROFILE_FILE
+    return str(p) if p.is_file() else None
+
+
 class RunFileError(HarnessError):
     """A results, cache or lab file that cannot be used during a run (exit code 1)."""
 
@@ -214,7 +222,8 @@ def _run(args) -> int:
                         "status": outcome.status, "rows": rows, "wall_s": round(wall_s, 2),
                         "measured_s": round(outcome.measured_s, 2), "prepare_s": round(prep_s, 2),
                         "overhead_pct": overhead_pct, "db": str(args.db),
-                        "report": str(report_path) if report_path else None})
+                        "report": str(report_path) if report_path else None,
+                        "profile": _profile_file(args.db, run_id)})
         else:
             if run_rec.measures_energy:
                 print(table3_markdown(rows, device_label(run_rec), backend.virtual))
