@@ -161,7 +161,7 @@ def collect_run_profiles(backend, models, out_dir: str | Path, run_id: str,
                 entry["level"], entry["flops"] = m.level_pct, int(m.flops)
             if lays is None:
                 entry.setdefault("note", "FLOPs per layer unknown (a resumed run); times per operator only")
-        except PROJECT_ERRORS as exc:
+        except (*PROJECT_ERRORS, OSError) as exc:  # a profile never fails a measured run
             log.warning("profile of %s failed: %s", m.key, exc)
             entry["note"] = f"profile failed: {exc}"
         doc["models"].append(entry)
