@@ -123,8 +123,12 @@ def model_profile(key: str, etdump: Path, layers: list[LayerFlops] | None) -> di
         rows.append({"layer": lay.name, "flops": lay.flops, "operators": [o["name"] for o in mine],
                      "time_ms": sum(o["median_ms"] for o in mine) if mine else None})
     other = [o for o in ops if o["layer"] is None]
+    # Method::execute minus its operators: the runtime's and the delegate's own time (and, on a loaded
+    # machine, time the thread was not running between operators)
+    unattributed = None if prof["execute_ms"] is None else max(prof["execute_ms"] - prof["operators_ms"], 0.0)
     return {"model": key, "etdump": etdump.name, "etdump_sha256": file_hash(etdump), **prof,
-            "layers": rows, "other_ms": sum(o["median_ms"] for o in other), "operators": ops}
+            "layers": rows, "other_ms": sum(o["median_ms"] for o in other), "unattributed_ms": unattributed,
+            "operators": ops}
 
 
 # --------------------------------------------------------------------------- collecting during a run
@@ -208,7 +212,8 @@ def profile_table_data(db_path: str | Path, run_id: str, model: str | None = Non
 
     ``{"run_id", "device", "base_model", "models": [{"model", "level", "execute_ms", "load_ms", "runs",
     "note", "layers": [{"layer", "flops", "time_ms", "base_flops", "base_time_ms", "speedup",
-    "time_saved_pct", "flops_saved_pct", "operators"}], "other_ms", "base_other_ms", "operators"}]}``;
+    "time_saved_pct", "flops_saved_pct", "operators"}], "other_ms", "base_other_ms", "unattributed_ms",
+    "base_unattributed_ms", "operators"}]}``;
     ``speedup`` = base time / this time (> 1: the layer got faster).  ``model`` keeps one model."""
     doc = load_run_profile(db_path, run_id)
     entries = doc.get("models", [])
@@ -234,6 +239,8 @@ def profile_table_data(db_path: str | Path, run_id: str, model: str | None = Non
                        "runs": e.get("runs"), "execute_ms": e.get("execute_ms"), "load_ms": e.get("load_ms"),
                        "base_execute_ms": (base or {}).get("execute_ms"),
                        "other_ms": e.get("other_ms"), "base_other_ms": (base or {}).get("other_ms"),
+                       "unattributed_ms": e.get("unattributed_ms"),
+                       "base_unattributed_ms": (base or {}).get("unattributed_ms"),
                        "note": e.get("note", ""), "etdump": e.get("etdump"), "layers": rows,
                        "operators": e.get("operators", [])})
     return {"run_id": doc.get("run_id", run_id), "device": doc.get("device", ""),
@@ -267,6 +274,8 @@ def format_profile(data: dict[str, Any]) -> str:
                              f"{_fmt(r['speedup'], '8.2f')} {_fmt(r['flops_saved_pct'], '13.1f')}")
             lines.append(f"  {'other operators':<24} {'':>9} {'':>9} {_fmt(m['other_ms'], '8.3f')} "
                          f"{_fmt(m['base_other_ms'], '8.3f')}")
+            lines.append(f"  {'in no operator':<24} {'':>9} {'':>9} {_fmt(m.get('unattributed_ms'), '8.3f')} "
+                         f"{_fmt(m.get('base_unattributed_ms'), '8.3f')}")
         elif m["operators"]:
             for o in m["operators"]:
                 lines.append(f"  {o['name']:<40} {o['median_ms']:8.3f} ms")

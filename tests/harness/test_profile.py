@@ -87,6 +87,7 @@ def test_a_virtual_run_has_a_profile_for_each_model(profiled_run):
         assert m["operators"] and all(o["median_ms"] >= 0 and o["min_ms"] >= 0 for o in m["operators"])
         assert [r["layer"] for r in m["layers"]][:2] == ["CONV1", "CCCP1"]
         assert all(r["time_ms"] is not None and r["time_ms"] >= 0 for r in m["layers"])
+        assert m["unattributed_ms"] >= 0
         etdp = run_profile_dir(db, run_id) / m["etdump"]
         assert etdp.is_file() and file_hash(etdp) == m["etdump_sha256"]
     assert ".etdp" not in remote_left  # pulled and removed from the phone
@@ -113,6 +114,7 @@ def test_profile_command_text_and_json(profiled_run, capsys):
     assert main(["profile", run_id, "--db", str(db), "--model", "L50"]) == 0
     text = capsys.readouterr().out
     assert "L50 (level 50%)" in text and "CONV1" in text and "speedup" in text and "L0 (level" not in text
+    assert "in no operator" in text
     assert main(["profile", run_id, "--db", str(db), "--model", "L99"]) == 2
     assert "L99" in capsys.readouterr().err
 
