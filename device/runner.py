@@ -61,6 +61,8 @@ class RunSpec:
     #: ``wall``: wall-clock time of each execution (the host, real phones); ``thread``: CPU time of the
     #: executing thread (one thread only), what a dedicated CPU would take: the virtual phone's clock
     clock: str = "wall"
+    #: profiling mode: write an ETDump (per-operator times of every execution) to this path after the run
+    etdump_path: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.clock not in CLOCKS:
@@ -184,13 +186,15 @@ def _torch_dtype_to_numpy(code: int) -> np.dtype:
 class HostProgram:
     """One loaded ``.pte`` method on this machine, ready to run one timed inference at a time."""
 
-    def __init__(self, model_path: str | Path, method: str = "forward"):
+    def __init__(self, model_path: str | Path, method: str = "forward", etdump: bool = False):
         from executorch.runtime import Runtime
 
         self.path = check_pte_file(model_path)
+        self.etdump = bool(etdump)
         try:
-            # Keep the Program: its methods point into it.
-            self._program = Runtime.get().load_program(self.path)
+            # Keep the Program: its methods point into it.  ``etdump``: the profiling mode (an event tracer
+            # records every operator of every execution; see :meth:`write_etdump`)
+            self._program = Runtime.get().load_program(self.path, enable_etdump=self.etdump)
             if method not in self._program.method_names:
                 raise DataError(f"model file {self.path} has no method {method!r} "
                                 f"(has: {', '.join(sorted(self._program.method_names))})")
@@ -243,6 +247,21 @@ class HostProgram:
         outs = self._raw.get_outputs() if self._raw is not None else self._out
         return np.asarray(outs[0].detach().numpy() if hasattr(outs[0], "detach") else outs[0]).copy()
 
+    def write_etdump(self, path: str | Path) -> Path:
+        """Write the ETDump of every execution so far to ``path`` (atomically); profiling mode only."""
+        import os
+
+        if not self.etdump:
+            raise MeasurementError(f"{self.path} was loaded without profiling (HostProgram(..., etdump=True))")
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            self._program.write_etdump_result_to_file(str(tmp), None)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return p
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run once on ``x`` and return the output (no timing)."""
         self.set_input(x)
@@ -260,7 +279,7 @@ def run_host(spec: RunSpec) -> RunResult:
     now = CLOCKS[spec.clock]
     t_start = now()
     set_host_threads(spec.threads)  # before loading: the delegate binds the pool at load time
-    prog = HostProgram(spec.model_path, spec.method)
+    prog = HostProgram(spec.model_path, spec.method, etdump=spec.etdump_path is not None)
     if spec.input_path is not None:
         x = read_input_file(spec.input_path, prog.input_shape, prog.input_dtype)
     else:
@@ -272,6 +291,8 @@ def run_host(spec: RunSpec) -> RunResult:
     for i in range(n_all):
         lat[i] = prog.run_once(spec.clock)
     out = prog.output()
+    if spec.etdump_path is not None:
+        prog.write_etdump(spec.etdump_path)
     w = int(spec.warmup)
     res = RunResult(latencies_ms=lat[w:], total_ms=float(lat[w:].sum()), output=out.ravel(),
                     warmup_latencies_ms=lat[:w], output_shape=tuple(out.shape), threads=int(spec.threads),
@@ -284,19 +305,24 @@ def run_host(spec: RunSpec) -> RunResult:
 
 
 def executor_runner_argv(runner_path: str, model_path: str, iterations: int, warmup: int = 0,
-                         threads: int = 1, input_path: str | None = None) -> list[str]:
-    """The ``executor_runner`` argument vector for a run (W+N executions: it has no warm-up flag)."""
+                         threads: int = 1, input_path: str | None = None,
+                         etdump_path: str | None = None) -> list[str]:
+    """The ``executor_runner`` argument vector for a run (W+N executions: it has no warm-up flag).
+    ``etdump_path``: where a runner built with ``EXECUTORCH_ENABLE_EVENT_TRACER=ON`` writes its ETDump."""
     argv = [runner_path, f"--model_path={model_path}", f"--num_executions={int(iterations) + int(warmup)}",
             f"--cpu_threads={int(threads)}"]
     if input_path:
         argv.append(f"--inputs={input_path}")
+    if etdump_path:
+        argv.append(f"--etdump_path={etdump_path}")
     return argv
 
 
 def executor_runner_command(runner_path: str, spec: RunSpec) -> str:
     """The shell line for ``spec`` on a phone, every argument quoted with :func:`shlex.quote`."""
     argv = executor_runner_argv(runner_path, str(spec.model_path), spec.iterations, spec.warmup, spec.threads,
-                                str(spec.input_path) if spec.input_path else None)
+                                str(spec.input_path) if spec.input_path else None,
+                                str(spec.etdump_path) if spec.etdump_path else None)
     return " ".join(shlex.quote(a) for a in argv)
 
 

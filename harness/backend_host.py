@@ -75,6 +75,13 @@ class HostBackend(Backend):
         return WindowResult(n_inferences=n_inferences, duration_s=time.monotonic() - t0,
                             busy_s=float(lat.sum()) / 1000.0, latencies_ms=lat, extra=phases)
 
+    def etdump_profile(self, model: PreparedModel, etdump_path, runs: int):
+        """Profiling mode (after the measurements): ``runs`` executions with the event tracer on; the ETDump
+        is written to ``etdump_path`` (``device.etdump.profile_host``)."""
+        from device.etdump import profile_host
+
+        return profile_host(model.artifact_path, etdump_path, runs=runs, threads=self.threads)
+
     def idle_window(self, duration_s: float) -> WindowResult:
         t0 = time.monotonic()
         if duration_s > 0:

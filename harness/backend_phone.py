@@ -153,6 +153,29 @@ class PhoneBackend(Backend):
         self._est_ms[model.key] = float(np.median(res.latencies_ms))
         return self._est_ms[model.key]
 
+    def etdump_profile(self, model: PreparedModel, etdump_path, runs: int) -> Path | None:
+        """Profiling mode (after the measurements, no monitor window): the runner with ``--etdump_path``,
+        then ``adb pull`` of the ETDump to ``etdump_path``.  None when the runner wrote none (a build without
+        ``EXECUTORCH_ENABLE_EVENT_TRACER=ON``: docs/run.md, "Per-layer profile")."""
+        from device.errors import MeasurementError
+
+        remote = f"{self.profile.work_dir}/profile-{model.key}.etdp"
+        self.device.run(["rm", "-f", remote], timeout_s=30, check=False)
+        work = device_base.InferenceWorkload(self._runner(), self._remote[model.key], iterations=max(1, int(runs)),
+                                             threads=self.plan.threads)
+        cmd = device_base.quote_argv([*work.argv(), f"--etdump_path={remote}"])
+        res = self.device.shell(cmd, timeout_s=300, check=False, retry=False)
+        if not res.ok:
+            raise MeasurementError(f"{self.name}: profiled run of {model.key} failed: {res.output.strip()[-300:]}")
+        if not self.device.run(["ls", remote], timeout_s=30, check=False).ok:
+            log.warning("%s: the runner wrote no ETDump for %s; build it with -DEXECUTORCH_BUILD_DEVTOOLS=ON "
+                        "-DEXECUTORCH_ENABLE_EVENT_TRACER=ON for per-layer profiles", self.name, model.key)
+            return None
+        local = Path(etdump_path)
+        self.device.pull(remote, local)
+        self.device.run(["rm", "-f", remote], timeout_s=30, check=False)
+        return local
+
     # -- what the harness knows of the phone
     def _settle(self) -> None:
         """Before a window: wait out a lost runner's bound (at most :data:`MAX_SETTLE_WAIT_S`)."""

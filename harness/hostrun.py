@@ -63,6 +63,10 @@ class HostRunOptions:
     confidence: float = latency.DEFAULT_CONFIDENCE
     order: str = "abab"  # abab | abba
     input_path: str | None = None
+    #: profiling mode: after the timed rounds, ``profile_runs`` more executions of each model with the event
+    #: tracer on, written to ``<profile_dir>/<model>.etdp`` (read with ``harness.profile`` / ``device.etdump``)
+    profile_dir: str | None = None
+    profile_runs: int = 10
 
     def __post_init__(self) -> None:
         if self.iterations < 2:
@@ -73,6 +77,8 @@ class HostRunOptions:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
         if self.order not in ("abab", "abba"):
             raise UsageError(f"order {self.order!r} is not abab or abba")
+        if self.profile_runs < 1:
+            raise UsageError(f"profile_runs must be at least 1, got {self.profile_runs}")
         if not 0 <= self.trim < 0.5 or not 0 < self.confidence < 1:
             raise UsageError("trim must be in [0, 0.5) and confidence in (0, 1)")
 
@@ -92,11 +98,13 @@ class HostRunResult:
     models: list[ModelEntry]
     options: HostRunOptions
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: profiling mode: model name -> its ETDump file
+    profiles: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"device": "host", "virtual": False, "instrument": "none (host timing)",
                 "energy": NOT_MEASURED, "options": asdict(self.options), "fingerprint": self.fingerprint,
-                "rows": self.rows}
+                "rows": self.rows, **({"profiles": self.profiles} if self.profiles else {})}
 
 
 def host_fingerprint(threads: int) -> dict[str, Any]:
@@ -208,7 +216,18 @@ def measure_host(models: list[ModelEntry], iterations: int = 200, warmup: int = 
             raise MeasurementError(f"model {m.pte_path} produced NaN/inf on the fixed input")
     phases = [latency.phases_of(load_ms[i], warm[i], lat[i]) for i in range(k)]
     rows = summarize_rows(models, lat, opts.trim, opts.confidence, phases)
-    return HostRunResult(rows, lat, list(models), opts, host_fingerprint(opts.threads))
+    return HostRunResult(rows, lat, list(models), opts, host_fingerprint(opts.threads),
+                         _profile(models, opts) if opts.profile_dir else {})
+
+
+def _profile(models: list[ModelEntry], opts: HostRunOptions) -> dict[str, str]:
+    """Profiling mode: one ETDump per model, after (never inside) the timed rounds."""
+    from device.etdump import profile_host
+
+    d = Path(str(opts.profile_dir))
+    d.mkdir(parents=True, exist_ok=True)
+    return {m.name: str(profile_host(m.pte_path, d / f"{m.name}.etdp", runs=opts.profile_runs,
+                                     threads=opts.threads, input_path=opts.input_path)) for m in models}
 
 
 # --------------------------------------------------------------------------- Table 4 writers

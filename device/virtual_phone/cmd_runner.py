@@ -52,7 +52,9 @@ def executor_runner(sh, argv: list[str], stdin: bytes, out: Output) -> int:
     """ExecuTorch's ``executor_runner``: runs the .pte with the runtime on the host, prints what it prints.
 
     Flags as the real runner: ``--model_path``, ``--num_executions``, ``--inputs`` (raw float32 file),
-    ``--cpu_threads``.  While it runs the phone is busy with ``cpu_threads`` threads.
+    ``--cpu_threads``, ``--etdump_path`` (the phone's runner is a build with ``EXECUTORCH_ENABLE_EVENT_TRACER=ON``:
+    given the flag, it writes the ETDump of every execution there).  While it runs the phone is busy with
+    ``cpu_threads`` threads.
     """
     opts = _gflags(argv)
     model = opts.get("model_path", "model.pte")
@@ -74,6 +76,16 @@ def executor_runner(sh, argv: list[str], stdin: bytes, out: Output) -> int:
         host_input = sh.host(opts["inputs"].split(",")[0])
         if not host_input.is_file():
             return _runner_error(out, f"input file {opts['inputs']}: No such file or directory")
+    host_etdump = None
+    if opts.get("etdump_path"):
+        from device.virtual_phone.sandbox import SandboxError
+
+        try:
+            host_etdump = sh.writable(opts["etdump_path"])
+        except SandboxError as exc:
+            return _runner_error(out, f"--etdump_path {opts['etdump_path']}: {exc.strerror}")
+        if not host_etdump.parent.is_dir():
+            return _runner_error(out, f"--etdump_path {opts['etdump_path']}: No such file or directory")
     try:
         from device.runner import RunSpec, format_runner_output, run_host
     except ImportError as exc:
@@ -83,7 +95,7 @@ def executor_runner(sh, argv: list[str], stdin: bytes, out: Output) -> int:
     if drop is not None and phone.take_drop() and phone.on_drop_all:
         threading.Timer(drop, phone.on_drop_all).start()
     spec = RunSpec(model_path=host_model, iterations=n, warmup=0, input_path=host_input, threads=threads,
-                   clock="thread" if threads == 1 else "wall")
+                   clock="thread" if threads == 1 else "wall", etdump_path=host_etdump)
     wait_cancellable(RUNNER_LOCK, sh.cancel)
     try:
         with phone.timeline.busy(threads):

@@ -73,6 +73,7 @@ def register(subparsers) -> None:
     p.add_argument("--stats", default=None, help="calibration stats artifact (default: the project's)")
     p.add_argument("--accuracy", action="store_true", help="also measure accuracy on the target classes")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-layer ETDump profile (harness profile)")
     add_db_flag(p)
     add_json_flag(p)
 
@@ -108,6 +109,14 @@ def _check_work_dir(work_dir: Path) -> None:
         d = work_dir / sub
         if d.exists():
             writable_dir(d, f"results directory {work_dir}")
+
+
+def _profile_file(db, run_id: str) -> str | None:
+    """The run's per-layer profile (``harness profile``), when one was written."""
+    from harness.profile import PROFILE_FILE, run_profile_dir
+
+    p = run_profile_dir(db, run_id) / PROFILE_FILE
+    return str(p) if p.is_file() else None
 
 
 class RunFileError(HarnessError):
@@ -201,6 +210,12 @@ def _run(args) -> int:
                     print(f"harness: interrupted; measured windows are stored. Resume with "
                           f"'harness run --resume {run_id}'", file=sys.stderr)
                     return exit_code_for(exc)
+                if outcome.status.startswith("complete") and not args.no_profile:  # after every window: one profiled pass
+                    from harness.prepare import model_key
+                    from harness.profile import collect_run_profiles, layers_from_entries, run_profile_dir
+
+                    collect_run_profiles(backend, models, run_profile_dir(db, run_id), run_id,
+                                         layers_from_entries(prep.entries, model_key) if prep else None)
         finally:
             if prep is not None:
                 prep.close()
@@ -222,7 +237,8 @@ def _run(args) -> int:
                         "rows": rows, "wall_s": round(wall_s, 2),
                         "measured_s": round(outcome.measured_s, 2), "prepare_s": round(prep_s, 2),
                         "overhead_pct": overhead_pct, "db": db.display,
-                        "report": str(report_path) if report_path else None})
+                        "report": str(report_path) if report_path else None,
+                        "profile": _profile_file(db, run_id)})
         else:
             if run_rec.measures_energy:
                 print(table3_markdown(rows, device_label(run_rec), backend.virtual))

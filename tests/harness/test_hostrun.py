@@ -121,3 +121,24 @@ def test_measure_host_times_real_programs_interleaved(two_programs, order):
     assert res.rows[0]["time_saved_pct"] == 0.0 and res.rows[1]["n_inferences"] == 12
     j = res.to_json()
     assert j["device"] == "host" and j["energy"] == "not measured" and j["fingerprint"]["threads"] == 1
+
+
+def test_measure_host_profiling_mode_writes_one_etdump_per_model(two_programs, tmp_path, tiny_weights):
+    from device.etdump import read_etdump
+    from harness.profile import align, nin_layers
+
+    a, b = two_programs
+    models = [ModelEntry(0, str(a), 1000, 0.0), ModelEntry(30, str(b), 500, 50.0)]
+    opts = HostRunOptions(iterations=3, warmup=1, profile_dir=str(tmp_path / "prof"), profile_runs=2)
+    res = measure_host(models, options=opts)
+    assert sorted(res.profiles) == ["L0", "L30"] and res.to_json()["profiles"] == res.profiles
+    xnn, portable = read_etdump(res.profiles["L0"]), read_etdump(res.profiles["L30"])
+    assert xnn.runs == portable.runs == 2
+    assert all(o.delegated for o in xnn.operators)
+    # the portable program: one native_call per operator; its nine convolutions are NIN's nine layers
+    assert all(o.name.startswith("native_call_") and not o.delegated for o in portable.operators)
+    layers = nin_layers(tiny_weights(8))
+    got = align([o.as_dict() for o in portable.operators], layers)
+    assert [g for g in got if g] == [lay.name for lay in layers]
+    with pytest.raises(UsageError):
+        HostRunOptions(profile_runs=0)

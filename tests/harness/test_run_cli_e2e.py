@@ -85,6 +85,10 @@ def test_harness_run_cli_fresh_process(tmp_path, device):
     else:
         assert spec["energy_mj"] > 0 and spec["energy_saved_pct"] is not None
     assert os.path.isfile(res["report"])
+    # a per-layer profile for each model, taken after the measured windows (harness profile)
+    prof = json.loads(Path(res["profile"]).read_text())
+    assert [m["model"] for m in prof["models"]] == [f"L{lv}" for lv in (0, *LEVELS[device])]
+    assert all(m["layers"] and m["operators"] and "note" not in m for m in prof["models"])
     assert 0 <= res["overhead_pct"] <= 100
     # a second run, in another fresh process, hits the export cache; compare them
     second = _run(tmp_path, device, db)
