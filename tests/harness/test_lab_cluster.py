@@ -127,7 +127,11 @@ class Lab:
         return [p for sid in self.sessions.values() for p in session_pids(sid)]
 
     def cli(self, *args: str, timeout_s: float = 900.0) -> subprocess.CompletedProcess:
-        return subprocess.run(self.harness(*args), env=self.env, capture_output=True, text=True,
+        return self.cli_env(self.env, *args, timeout_s=timeout_s)
+
+    def cli_env(self, env: dict[str, str], *args: str, timeout_s: float = 900.0) -> subprocess.CompletedProcess:
+        """``harness ARGS`` inside the lab's network namespace, with ``env``."""
+        return subprocess.run(self.harness(*args), env=env, capture_output=True, text=True,
                               timeout=timeout_s, cwd=str(self.work), check=False)
 
     def status(self) -> dict:
@@ -273,3 +277,20 @@ def test_lost_node_windows_invalid_then_resume_completes(lab):
         assert runs[serial]["status"] == "complete"
     for serial, bad in lost_before.items():
         assert runs[serial]["invalid"] == bad  # the lost windows stay invalid with their reason
+
+
+@pytest.mark.slow
+def test_sweep_on_the_lab_fills_the_same_resumable_cell_store(lab, data_dir, tmp_path):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--sizes", "2", "--levels", "50", "--subsets", "2", "--per-class", "20", "--method", "paper",
+            "--data", str(data_dir), "--out", str(out), "--json"]
+    res = lab.cli(*argv, "--lab", lab.address)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout)
+    assert got["timing"]["jobs_run"] == got["timing"]["jobs_total"] == 2 * 2
+    assert all(m["cells_missing"] == 0 for m in got["methods"])
+    again = lab.cli(*argv, "--workers", "1")  # the same cells, found in the store the lab tasks filled
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads(again.stdout)
+    assert second["timing"]["jobs_run"] == 0 and second["timing"]["jobs_resumed"] == got["timing"]["jobs_total"]
+    assert second["methods"][0]["cells"] == got["methods"][0]["cells"]
