@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-reps", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cache", default=None, metavar="DIR", help="start from the .pte files of this model cache")
     args = ap.parse_args()
     if not netns_available():
         print("bench_lab: needs network namespaces (unshare --net) to keep Ray on loopback", file=sys.stderr)
@@ -51,6 +53,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-lab-"))
     (work / "plan.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in plan.items()))
     (work / "results").mkdir()
+    if args.cache:
+        shutil.copytree(args.cache, work / "results" / "cache")
     with ModelPreparation(make_plan("virtual", "virtual", plan), work / "results" / "cache") as prep:
         prep.finish()
     lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")})

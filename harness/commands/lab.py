@@ -115,13 +115,13 @@ def _head(args) -> int:
         lab.connect(args.address)
         lab.board(create=True)
         lab.disconnect()
-        _say(args, {"address": args.address, "started": False})
+        _say(args, {"role": "head", "address": args.address, "started": False})
         return 0
     devices = _devices(args) if (args.lab_file and not args.no_devices) else []
     cmd = lab.ray_start_command(head=True, node_ip=args.node_ip, port=args.port, num_cpus=args.num_cpus,
                                 resources=node_resources(devices), block=args.block)
     host = args.node_ip or ""
-    info = {"address": f"{host}:{args.port}" if host else "", "started": True,
+    info = {"role": "head", "address": f"{host}:{args.port}" if host else "", "started": True,
             "devices": [d.to_dict() for d in devices]}
 
     def ready(output: str) -> None:
@@ -147,7 +147,7 @@ def _join(args) -> int:
     resources = node_resources(devices)
     cmd = lab.ray_start_command(head=False, address=args.address, node_ip=args.node_ip, num_cpus=args.num_cpus,
                                 resources=resources, block=args.block)
-    info = {"address": args.address, "node_ip": args.node_ip, "devices": [d.to_dict() for d in devices],
+    info = {"role": "node", "address": args.address, "node_ip": args.node_ip, "devices": [d.to_dict() for d in devices],
             "resources": resources}
 
     def ready(_output: str) -> None:
@@ -166,7 +166,7 @@ def _say(args, info: dict) -> None:
     if getattr(args, "json", False):
         print_json(info)
     else:
-        if not info.get("started", False) or info.get("node_ip") is not None:
+        if info["role"] == "node":
             serials = ", ".join(d["serial"] for d in info["devices"]) or "none"
             print(f"lab node up at {info['address']}; devices: {serials}", flush=True)
         else:

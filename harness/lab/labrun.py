@@ -138,7 +138,6 @@ def run_lab(req: LabRunRequest) -> dict[str, Any]:
     from harness.plan import make_plan
 
     t0 = time.monotonic()
-    lab.connect(req.address)
     serials = req.serials
     overrides = dict(req.overrides)
     lab_run = req.resume or "lab-" + new_run_id()
@@ -152,6 +151,7 @@ def run_lab(req: LabRunRequest) -> dict[str, Any]:
         serials = tuple(s for s in serials if s not in complete)
         if not serials:
             raise UsageError(f"lab run {lab_run} is already complete")
+    lab.connect(req.address)
     missing = lab.pending_device_resources({device_resource(s): 1.0 for s in serials})
     if missing:
         raise InputError(f"no live lab node owns {', '.join(m.split(':', 1)[1] for m in missing)} "
