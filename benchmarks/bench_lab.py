@@ -57,7 +57,7 @@ def main() -> int:
         shutil.copytree(args.cache, work / "results" / "cache")
     with ModelPreparation(make_plan("virtual", "virtual", plan), work / "results" / "cache") as prep:
         prep.finish()
-    lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")})
+    lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")}, port=46101)
     rows = []
     try:
         lab.start_head()
