@@ -170,6 +170,8 @@ def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     (work / "plan.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in PLAN.items()))
     (work / "results").mkdir()
+    if os.environ.get("HARNESS_LAB_TEST_CACHE"):  # .pte files of this plan exported earlier (a loaded machine)
+        shutil.copytree(os.environ["HARNESS_LAB_TEST_CACHE"], work / "results" / "cache")
     with ModelPreparation(make_plan("virtual", "virtual", PLAN), work / "results" / "cache") as prep:
         prep.finish()
     lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")})
