@@ -88,8 +88,15 @@ class Lab:
         return {**self.env, "HARNESS_CACHE_DIR": str(self.work / node / "cache")}
 
     def start_head(self) -> None:
-        self.spawn("head", self.harness("lab", "head", "--node-ip", "127.0.0.2", "--port", str(self.port),
-                                        "--num-cpus", "1", "--block"), self.env, "lab head")
+        for attempt in range(2):  # Ray's fixed 30 s node start-up limit, again
+            try:
+                self.spawn("head", self.harness("lab", "head", "--node-ip", "127.0.0.2", "--port", str(self.port),
+                                                "--num-cpus", "1", "--block"), self.env, "lab head")
+                return
+            except RuntimeError:
+                self.kill("head")
+                if attempt:
+                    raise
 
     def start_phone(self, node: str, serial: str) -> None:
         self.spawn(f"phone-{serial}", self.harness(
