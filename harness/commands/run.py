@@ -76,6 +76,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer ETDump profile (harness profile)")
     add_db_flag(p)
     add_json_flag(p)
+    from harness.lab.cli import add_lab_run_flags  # harness run --lab (docs/lab.md)
+
+    add_lab_run_flags(p)
 
 
 def _overrides(args) -> dict[str, Any]:
@@ -146,6 +149,10 @@ def _run(args) -> int:
     from harness.store import Store, check_db_path
     from harness.tables import device_label, latency_markdown, run_rows, table3_markdown, table4_markdown
 
+    if getattr(args, "lab", None):  # the device lab: harness/lab/cli.py
+        from harness.lab.cli import run_on_lab
+
+        return run_on_lab(args, _overrides(args) if not args.resume else {}, PLAN_FLAGS)
     t_start = time.monotonic()
     # ---- everything about the input is checked before anything is written
     device_arg = _device_name(args.device)

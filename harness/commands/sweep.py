@@ -44,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
     p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 32)")
     p.add_argument("--config", metavar="TOML", help="sweep options from a TOML file ([sweep] table); flags override")
+    p.add_argument("--lab", metavar="HEAD", help="run the tasks as Ray tasks on the lab at HEAD (HOST:PORT; docs/lab.md)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -64,6 +65,15 @@ def _options(args):
         exact_only=args.exact_only, engine=args.engine, workers=args.workers, threads=args.threads,
         chunk_images=args.chunk,
     )
+
+
+def _lab_executor(args):
+    """``--lab HEAD``: the tasks as Ray tasks on the lab (harness/lab/sweep.py)."""
+    if not getattr(args, "lab", None):
+        return None
+    from harness.lab.sweep import lab_executor
+
+    return lab_executor(args.lab)
 
 
 def run(args) -> int:
@@ -92,7 +102,7 @@ def run(args) -> int:
     try:
         res = sw.run_sweep(opts, model_path=args.model, stats_path=args.stats, data_dir=args.data,
                            out_dir=args.out, fresh=args.fresh, progress=on_progress,
-                           db=getattr(args, "db", None))
+                           db=getattr(args, "db", None), executor=_lab_executor(args))
     except BrokenProcessPool as exc:
         raise HarnessError(f"a sweep worker died ({exc}); finished tasks are saved in {args.out}/sweep.sqlite: "
                            "run the same command again to continue") from None

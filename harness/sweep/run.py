@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 Accept = Callable[[list[JobRecord]], None]
+Executor = Callable[[list[list[Job]], WorkerSetup, SweepOptions, Accept], None]
 
 
 def _draw_all(options: SweepOptions) -> tuple[Subsets, list[str]]:
@@ -70,12 +71,15 @@ def _execute(tasks: list[list[Job]], setup: WorkerSetup, options: SweepOptions, 
 
 def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_path: str | None = None,
               data_dir: str | None = None, out_dir: str | Path = "results/sweep", fresh: bool = False,
-              progress: ProgressFn | None = None, db: str | Path | None = None) -> SweepResult:
+              progress: ProgressFn | None = None, db: str | Path | None = None,
+              executor: Executor | None = None) -> SweepResult:
     """Run (or resume) a sweep; results are saved per task in ``out_dir/sweep.sqlite`` (or in ``db``, a SQLite
     file or server URL, when given or set in ``$HARNESS_DB``: harness/sweep/store.py ``cells_location``).
 
     Everything is checked before any work starts (unknown methods, missing data or artifact: one clear
     error); files other than the store are written by :func:`harness.sweep.writers.write_outputs`.
+    ``executor(tasks, setup, options, accept)`` runs the tasks elsewhere (``harness sweep --lab``:
+    :func:`harness.lab.sweep.lab_executor`); by default they run here or in worker processes.
     """
     from specialist.build import load_default_stats
     from specialist.data import resolve_data_dir
@@ -131,7 +135,7 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
                 progress(totals["tasks"], len(tasks))
 
         if tasks:
-            _execute(tasks, setup, options, accept)
+            (executor or _execute)(tasks, setup, options, accept)
     finally:
         store.close()
 

@@ -1,0 +1,120 @@
+"""The device lab against one host: a fixed plan on 1, 2 and 4 virtual phones.
+
+For each phone count N it measures (a) the wall time of ``harness run --lab HEAD --devices vp1..vpN`` on a local
+Ray cluster (head + two worker nodes, the phones split between them; all in a private network namespace, as in
+tests/harness/test_lab_cluster.py) and (b) the same plan run phone after phone on one host
+(``harness run --device virtual-nexus4 --connect ...`` once per phone).  It prints the throughput gain (b/a) and
+the scheduling overhead per window: the lab run's wall time less its slowest device job, per window of that job.
+The models are exported once before timing (both sides use the same cache).
+
+    python benchmarks/bench_lab.py [--json] [--max-reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "harness"))
+
+from test_lab_cluster import Lab, netns_available  # noqa: E402
+
+COUNTS = (1, 2, 4)
+
+
+def _plan(max_reps: int) -> dict:
+    return {"levels": [50], "window_s": 0.1, "idle_s": 0.1, "min_reps": 2, "max_reps": max_reps,
+            "target_ci_pct": 0.001, "warmup_inferences": 1, "min_inference_s_per_model": 0.1,
+            "min_inferences_per_model": 4}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-reps", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cache", default=None, metavar="DIR", help="start from the .pte files of this model cache")
+    args = ap.parse_args()
+    if not netns_available():
+        print("bench_lab: needs network namespaces (unshare --net) to keep Ray on loopback", file=sys.stderr)
+        return 2
+    from harness.backends import ModelPreparation
+    from harness.plan import make_plan
+
+    plan = _plan(args.max_reps)
+    n_windows = 2 * 2 * plan["max_reps"] + 1
+    work = Path(tempfile.mkdtemp(prefix="bench-lab-"))
+    (work / "plan.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in plan.items()))
+    (work / "results").mkdir()
+    if args.cache:
+        shutil.copytree(args.cache, work / "results" / "cache")
+    with ModelPreparation(make_plan("virtual", "virtual", plan), work / "results" / "cache") as prep:
+        prep.finish()
+    lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")}, port=46101)
+    rows = []
+    try:
+        lab.start_head()
+        owner = {f"vp{i}": ("node-a" if i % 2 else "node-b") for i in range(1, 5)}
+        for serial, node in owner.items():
+            lab.start_phone(node, serial)
+        lab.join("node-a", "127.0.0.3")
+        lab.join("node-b", "127.0.0.4")
+        for n in COUNTS:
+            serials = [f"vp{i}" for i in range(1, n + 1)]
+            db = work / "results" / f"lab{n}.db"
+            t0 = time.monotonic()
+            res = lab.cli("run", "--lab", lab.address, "--devices", ",".join(serials), "--config",
+                          str(work / "plan.toml"), "--db", str(db), "--no-report", "--json", timeout_s=3600)
+            lab_wall_s = time.monotonic() - t0
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr[-3000:])
+            out = json.loads(res.stdout)
+            slowest_job_s = max(d["wall_s"] for d in out["devices"].values())
+            seq_wall_s = 0.0
+            for serial in serials:
+                address = _address(work, owner[serial], serial)
+                env = lab.node_env(owner[serial])
+                t1 = time.monotonic()
+                r = lab.cli_env(env, "run", "--device", "virtual-nexus4", "--connect", address, "--config",
+                                str(work / "plan.toml"), "--db", str(work / "results" / f"seq{n}.db"),
+                                "--no-report", "--json")
+                seq_wall_s += time.monotonic() - t1
+                if r.returncode != 0:
+                    raise RuntimeError(r.stderr[-3000:])
+            rows.append({"phones": n, "lab_wall_s": round(lab_wall_s, 1), "one_host_wall_s": round(seq_wall_s, 1),
+                         "gain": round(seq_wall_s / lab_wall_s, 2),
+                         "overhead_ms_per_window": round((out["wall_s"] - slowest_job_s) * 1000 / n_windows, 1),
+                         "windows_per_phone": n_windows})
+    finally:
+        lab.close()
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"rows": rows, "load_avg": load}, indent=2))
+    else:
+        print("| phones | lab wall (s) | one host, phone after phone (s) | gain | scheduling overhead per window (ms) |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['phones']} | {r['lab_wall_s']} | {r['one_host_wall_s']} | {r['gain']} | "
+                  f"{r['overhead_ms_per_window']} |")
+        print(f"\n{rows[0]['windows_per_phone'] if rows else '-'} windows per phone; load average "
+              f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores)")
+    return 0
+
+
+def _address(work: Path, node: str, serial: str) -> str:
+    for entry in (work / node / "cache" / "virtual-phones").glob("*.json"):
+        info = json.loads(entry.read_text())
+        if info.get("serial") == serial:
+            return str(info["address"])
+    raise RuntimeError(f"phone {serial} not announced")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

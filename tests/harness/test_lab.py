@@ -1,0 +1,103 @@
+"""The lab without a cluster: lab files, device groups and resources, ``--lab`` input checks, and the record of
+a lost node's window against a real store (the cluster itself: test_lab_cluster.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.errors import InputError
+from harness.lab.inventory import LabDevice, expand_devices, load_lab_file, node_resources, owned_devices
+
+LAB = """
+[[devices]]
+serial = "R1"
+kind = "real"
+profile = "nexus4"
+monitor_serial = "M7"
+host = "bench-a"
+
+[[devices]]
+serial = "vp9"
+host = "bench-b"
+
+[groups]
+nightly = ["R1", "vp9"]
+"""
+
+
+def test_lab_file_devices_groups_and_resources(tmp_path, monkeypatch):
+    p = tmp_path / "lab.toml"
+    p.write_text(LAB)
+    lab = load_lab_file(p)
+    assert [d.serial for d in lab.devices] == ["R1", "vp9"]
+    assert lab.group("nightly") == ("R1", "vp9")
+    assert node_resources(list(lab.devices)) == {"device:R1": 1.0, "monsoon:M7": 1.0, "device:vp9": 1.0,
+                                                  "monsoon:vmon-vp9": 1.0}
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # no virtual phones running there
+    assert [d.serial for d in owned_devices(p, "bench-a", discover=False)] == ["R1"]
+    assert [d.serial for d in owned_devices(p, "elsewhere", discover=False)] == []
+    assert expand_devices("nightly,R1,extra", p) == ("R1", "vp9", "extra")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[devices]]\nserial = "a b"\n', "serial 'a b'"),
+    ('[[devices]]\nserial = "x"\nkind = "phone"\n', "kind 'phone'"),
+    ('[[devices]]\nserial = "x"\ncolour = 1\n', "unknown key 'colour'"),
+    ('[[devices]]\nserial = "x"\n[[devices]]\nserial = "x"\n', "listed twice"),
+    ('[groups]\ng = []\n', "non-empty list"),
+    ('hosts = 1\n', "unknown key 'hosts'"),
+])
+def test_bad_lab_file_is_one_line(tmp_path, text, message):
+    p = tmp_path / "lab.toml"
+    p.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_lab_file(p)
+
+
+def test_device_resource_names_are_checked():
+    with pytest.raises(InputError):
+        LabDevice("bad/serial")
+    assert LabDevice("ok-1", monitor="none").resources() == {"device:ok-1": 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--lab", "127.0.0.2:1"], "--lab needs --devices"),
+    (["run", "--lab", "nohost", "--devices", "a"], "HOST:PORT"),
+    (["run", "--lab", "127.0.0.2:1", "--devices", "a", "--device", "host"], "drop --device"),
+    (["run", "--lab", "127.0.0.2:1", "--devices", "a b"], "--devices: serial"),
+    (["run", "--lab", "127.0.0.2:1", "--resume", "lab-x", "--levels", "10"], "drop --levels"),
+    (["run", "--lab", "127.0.0.2:1", "--devices", "a", "--levels", "200"], "levels"),
+    (["sweep", "--lab", "nohost"], "HOST:PORT"),
+])
+def test_lab_flags_bad_input_exit_2_before_any_work(tmp_path, capsys, argv, message):
+    db = tmp_path / "r" / "h.db"
+    code = main([*argv, "--db", str(db)] if argv[0] == "run" else [*argv, "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not db.exists() and not (tmp_path / "s").exists()
+
+
+def test_lost_node_window_is_recorded_invalid_once(tmp_path):
+    from harness.lab.labrun import lab_runs_of, pending_slot, record_lost
+    from harness.plan import make_plan
+    from harness.store import RunRecord, Store, WindowRecord
+
+    plan = make_plan("virtual", "virtual", {"levels": [50], "min_reps": 2, "max_reps": 2, "target_ci_pct": 0.001})
+    with Store(tmp_path / "h.db") as st:
+        st.create_run(RunRecord("r1", "virtual", "fp", "{}", True, True, "monsoon", plan.to_json()))
+        st.add_event("r1", "lab", json.dumps({"lab_run": "lab-1", "serial": "vp1", "host": "a"}))
+        for seq in range(3):
+            st.add_window(WindowRecord("r1", seq, 0, "idle" if seq % 2 == 0 else "inference", "", "valid"))
+        assert lab_runs_of(st, "lab-1") == {"vp1": "r1"} and lab_runs_of(st, "lab-2") == {}
+        assert pending_slot(st, "r1").seq == 3
+        assert record_lost(st, "r1", "node lost: NodeDiedError") == 3
+        w = {x.seq: x for x in st.windows("r1")}[3]
+        assert w.status == "invalid" and w.reason == "node lost: NodeDiedError" and w.kind == "inference"
+        assert st.run_status("r1") == "interrupted"
+        assert pending_slot(st, "r1").seq == 4  # a resume goes on after it: nothing measured twice
+        for seq in range(4, 9):
+            st.add_window(WindowRecord("r1", seq, seq // 4, "idle", "", "valid"))
+        assert pending_slot(st, "r1") is None  # 2 rounds x 2 models x 2 + the closing idle
