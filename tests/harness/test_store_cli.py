@@ -88,7 +88,7 @@ def test_show_history_compare_are_the_same_from_sqlite_and_postgresql(sqlite_run
     assert got["runs"] == [a, b, c] and got["windows"] == 3 * 25 and SECRET not in out
     assert got["db"] == pg.replace(SECRET, "***")
     for argv in (["show", a], ["show", c, "--json"], ["compare", a, b], ["compare", a, c, "--json"],
-                 ["history", "--device", "scripted", "--metric", "time", "--model", "50", "--no-plot"],
+                 ["history", "--device", "scripted", "--metric", "time", "--model-key", "50", "--no-plot"],
                  ["history", "--device", "scripted", "--metric", "energy", "--json", "--no-plot"]):
         lite = _cli(capsys, *argv, "--db", str(db))
         server = _cli(capsys, *argv, "--db", pg)
