@@ -109,7 +109,7 @@ def export_graph(job: GraphExportJob, out_path: str | Path) -> dict:
     out_path = Path(out_path)
     shape = tuple(int(d) for d in job.description.input_shape)
     x, kind = verify_inputs(job.description, job.classes, job.data)
-    module = job.module.eval()
+    module = job.module.eval()  # float; int8 below
     atol = VERIFY_ATOL
     if job.quantize == "int8":
         cx, _ = verify_inputs(job.description, job.classes, job.data, n=QUANT_CALIB_IMAGES, seed=1)

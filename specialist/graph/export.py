@@ -20,7 +20,7 @@ def lower_module(module: nn.Module, input_shape: tuple[int, ...], backend: str =
     example = torch.zeros((1, *input_shape), dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(module.eval(), (example,))
+        ep = torch.export.export(_eval(module), (example,))
         part = []
         if backend == "xnnpack":
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -30,10 +30,19 @@ def lower_module(module: nn.Module, input_shape: tuple[int, ...], backend: str =
         return bytes(edge.to_executorch().buffer)
 
 
+def _eval(module: nn.Module) -> nn.Module:
+    """``module`` in eval mode (a quantized PT2E graph module refuses ``.eval()``: it is in eval mode already)."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
 @torch.no_grad()
 def reference(module: nn.Module, x: torch.Tensor):
-    """PyTorch scores of ``module`` on ``x`` (numpy, float32)."""
-    return module.eval()(x).numpy()
+    """PyTorch scores of ``module`` on ``x`` (numpy, float32), one input at a time (as the program runs)."""
+    module = _eval(module)
+    return torch.cat([module(x[i : i + 1]) for i in range(len(x))]).numpy()
 
 
 QUANTIZE = ("none", "int8")
