@@ -150,6 +150,7 @@ def graph_accuracies(entries, plan, loaded) -> dict[int, float]:
     x = loaded.description.normalize(test.x)
     out = {}
     for level, job, _, _ in entries:
-        spec_acc, base_acc = subset_accuracies(loaded.module, job.module, cls, x, test.y)
-        out[level] = 100.0 * (base_acc if level == 0 else spec_acc)
+        if level:
+            spec_acc, base_acc = subset_accuracies(loaded.module, job.module, cls, x, test.y)
+            out[level], out[0] = 100.0 * spec_acc, 100.0 * base_acc
     return out
