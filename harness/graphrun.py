@@ -78,28 +78,34 @@ def check_graph_plan(plan) -> None:
         raise UsageError(f"data {short(plan.data)}: no such directory")
 
 
-def plan_stats(plan, loaded, cache_dir: str | Path, graph=None):
-    """(statistics, header) of the plan: ``--stats``, the cached default artifact, or a new one (built once,
-    announced, cached); ``(None, {})`` when the method needs none."""
+def stats_artifact(loaded, model: str, stats: str | None, data: str | None, cache_dir: str | Path, graph=None):
+    """(statistics, header, path): ``stats`` when given, else the cached default artifact of ``loaded`` in
+    ``cache_dir/stats``, computed first (announced) when it is not there yet."""
     from device.files import atomic_write_bytes
     from harness.graphargs import stats_bytes
     from specialist.graph.artifact import load_stats, model_hash
 
-    if not _needs_stats(_method(plan)):
-        return None, {}
     mhash = model_hash(loaded.module, loaded.description)
-    if plan.stats:
-        return load_stats(plan.stats, mhash)
+    if stats:
+        return (*load_stats(stats, mhash), Path(stats))
     path = default_stats_path(cache_dir, mhash)
     if not path.is_file():
         log.warning("no --stats given: computing the statistics artifact of %s on %d calibration images per class "
-                    "(once; cached in %s)", plan.model, GRAPH_STATS_PER_CLASS, path)
-        blob, info = stats_bytes(loaded, GRAPH_STATS_PER_CLASS, plan.data or None, graph)
+                    "(once; cached in %s)", model, GRAPH_STATS_PER_CLASS, path)
+        blob, info = stats_bytes(loaded, GRAPH_STATS_PER_CLASS, data, graph)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, blob)
         log.warning("statistics artifact written in %.1f s (%d images, %d bytes)", info["seconds"], info["images"],
                     info["bytes"])
-    return load_stats(path, mhash)
+    return (*load_stats(path, mhash), path)
+
+
+def plan_stats(plan, loaded, cache_dir: str | Path, graph=None):
+    """(statistics, header) of a run plan (:func:`stats_artifact`); ``(None, {})`` when its method needs none."""
+    if not _needs_stats(_method(plan)):
+        return None, {}
+    stats, meta, _ = stats_artifact(loaded, plan.model, plan.stats or None, plan.data or None, cache_dir, graph)
+    return stats, meta
 
 
 def graph_entries(plan, cache_dir: str | Path):

@@ -33,6 +33,9 @@ def register(sub) -> None:
                    help="the paper's Table 2 in table2_accuracy.csv layout (default: the published numbers)")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
     add_model_args(p)
+    from harness.graphargs import add_graph_args
+
+    add_graph_args(p)
     p.add_argument("--out", metavar="DIR", default="results/sweep", help="output directory (default results/sweep)")
     p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
     p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")
@@ -65,11 +68,26 @@ def _options(args):
 def run(args) -> int:
     from harness import sweep as sw
     from harness.cliutil import progress
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, UsageError
+    from harness.graphargs import is_graph_model, nin_branch
     from specialist.methods import get_method
 
     opts = _options(args)
-    for name in opts.methods:  # unknown names: one line listing the known ones, before any work
+    graph = is_graph_model(args)
+    if graph:  # resnet20, pkg.mod:factory, .pt2 (harness/sweep/graph.py)
+        from harness.sweep.graph import graph_methods
+
+        if args.input_shape or args.input_mean or args.input_std:
+            raise UsageError("sweep: --input-shape/--input-mean/--input-std are not supported (CIFAR-10 models)")
+        from specialist.graph.specialize import GRAPH_DEFAULT_METHOD
+        from specialist.methods import DEFAULT_METHOD
+
+        if args.method is None and opts.methods == (DEFAULT_METHOD,):  # the default: the graph default
+            opts = opts.replace(methods=(GRAPH_DEFAULT_METHOD,))
+        graph_methods(opts.methods)
+    else:
+        nin_branch(args)
+    for name in opts.methods if not graph else ():  # unknown names: one line listing the known ones
         get_method(name)
     paper = None
     if args.compare_paper:
@@ -85,7 +103,7 @@ def run(args) -> int:
 
     try:
         res = sw.run_sweep(opts, model_path=args.model, stats_path=args.stats, data_dir=args.data,
-                           out_dir=args.out, fresh=args.fresh, progress=on_progress)
+                           out_dir=args.out, fresh=args.fresh, progress=on_progress, weights=args.weights)
     except BrokenProcessPool as exc:
         raise HarnessError(f"a sweep worker died ({exc}); finished tasks are saved in {args.out}/sweep.sqlite: "
                            "run the same command again to continue") from None

@@ -73,7 +73,7 @@ def env(monkeypatch, tmp_path, data_dir):
     monkeypatch.setenv("HARNESS_PROGRESS", "0")
     monkeypatch.setenv("HARNESS_LOCK_DIR", str(tmp_path / "locks"))
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'data = "{data_dir}"\nmin_inference_s_per_model = 0.3\nmin_inferences_per_model = 8\n'
+    cfg.write_text(f'data = "{data_dir}"\nmin_inference_s_per_model = 2.0\nmin_inferences_per_model = 8\n'
                    'warmup_inferences = 1\n')
     return cfg
 
