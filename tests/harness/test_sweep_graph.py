@@ -59,6 +59,7 @@ def model(tmp_path_factory, data_dir):
     sys.path.remove(str(root))
 
 
+@pytest.mark.slow  # 298 s on the shared 2-core machine at load 18 (12 builds, each traced by torch.export)
 def test_graph_sweep_tiny_then_resumed(model, tmp_path, data_dir, capsys):
     argv, art = model
     flags = [*argv, "--stats", art, "--sizes", "2,3", "--subsets", "2", "--levels", "30,60", "--per-class", "20",
