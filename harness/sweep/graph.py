@@ -98,7 +98,7 @@ def graph_state(setup) -> dict[str, Any]:
     if _STATE.get("key") != key:
         import torch
 
-        from harness.sweep.worker import load_test_images
+        from specialist.data import load_split
         from specialist.graph.artifact import load_stats, model_hash
         from specialist.graph.flops import total_flops
         from specialist.graph.groups import analyse
@@ -107,7 +107,8 @@ def graph_state(setup) -> dict[str, Any]:
         graph = analyse(loaded.module, loaded.example())
         stats = load_stats(setup.stats_path, model_hash(loaded.module, loaded.description))[0] \
             if setup.stats_path else None
-        test = load_test_images(setup)
+        test = load_split("test", setup.data_dir).select(range(10), per_class=setup.per_class,
+                                                         exact_only=setup.exact_only)  # as worker.load_test_images
         x = loaded.description.normalize(test.x)
         with torch.no_grad():
             scores = torch.cat([loaded.module.eval()(x[i : i + 500]) for i in range(0, len(x), 500)]).numpy()
