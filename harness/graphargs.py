@@ -26,10 +26,14 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-std", metavar="LIST", help="graph models: per-channel std of 0-255 pixels")
 
 
+def is_graph_spec(spec) -> bool:
+    """Whether a ``--model`` value names a graph model (not NIN: absent, empty, ``nin`` or an ``.npz``)."""
+    return bool(spec) and spec != "nin" and not str(spec).endswith(".npz")
+
+
 def is_graph_model(args) -> bool:
     """Whether ``--model`` names a graph model (not NIN)."""
-    spec = getattr(args, "model", None)
-    return spec is not None and spec != "nin" and not str(spec).endswith(".npz")
+    return is_graph_spec(getattr(args, "model", None))
 
 
 def nin_branch(args) -> None:
@@ -116,31 +120,37 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     return loaded, spec
 
 
-def graph_stats(args) -> dict:
-    """``harness stats --model GRAPH``: compute and write the artifact; returns the JSON summary."""
-    from device.files import atomic_write_bytes
+def stats_bytes(loaded, per_class: int, data=None, graph=None) -> tuple[bytes, dict]:
+    """The statistics artifact of ``loaded`` on the first ``per_class`` calibration images of every class
+    (CIFAR-10), and a summary (model hash, images, consumers, groups, seconds)."""
     from specialist.data import load_split
     from specialist.graph.artifact import model_hash, stats_to_bytes
     from specialist.graph.groups import analyse
     from specialist.graph.stats import collect_stats
 
-    if args.per_class < 1:
-        raise UsageError("--per-class must be at least 1")
-    loaded = load_graph_model(args)
     check_cifar(loaded.description)
-    graph = analyse(loaded.module, loaded.example())
-    calib = load_split("calib", args.data).select(range(10), per_class=args.per_class)
+    graph = graph or analyse(loaded.module, loaded.example())
+    calib = load_split("calib", data).select(range(10), per_class=per_class)
     t0 = time.perf_counter()
     x = loaded.description.normalize(calib.x)
     st = collect_stats(graph, x, calib.y.astype("int64"), loaded.description.num_classes, gram=True)
     mhash = model_hash(loaded.module, loaded.description)
     blob = stats_to_bytes(st, graph, mhash, loaded.description,
-                          {"per_class": args.per_class, "data": calib.source, "images": len(calib)})
-    seconds = time.perf_counter() - t0
+                          {"per_class": per_class, "data": calib.source, "images": len(calib)})
+    return blob, {"model_hash": mhash, "images": len(calib), "consumers": len(st.mean), "groups": len(graph.groups),
+                  "seconds": round(time.perf_counter() - t0, 2), "bytes": len(blob)}
+
+
+def graph_stats(args) -> dict:
+    """``harness stats --model GRAPH``: compute and write the artifact; returns the JSON summary."""
+    from device.files import atomic_write_bytes
+
+    if args.per_class < 1:
+        raise UsageError("--per-class must be at least 1")
+    loaded = load_graph_model(args)
+    blob, info = stats_bytes(loaded, args.per_class, args.data)
     atomic_write_bytes(args.output, blob)
-    return {"output": args.output, "model": args.model, "model_hash": mhash, "images": len(calib),
-            "consumers": len(st.mean), "groups": len(graph.groups), "seconds": round(seconds, 2),
-            "bytes": len(blob)}
+    return {"output": args.output, "model": args.model, **info}
 
 
 def graph_accuracy(args) -> dict:

@@ -83,7 +83,8 @@ class RunPlan:
     threads: int = 1
     seed: int = 0
     max_consecutive_failures: int = 3  # stop (resumable) after this many failed windows in a row
-    model: str = ""  # base model .npz ("" = shipped)
+    model: str = ""  # base model: .npz or "nin" (NIN; "" = shipped), or a graph model (resnet20, pkg.mod:fn, .pt2)
+    weights: str = ""  # graph models: a state_dict file for ``model``
     stats: str = ""  # stats artifact ("" = build or reuse the default one)
     data: str = ""  # CIFAR-10 directory for accuracy ("" = the usual search)
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
@@ -187,6 +188,8 @@ def make_plan(kind: str, device: str, overrides: Mapping[str, Any] | None = None
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["kind"] = kind
     values["device"] = device
+    if values.get("model") == "nin":  # the shipped NIN, as no --model
+        values["model"] = ""
     plan = RunPlan(**_coerce_settings(values, "run settings"))
     validate(plan)
     return plan
@@ -276,6 +279,14 @@ def check_inputs(plan: RunPlan) -> None:
     Cheap (a preset lookup or a small TOML, the weights file, the artifact the build reads anyway, which
     is then cached), and run before anything is written or built, so a typo costs no exports.
     """
+    from harness.graphargs import is_graph_spec
+
+    if is_graph_spec(plan.model):  # resnet20, pkg.mod:factory, .pt2 (harness/graphrun.py)
+        from harness.graphrun import check_graph_plan
+
+        return check_graph_plan(plan)
+    if plan.weights:
+        raise UsageError("weights: applies to graph models (--model resnet20, pkg.mod:factory, .pt2), not NIN")
     from specialist.build import load_default_stats
     from specialist.methods import get_method
     from specialist.model import load_weights

@@ -20,11 +20,11 @@ from device.closing import Closing
 from device.files import file_hash
 from harness.cliutil import progress
 from harness.errors import DATA_ERRORS, HarnessError, InputError
+from harness.graphargs import is_graph_spec
 from harness.plan import RunPlan
 from harness.runloop import PreparedModel
 
 log = logging.getLogger(__name__)
-
 
 
 def model_key(level_pct: int) -> str:
@@ -57,12 +57,15 @@ def _init_export_worker() -> None:
 def _export_job(weights, pte: str) -> tuple[str, float]:
     """Export one model to the cache path ``pte`` (in a worker process or this one); the exporter verifies
     the program and writes it atomically."""
-    from harness.exportcheck import export_pte  # torch and the exporter load only where exports run
-
     t0 = time.perf_counter()
     pte_path = Path(pte)
     pte_path.parent.mkdir(parents=True, exist_ok=True)  # fail before the export, not after it
-    export_pte(weights, pte_path)
+    if hasattr(weights, "export_to"):  # a graph model (harness.graphexport.GraphExportJob): program + manifest
+        weights.export_to(pte_path)
+    else:
+        from harness.exportcheck import export_pte  # torch and the exporter load only where exports run
+
+        export_pte(weights, pte_path)
     return pte, time.perf_counter() - t0
 
 
@@ -119,10 +122,13 @@ class ModelPreparation(Closing):
         from specialist.model import load_weights
 
         self.plan = plan
-        self.method = str(plan.method or methods.DEFAULT_METHOD)
         self.cache_dir = Path(cache_dir)
         self._t0 = time.perf_counter()
         self._submitted: set[str] = set()
+        if is_graph_spec(plan.model):
+            self._init_graph(plan, accuracy)
+            return
+        self.method = str(plan.method or methods.DEFAULT_METHOD)
         base = load_weights(plan.model or None)
         self.entries: list[tuple[int, Any, int, float]] = [(0, base, int(flops_mod.BASE_FLOPS), 0.0)]
         self.exporter = _Exporter(export_workers(1 + len(plan.levels)))  # workers start on the first export
@@ -134,6 +140,20 @@ class ModelPreparation(Closing):
                 self.entries.append((int(level), spec.weights, int(spec.flops), float(spec.flops_pruned_pct)))
                 self._hand_over(spec.weights)
             self.accuracies: dict[int, float] = _accuracies(self.entries, plan) if accuracy else {}
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_graph(self, plan: RunPlan, accuracy: bool) -> None:
+        """Graph models (``harness.graphrun``): every specialist built here, then handed to the exporter."""
+        from harness.graphrun import graph_accuracies, graph_entries
+
+        self.method, loaded, self.entries = graph_entries(plan, self.cache_dir)
+        self.exporter = _Exporter(export_workers(len(self.entries)))
+        try:
+            for _, job, _, _ in self.entries:
+                self._hand_over(job)
+            self.accuracies = graph_accuracies(self.entries, plan, loaded) if accuracy else {}
         except BaseException:
             self.close()
             raise

@@ -258,8 +258,15 @@ _TABLE4 = _TableSpec("**Table 4.** Average inference wall-clock time per sample.
                      "time_ms", "time_saved_pct", 3, ("paper Nexus 4 (ms)", "paper saved (%)"), 2)
 
 
+def _is_nin(rows: Sequence[dict]) -> bool:
+    """The paper's columns are NIN's: shown only when the base model has NIN's FLOPs (not for --model resnet20)."""
+    from specialist.flops import BASE_FLOPS
+
+    return all(r.get("flops") in (None, int(BASE_FLOPS)) for r in rows if r["level"] == 0)
+
+
 def _saving_table(spec: _TableSpec, rows: Sequence[dict], device: str, virtual: bool, measures_energy: bool) -> str:
-    ref = _paper_ref(device)
+    ref = _paper_ref(device) and _is_nin(rows)
     head = ["FLOPs pruned (%)", "channels removed (%)", *spec.head, "valid/invalid windows"]
     if ref:
         head += list(spec.paper_head)

@@ -133,33 +133,23 @@ def run(args) -> int:
     return 0
 
 
-def _verify_inputs(desc, classes, data, n: int = 8):
-    """Normalised calibration images of the classes when they fit the model, else seeded N(0, 1) inputs."""
-    import numpy as np
-
-    from harness.errors import DATA_ERRORS
-    from specialist.data import load_split
-
-    if tuple(desc.input_shape) == (3, 32, 32):
-        try:
-            calib = load_split("calib", data).select(classes, per_class=max(1, n // len(classes)))
-            return desc.normalize(calib.x[:n]).numpy(), "calibration images"
-        except DATA_ERRORS:
-            pass
-    return np.random.default_rng(0).standard_normal((n, *desc.input_shape)).astype("float32"), "random N(0,1)"
-
-
 def _run_graph(args, out: Path) -> int:
     """Graph models: a saved graph specialist, or --model/--classes/--level built on the fly (--level 0: the
-    base model); lowered with the model's own input shape and verified with the ExecuTorch runtime."""
-    from harness.exportcheck import export_module
+    base model); lowered with the model's own input shape (XNNPACK, portable or int8), verified with the
+    ExecuTorch runtime and written with a manifest (``harness.graphexport``)."""
     from harness.graphargs import build_graph_from_args, graph_classes, load_base_info, load_graph_model
+    from harness.graphexport import GraphExportJob, export_graph
+    from specialist.graph.artifact import model_hash
 
-    if args.quantize == "int8" or args.multiple_of or args.options:
-        raise UsageError("graph models export float programs only yet (no --quantize int8, --multiple-of, "
-                         "--options)")
+    if args.multiple_of or args.options:
+        raise UsageError("graph models: --multiple-of and --options are not supported yet (use --backend, "
+                         "--quantize)")
     if args.spec and args.level is not None:
         raise UsageError("give either SPEC or --classes/--level, not both")
+    backend, quantize = args.backend or "xnnpack", args.quantize or "none"
+    if quantize == "int8" and backend != "xnnpack":
+        raise UsageError("--quantize int8 needs --backend xnnpack (the portable kernels have no int8 convolution)")
+    fold, extra, stats_hash = "none", 0, ""
     if args.spec:
         from specialist.graph.specialize import read_specialist_file, rebuild
 
@@ -167,6 +157,7 @@ def _run_graph(args, out: Path) -> int:
         loaded = load_base_info(d["base"])
         module, classes, level, method = rebuild(loaded, d), list(d["classes"]), float(d["level"]), d["method"]
         flops, flops_base = int(d["flops"]), int(d["flops_base"])
+        fold, extra, stats_hash = d["fold"], len(d["per_position"]), d["hashes"].get("stats", "")
     elif args.level is None:
         raise UsageError("give a specialist file SPEC, or --classes and --level (--level 0: the base model)")
     elif args.level == 0:
@@ -183,14 +174,19 @@ def _run_graph(args, out: Path) -> int:
         loaded, spec = build_graph_from_args(args, float(args.level))
         module, classes, level, method = spec.module, spec.classes, spec.level, spec.method.name
         flops, flops_base = spec.flops, spec.flops_base
-    x, kind = _verify_inputs(loaded.description, classes, args.data)
-    d = export_module(module, out, loaded.description.input_shape, x, backend=args.backend or "xnnpack")
-    d.update({"verify_input": kind, "classes": classes, "level": level, "method": method, "flops": flops,
-              "flops_base": flops_base, "flops_pruned_pct": round(100.0 * (1 - flops / flops_base), 3)})
+        fold, extra, stats_hash = spec.method.fold, len(spec.report.per_position), spec.hashes.get("stats", "")
+    job = GraphExportJob(module, loaded.description, tuple(classes), level, method, int(flops), int(flops_base),
+                         model_hash(loaded.module, loaded.description), stats_hash, fold=fold, extra_nodes=extra,
+                         backend=backend, quantize=quantize, data=args.data)
+    try:
+        d = export_graph(job, out)
+    except OSError as exc:
+        raise UsageError(f"-o {short(str(out))}: cannot write ({exc.strerror or exc})") from None
     if args.json:
         print_json(d)
     else:
-        print(f"wrote {out} ({d['pte_bytes']} bytes, {d['backend']}); check: max abs diff {d['max_abs_diff']:.3g} "
-              f"<= {d['atol']:g} on {d['verify_images']} {kind}")
+        print(f"wrote {out} ({d['pte_bytes']} bytes, {d['backend']}, quantize {d['quantize']}) and {d['manifest']}")
+        print(f"check: max abs diff {d['max_abs_diff']:.3g} <= {d['atol']:.3g} on {d['verify_images']} "
+              f"{d['verify_input']}; {d['flops_pruned_pct']:.1f}% FLOPs pruned")
         sys.stdout.flush()
     return 0

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: flags that define a plan (refused together with --resume: the stored plan is used)
 PLAN_FLAGS = ("levels", "classes", "method", "config", "window_s", "idle_s", "min_reps", "max_reps",
               "target_ci_pct", "target_saved_ci_pts", "max_measure_s", "seed", "threads", "monitor", "serial",
-              "monitor_serial", "model", "stats")
+              "monitor_serial", "model", "stats", "weights")
 
 
 def add_db_flag(p) -> None:
@@ -69,8 +69,11 @@ def register(subparsers) -> None:
                    help="measuring budget: start no round that would end past it (virtual default 210 s)")
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=None, help="seed of the randomized window order")
     p.add_argument("--threads", type=bounded_int(1, None), default=None, help="inference threads")
-    p.add_argument("--model", default=None, help="base model .npz (default: the shipped NIN)")
-    p.add_argument("--stats", default=None, help="calibration stats artifact (default: the project's)")
+    p.add_argument("--model", default=None, help="base model: nin (default), a NIN .npz, a zoo name (resnet20, ...), "
+                   "pkg.mod:factory or a .pt2 program (docs/anycnn.md)")
+    p.add_argument("--weights", default=None, metavar="FILE", help="graph models: a state_dict file for --model")
+    p.add_argument("--stats", default=None, help="calibration stats artifact (default: NIN's shipped one; graph "
+                   "models: built once from the calibration images and cached)")
     p.add_argument("--accuracy", action="store_true", help="also measure accuracy on the target classes")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report and plots")
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer ETDump profile (harness profile)")
@@ -89,7 +92,7 @@ def _overrides(args) -> dict[str, Any]:
     if args.classes is not None:
         over["classes"] = parse_int_list(args.classes, "--classes", lo=0, hi=9)
     for k in ("method", "monitor", "serial", "monitor_serial", "window_s", "idle_s", "min_reps", "max_reps",
-              "target_ci_pct", "target_saved_ci_pts", "max_measure_s", "seed", "threads", "model", "stats"):
+              "target_ci_pct", "target_saved_ci_pts", "max_measure_s", "seed", "threads", "model", "stats", "weights"):
         v = getattr(args, k)
         if v is not None:
             over[k] = v

@@ -33,6 +33,9 @@ def register(sub) -> None:
                    help="the paper's Table 2 in table2_accuracy.csv layout (default: the published numbers)")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 directory (default: $HARNESS_DATA or ../shared/data/cifar10)")
     add_model_args(p)
+    from harness.graphargs import add_graph_args
+
+    add_graph_args(p)
     add_output_flag(p, "output directory (default results/sweep)", dest="out", old=("--out",),
                     default="results/sweep", metavar="DIR")
     p.add_argument("--fresh", action="store_true", help="discard stored results of this sweep and recompute")
@@ -79,13 +82,28 @@ def _lab_executor(args):
 def run(args) -> int:
     from harness import sweep as sw
     from harness.cliutil import progress
-    from harness.errors import HarnessError
+    from harness.errors import HarnessError, UsageError
+    from harness.graphargs import is_graph_model, nin_branch
     from harness.sweep.store import cells_location
     from specialist.methods import get_method
 
     opts = _options(args)
     cells_location(args.out, getattr(args, "db", None))  # a malformed --db: one line, before any work
-    for name in opts.methods:  # unknown names: one line listing the known ones, before any work
+    graph = is_graph_model(args)
+    if graph:  # resnet20, pkg.mod:factory, .pt2 (harness/sweep/graph.py)
+        from harness.sweep.graph import graph_methods
+
+        if args.input_shape or args.input_mean or args.input_std:
+            raise UsageError("sweep: --input-shape/--input-mean/--input-std are not supported (CIFAR-10 models)")
+        from specialist.graph.specialize import GRAPH_DEFAULT_METHOD
+        from specialist.methods import DEFAULT_METHOD
+
+        if args.method is None and opts.methods == (DEFAULT_METHOD,):  # the default: the graph default
+            opts = opts.replace(methods=(GRAPH_DEFAULT_METHOD,))
+        graph_methods(opts.methods)
+    else:
+        nin_branch(args)
+    for name in opts.methods if not graph else ():  # unknown names: one line listing the known ones
         get_method(name)
     paper = None
     if args.compare_paper:
@@ -101,7 +119,7 @@ def run(args) -> int:
 
     try:
         res = sw.run_sweep(opts, model_path=args.model, stats_path=args.stats, data_dir=args.data,
-                           out_dir=args.out, fresh=args.fresh, progress=on_progress,
+                           out_dir=args.out, fresh=args.fresh, progress=on_progress, weights=args.weights,
                            db=getattr(args, "db", None), executor=_lab_executor(args))
     except BrokenProcessPool as exc:
         raise HarnessError(f"a sweep worker died ({exc}); finished tasks are saved in {args.out}/sweep.sqlite: "

@@ -69,9 +69,26 @@ def _execute(tasks: list[list[Job]], setup: WorkerSetup, options: SweepOptions, 
                 accept(fut.result())
 
 
+def _graph_inputs(options: SweepOptions, model: str, weights: str | None, stats_path: str | None, data_path: str,
+                  out_dir: str | Path):
+    """(methods, setup, test images, model hash, stats hash, code hash) of a graph model (harness.sweep.graph)."""
+    from harness.sweep.graph import graph_code_hash, graph_methods, graph_state, load_model, sweep_stats
+    from specialist.graph.artifact import model_hash
+
+    methods = graph_methods(options.methods)
+    loaded = load_model(model, weights)
+    stats_file, stats_hash = sweep_stats(loaded, model, stats_path, methods, data_path, out_dir)
+    setup = WorkerSetup(model, stats_file, data_path, options.per_class, options.exact_only, options.engine,
+                        options.threads, options.chunk_images, weights=weights, graph=True)
+    test = load_test_images(setup)
+    if test.y.size and np.bincount(test.y, minlength=N_CLASSES).min() > 0:
+        graph_state(setup)  # the in-process path reuses what is loaded here
+    return methods, setup, test, model_hash(loaded.module, loaded.description), stats_hash, graph_code_hash()
+
+
 def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_path: str | None = None,
               data_dir: str | None = None, out_dir: str | Path = "results/sweep", fresh: bool = False,
-              progress: ProgressFn | None = None, db: str | Path | None = None,
+              progress: ProgressFn | None = None, weights: str | None = None, db: str | Path | None = None,
               executor: Executor | None = None) -> SweepResult:
     """Run (or resume) a sweep; results are saved per task in ``out_dir/sweep.sqlite`` (or in ``db``, a SQLite
     file or server URL, when given or set in ``$HARNESS_DB``: harness/sweep/store.py ``cells_location``).
@@ -81,28 +98,34 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     ``executor(tasks, setup, options, accept)`` runs the tasks elsewhere (``harness sweep --lab``:
     :func:`harness.lab.sweep.lab_executor`); by default they run here or in worker processes.
     """
+    from harness.graphargs import is_graph_spec
     from specialist.build import load_default_stats
     from specialist.data import resolve_data_dir
     from specialist.methods import get_method
     from specialist.model import load_weights
 
     t0 = time.perf_counter()
-    methods = [get_method(name) for name in options.methods]
-    base = load_weights(model_path)
-    stats = load_default_stats(base, stats_path)
     data_path = str(resolve_data_dir(data_dir))
-    setup = WorkerSetup(model_path, stats_path, data_path, options.per_class, options.exact_only, options.engine,
-                        options.threads, options.chunk_images)
-    test = load_test_images(setup)
+    if is_graph_spec(model_path):
+        methods, setup, test, model_hash, stats_hash, code_hash = _graph_inputs(
+            options, str(model_path), weights, stats_path, data_path, out_dir)
+    else:
+        methods = [get_method(name) for name in options.methods]
+        base = load_weights(model_path)
+        stats = load_default_stats(base, stats_path)
+        setup = WorkerSetup(model_path, stats_path, data_path, options.per_class, options.exact_only,
+                            options.engine, options.threads, options.chunk_images)
+        test = load_test_images(setup)
     counts = np.bincount(test.y, minlength=N_CLASSES)
     if counts.min() == 0:
         raise UsageError(f"the test images hold no image of class {int(np.argmin(counts))} "
                          f"(per-class {options.per_class}, exact-only {options.exact_only})")
-    worker_state(setup, base=base, test=test)  # the in-process path reuses what is loaded here
+    if not setup.graph:
+        worker_state(setup, base=base, test=test)  # the in-process path reuses what is loaded here
+        model_hash = base.content_hash()
+        stats_hash = str(stats.meta.get("sha256", "")) or sha(stats.model_hash, stats.counts.tolist())
+        code_hash = builder_code_hash()
     data_fp = data_fingerprint(test.x, test.y)
-    model_hash = base.content_hash()
-    stats_hash = str(stats.meta.get("sha256", "")) or sha(stats.model_hash, stats.counts.tolist())
-    code_hash = builder_code_hash()
     ctx_none, ctx_method = context_keys(model_hash, data_fp, stats_hash, methods, code_hash)
     names = [m.name for m in methods]
     labels = [m.name if names.count(m.name) == 1 else Path(opt).stem

@@ -28,6 +28,8 @@ class WorkerSetup:
     engine: str
     threads: int
     chunk_images: int
+    weights: str | None = None  # graph models: the state_dict of ``model_path``
+    graph: bool = False  # ``model_path`` is a graph model (harness.sweep.graph), not NIN
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -78,6 +80,10 @@ def run_task(setup: WorkerSetup, jobs: Sequence[Job]) -> list[JobRecord]:
     from specialist.evaluate import EvalModel, EvalOptions, evaluate_models
     from specialist.flops import BASE_FLOPS
 
+    if setup.graph:
+        from harness.sweep.graph import run_graph_task
+
+        return run_graph_task(setup, jobs)
     cpu0 = time.process_time()
     st = worker_state(setup)
     base, test = st["base"], st["test"]

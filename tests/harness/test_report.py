@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -33,7 +34,8 @@ def _windows(run_id, plan, energy=True):
     return out
 
 
-MODELS = [ModelRecord("r", "L0", 0, "0,1,2,3,4", "mean", 1000, 0.0, "h0", "a0", "p0", 90.0),
+NIN_FLOPS = 444_973_056  # specialist.flops.BASE_FLOPS: the paper's columns are shown for NIN runs only
+MODELS = [ModelRecord("r", "L0", 0, "0,1,2,3,4", "mean", NIN_FLOPS, 0.0, "h0", "a0", "p0", 90.0),
           ModelRecord("r", "L50", 50, "0,1,2,3,4", "mean", 422, 57.8, "h5", "a5", "p5", 60.0)]
 PLAN = [("L0", 10.0, 3.0), ("L50", 6.0, 2.0), ("L0", 10.0, 3.0), ("L50", 6.0, 2.0), ("L50", None, None)]
 
@@ -63,6 +65,9 @@ def test_tables_say_virtual_and_reference_paper():
     assert t3.index("| 57.8") < t3.index("| 0.0")  # most pruned first, as the paper
     t4 = table4_markdown(rows, "host", virtual=False, measures_energy=False)
     assert "virtual lab" not in t4 and "no power monitor" in t4 and "paper" not in t4
+    other = [dataclasses.replace(MODELS[0], flops=81_551_360), MODELS[1]]  # ResNet-20: not the paper's model
+    t3 = table3_markdown(model_rows(other, _windows("r", PLAN)), "virtual-nexus4", virtual=True)
+    assert "virtual lab" in t3 and "paper" not in t3
     csv = rows_csv(rows, "host", False).splitlines()
     assert csv[0].startswith("device,virtual,level") and csv[1].startswith("host,0,50,57.8")
 
