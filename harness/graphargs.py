@@ -94,14 +94,12 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     from specialist.graph.groups import analyse
     from specialist.graph.specialize import build_graph_specialist, graph_method
 
-    if getattr(args, "impact", None):
-        raise UsageError("--impact applies to NIN only (graph methods: --method, --compensation, --fold)")
-    method = graph_method(args.method, args.compensation, getattr(args, "fold", None))
+    method = graph_method(args.method, args.compensation, getattr(args, "fold", None), getattr(args, "impact", None))
     level = args.level if level is None else level
     if not 0 <= level < 100:
         raise UsageError(f"--level must be in [0, 100), got {level:g}")
     loaded = loaded or load_graph_model(args)
-    needs_stats = not (method.criterion == "l1" and method.compensation == "none")
+    needs_stats = method.needs_stats
     if needs_stats and not getattr(args, "stats", None):
         raise UsageError(f"method {method.name!r} on a graph model needs --stats FILE (make one with 'harness stats "
                          f"--model {args.model} -o FILE')")
@@ -122,6 +120,7 @@ def graph_stats(args) -> dict:
     from specialist.data import load_split
     from specialist.graph.artifact import model_hash, stats_to_bytes
     from specialist.graph.groups import analyse
+    from specialist.graph.impacts import fd_impacts, grad_impacts
     from specialist.graph.stats import collect_stats
 
     if args.per_class < 1:
@@ -133,9 +132,15 @@ def graph_stats(args) -> dict:
     t0 = time.perf_counter()
     x = loaded.description.normalize(calib.x)
     st = collect_stats(graph, x, calib.y.astype("int64"), loaded.description.num_classes, gram=True)
+    impact = getattr(args, "impact", "grad") or "grad"
+    st.impact_grad = grad_impacts(graph, x, calib.y.astype("int64"), loaded.description.num_classes)
+    if impact in ("fd", "both"):
+        st.impact_fd = fd_impacts(graph, x, calib.y.astype("int64"), loaded.description.num_classes,
+                                  per_class=getattr(args, "fd_per_class", 10) or 10)
     mhash = model_hash(loaded.module, loaded.description)
     blob = stats_to_bytes(st, graph, mhash, loaded.description,
-                          {"per_class": args.per_class, "data": calib.source, "images": len(calib)})
+                          {"per_class": args.per_class, "data": calib.source, "images": len(calib),
+                           "impact": impact})
     seconds = time.perf_counter() - t0
     atomic_write_bytes(args.output, blob)
     return {"output": args.output, "model": args.model, "model_hash": mhash, "images": len(calib),
