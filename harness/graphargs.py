@@ -132,11 +132,14 @@ def graph_stats(args) -> dict:
     t0 = time.perf_counter()
     x = loaded.description.normalize(calib.x)
     st = collect_stats(graph, x, calib.y.astype("int64"), loaded.description.num_classes, gram=True)
+    phases = {"moments": time.perf_counter() - t0}
     impact = getattr(args, "impact", "grad") or "grad"
     st.impact_grad = grad_impacts(graph, x, calib.y.astype("int64"), loaded.description.num_classes)
+    phases["grad"] = time.perf_counter() - t0 - sum(phases.values())
     if impact in ("fd", "both"):
         st.impact_fd = fd_impacts(graph, x, calib.y.astype("int64"), loaded.description.num_classes,
                                   per_class=getattr(args, "fd_per_class", 10) or 10)
+        phases["fd"] = time.perf_counter() - t0 - sum(phases.values())
     mhash = model_hash(loaded.module, loaded.description)
     blob = stats_to_bytes(st, graph, mhash, loaded.description,
                           {"per_class": args.per_class, "data": calib.source, "images": len(calib),
@@ -145,6 +148,7 @@ def graph_stats(args) -> dict:
     atomic_write_bytes(args.output, blob)
     return {"output": args.output, "model": args.model, "model_hash": mhash, "images": len(calib),
             "consumers": len(st.mean), "groups": len(graph.groups), "seconds": round(seconds, 2),
+            "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
             "bytes": len(blob)}
 
 

@@ -410,7 +410,7 @@ def _alloc_global(ctx: ScoreCtx, orders: dict[str, np.ndarray], level: float) ->
         curves[g.root] = ctx.curves[g.root]
         steps[g.root] = max(1, ctx.method.multiple_of) * max(1, g.size // 64)
         caps[g.root] = min(g.size - steps[g.root], int(g.size * ctx.method.max_remove_pct / 100.0))
-    target = model.flops(model.vector(uniform))
+    target = model.flops(model.vector(uniform_counts(ctx.graph, level)))  # the level's budget (any multiple_of)
     return allocate_global(curves, model, target, steps, caps, dict(ctx.method.layer_weights))
 
 

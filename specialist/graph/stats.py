@@ -107,10 +107,9 @@ def collect_stats(graph: ChannelGraph, x: torch.Tensor, y, num_classes: int, bat
             sums[name] += (onehot @ a.reshape(a.shape[0], -1)).reshape(sums[name].shape)
             abs_s[name] += onehot @ flat.abs().mean(2)
             sq_s[name] += onehot @ flat.square().mean(2)
-            if gram:
-                for k in torch.nonzero(onehot.sum(1)).flatten().tolist():
-                    fk = flat[onehot[k] > 0].permute(1, 0, 2).reshape(a.shape[1], -1).double()  # [C, Bk * P]
-                    gram_s[name][k] += fk @ fk.T / flat.shape[2]
+            if gram:  # per-image E[x x^T] over positions (float32 bmm), summed per class in float64
+                g = torch.bmm(flat, flat.transpose(1, 2)).reshape(a.shape[0], -1).double() / flat.shape[2]
+                gram_s[name] += (onehot.double() @ g).reshape(gram_s[name].shape)
         return fn
 
     hooks = [graph.modules[n].register_forward_pre_hook(hook(n)) for n in names]
