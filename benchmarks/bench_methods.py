@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights")
     ap.add_argument("--stats", help="graph models: the statistics artifact")
     ap.add_argument("--cells", help="graph models: JSON-lines file of finished cells (appended; resumed from)")
+    ap.add_argument("--print-only", action="store_true", help="graph models: print the tables of --cells, build "
+                    "nothing")
     args = ap.parse_args(argv)
     if args.model and args.model != "nin":
         from bench_methods_graph import run_graph

@@ -65,7 +65,7 @@ def run_graph(args) -> int:
             x, y = data[sub]
             for m in methods:
                 key = _key(m, sub, lv)
-                if key in cells:
+                if key in cells or args.print_only:
                     continue
                 t0 = time.perf_counter()
                 spec = build_graph_specialist(loaded, stats, list(sub), lv, graph_method(m), graph=graph)
@@ -88,36 +88,44 @@ def run_graph(args) -> int:
 def print_tables(cells: dict, methods, sizes, levels, subsets, args, meta: dict, seconds: float) -> None:
     """Markdown tables per method, the cells where best is below another preset, build times."""
     def values(m, s, lv):
-        return np.array([cells[_key(m, sub, lv)]["accuracy"] for sub in subsets[s]])
+        return np.array([cells[_key(m, sub, lv)]["accuracy"] for sub in subsets[s] if _key(m, sub, lv) in cells])
+
+    def cell(m, s, lv) -> str:
+        v = values(m, s, lv)
+        if len(v) == 0:
+            return "-"
+        mu, ci, _ = mean_ci(v)
+        return f"{float(mu):.1f} +- {float(ci):.1f}" + (f" (n={len(v)})" if len(v) < len(subsets[s]) else "")
 
     n_img = "all" if not args.per_class else args.per_class
     out = {"model": args.model, "stats": meta.get("content_hash"), "methods": {}}
     for m in methods:
         print(f"\n### {m}  (n = {args.subsets} subsets x {n_img} test images/class)\n")
-        fl = {lv: np.mean([cells[_key(m, sub, lv)]["flops_pruned_pct"] for s in sizes for sub in subsets[s]])
-              for lv in levels}
+        fl = {lv: np.mean([cells[_key(m, sub, lv)]["flops_pruned_pct"] for s in sizes for sub in subsets[s]
+                           if _key(m, sub, lv) in cells] or [np.nan]) for lv in levels}
         print("| classes | " + " | ".join(f"L{lv:g} ({fl[lv]:.1f}% FLOPs)" for lv in levels) + " | None |")
         print("|---" * (len(levels) + 2) + "|")
         for s in sizes:
-            row = []
-            for lv in levels:
-                mu, ci, _ = mean_ci(values(m, s, lv))
-                row.append(f"{float(mu):.1f} +- {float(ci):.1f}")
-            none = np.array([cells[_key(m, sub, levels[0])]["unpruned"] for sub in subsets[s]])
-            mu, ci, _ = mean_ci(none)
+            row = [cell(m, s, lv) for lv in levels]
+            none = np.array([c["unpruned"] for c in cells.values() if tuple(c["classes"]) in set(subsets[s])])
+            mu, ci, _ = mean_ci(np.unique(none)) if len(none) else (np.nan, np.nan, 0)
             print(f"| {s} | " + " | ".join(row) + f" | {float(mu):.1f} +- {float(ci):.1f} |")
-        out["methods"][m] = {f"{s}/{lv:g}": float(np.mean(values(m, s, lv))) for s in sizes for lv in levels}
+        out["methods"][m] = {f"{s}/{lv:g}": float(np.mean(values(m, s, lv))) for s in sizes for lv in levels
+                             if len(values(m, s, lv))}
     if "best" in methods:
-        worse = [(s, lv, o, out["methods"]["best"][f"{s}/{lv:g}"], out["methods"][o][f"{s}/{lv:g}"])
-                 for s in sizes for lv in levels for o in methods
-                 if o != "best" and out["methods"][o][f"{s}/{lv:g}"] > out["methods"]["best"][f"{s}/{lv:g}"]]
-        print(f"\nbest below another preset (mean over subsets): {len(worse)} of "
-              f"{len(sizes) * len(levels) * (len(methods) - 1)} comparisons")
+        b = out["methods"]["best"]
+        pairs = [(s, lv, o) for s in sizes for lv in levels for o in methods
+                 if o != "best" and f"{s}/{lv:g}" in b and f"{s}/{lv:g}" in out["methods"][o]]
+        worse = [(s, lv, o, b[f"{s}/{lv:g}"], out["methods"][o][f"{s}/{lv:g}"]) for s, lv, o in pairs
+                 if out["methods"][o][f"{s}/{lv:g}"] > b[f"{s}/{lv:g}"]]
+        print(f"\nbest below another preset (mean over the subsets measured): {len(worse)} of {len(pairs)} "
+              "comparisons")
         for s, lv, o, b, v in worse:
             print(f"  size {s} level {lv:g}: best {b:.2f} < {o} {v:.2f}")
     print("\n| method | build s (mean) |\n|---|---:|")
     for m in methods:
-        print(f"| {m} | {np.mean([c['build_s'] for c in cells.values() if c['method'] == m]):.2f} |")
+        bs = [c["build_s"] for c in cells.values() if c["method"] == m]
+        print(f"| {m} | {np.mean(bs) if bs else float('nan'):.2f} |")
     print(f"\n{len(cells)} cells, {seconds:.0f} s this run")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=1))
