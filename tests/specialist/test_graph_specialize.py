@@ -58,7 +58,7 @@ def test_artifact_round_trip_and_model_check(setup, tmp_path):
     p = tmp_path / "a.npz"
     p.write_bytes(stats_to_bytes(stats, graph, h, loaded.description, {"per_class": 120}))
     back, meta = load_stats(p, h)
-    assert meta["schema_version"] == 1 and meta["per_class"] == 120
+    assert meta["schema_version"] == 2 and meta["per_class"] == 120
     assert [g["root"] for g in meta["groups"]] == [g.root for g in graph.groups]
     for table in ("mean", "abs_mean", "sq_mean", "gram"):
         a, b = getattr(stats, table), getattr(back, table)
