@@ -2,6 +2,11 @@
 
     python benchmarks/bench_methods.py                                 # all presets, sizes 2,5,10, levels 10,30,50
     python benchmarks/bench_methods.py --methods paper,best --sizes 2-10 --levels 10,20,30,40,50 --subsets 3
+    python benchmarks/bench_methods.py --model resnet20 --stats r20.npz --methods paper,thinet,captor,l1,merge,best \
+        --sizes 2,5,10 --levels 10,20,30,40,50 --subsets 3 --per-class 0 --cells r20_cells.jsonl
+
+Graph models (``--model resnet20 | pkg.mod:factory | file.pt2``, ``--stats`` the artifact of ``harness stats
+--model ... --impact both``): see benchmarks/bench_methods_graph.py (``--per-class 0``: the whole test set).
 
 Seeded class subsets (harness.sweep.draw_subsets), the shipped statistics artifact, the first --per-class test
 images of each class, the sweep's batched evaluation engine.  Prints one Markdown table per method (rows: subset
@@ -42,7 +47,17 @@ def main(argv=None) -> int:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--data")
     ap.add_argument("--json-out")
+    ap.add_argument("--model", help="a graph model (resnet20, pkg.mod:factory, .pt2); default: the NIN")
+    ap.add_argument("--weights")
+    ap.add_argument("--stats", help="graph models: the statistics artifact")
+    ap.add_argument("--cells", help="graph models: JSON-lines file of finished cells (appended; resumed from)")
+    ap.add_argument("--print-only", action="store_true", help="graph models: print the tables of --cells, build "
+                    "nothing")
     args = ap.parse_args(argv)
+    if args.model and args.model != "nin":
+        from bench_methods_graph import run_graph
+
+        return run_graph(args)
     methods = [get_method(m).name for m in args.methods.split(",")]
     sizes = parse_sizes(args.sizes)
     levels = parse_levels(args.levels)

@@ -98,14 +98,12 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     from specialist.graph.groups import analyse
     from specialist.graph.specialize import build_graph_specialist, graph_method
 
-    if getattr(args, "impact", None):
-        raise UsageError("--impact applies to NIN only (graph methods: --method, --compensation, --fold)")
-    method = graph_method(args.method, args.compensation, getattr(args, "fold", None))
+    method = graph_method(args.method, args.compensation, getattr(args, "fold", None), getattr(args, "impact", None))
     level = args.level if level is None else level
     if not 0 <= level < 100:
         raise UsageError(f"--level must be in [0, 100), got {level:g}")
     loaded = loaded or load_graph_model(args)
-    needs_stats = not (method.criterion == "l1" and method.compensation == "none")
+    needs_stats = method.needs_stats
     if needs_stats and not getattr(args, "stats", None):
         raise UsageError(f"method {method.name!r} on a graph model needs --stats FILE (make one with 'harness stats "
                          f"--model {args.model} -o FILE')")
@@ -120,12 +118,15 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     return loaded, spec
 
 
-def stats_bytes(loaded, per_class: int, data=None, graph=None) -> tuple[bytes, dict]:
+def stats_bytes(loaded, per_class: int, data=None, graph=None, impact: str = "grad",
+                fd_per_class: int = 10) -> tuple[bytes, dict]:
     """The statistics artifact of ``loaded`` on the first ``per_class`` calibration images of every class
-    (CIFAR-10), and a summary (model hash, images, consumers, groups, seconds)."""
+    (CIFAR-10): moments, autograd impacts, and finite-difference impacts too when ``impact`` is fd or both;
+    and a summary (model hash, images, consumers, groups, seconds, seconds per phase)."""
     from specialist.data import load_split
     from specialist.graph.artifact import model_hash, stats_to_bytes
     from specialist.graph.groups import analyse
+    from specialist.graph.impacts import fd_impacts, grad_impacts
     from specialist.graph.stats import collect_stats
 
     check_cifar(loaded.description)
@@ -133,12 +134,21 @@ def stats_bytes(loaded, per_class: int, data=None, graph=None) -> tuple[bytes, d
     calib = load_split("calib", data).select(range(10), per_class=per_class)
     t0 = time.perf_counter()
     x = loaded.description.normalize(calib.x)
-    st = collect_stats(graph, x, calib.y.astype("int64"), loaded.description.num_classes, gram=True)
+    y = calib.y.astype("int64")
+    n_classes = loaded.description.num_classes
+    st = collect_stats(graph, x, y, n_classes, gram=True)
+    phases = {"moments": time.perf_counter() - t0}
+    st.impact_grad = grad_impacts(graph, x, y, n_classes)
+    phases["grad"] = time.perf_counter() - t0 - sum(phases.values())
+    if impact in ("fd", "both"):
+        st.impact_fd = fd_impacts(graph, x, y, n_classes, per_class=fd_per_class)
+        phases["fd"] = time.perf_counter() - t0 - sum(phases.values())
     mhash = model_hash(loaded.module, loaded.description)
     blob = stats_to_bytes(st, graph, mhash, loaded.description,
-                          {"per_class": per_class, "data": calib.source, "images": len(calib)})
+                          {"per_class": per_class, "data": calib.source, "images": len(calib), "impact": impact})
     return blob, {"model_hash": mhash, "images": len(calib), "consumers": len(st.mean), "groups": len(graph.groups),
-                  "seconds": round(time.perf_counter() - t0, 2), "bytes": len(blob)}
+                  "seconds": round(time.perf_counter() - t0, 2),
+                  "phase_seconds": {k: round(v, 2) for k, v in phases.items()}, "bytes": len(blob)}
 
 
 def graph_stats(args) -> dict:
@@ -148,7 +158,8 @@ def graph_stats(args) -> dict:
     if args.per_class < 1:
         raise UsageError("--per-class must be at least 1")
     loaded = load_graph_model(args)
-    blob, info = stats_bytes(loaded, args.per_class, args.data)
+    blob, info = stats_bytes(loaded, args.per_class, args.data, impact=getattr(args, "impact", "grad") or "grad",
+                             fd_per_class=getattr(args, "fd_per_class", 10) or 10)
     atomic_write_bytes(args.output, blob)
     return {"output": args.output, "model": args.model, **info}
 

@@ -6,7 +6,11 @@ input description), the model spec, the calibration source and images per class,
 size, prunable, consumers) and a ``content_hash`` over every array.  Arrays are keyed by consumer layer
 (``mean/<layer>`` per-position mean input ``[K, C, *spatial]``, ``abs/<layer>`` mean |input| per channel,
 ``sq/<layer>`` E[x^2] per channel, ``gram/<layer>`` E[x x^T] over positions ``[K, C, C]``) and ``counts``
-(images per class); a group's statistics are those of its consumers (the header's ``groups``).
+(images per class); a group's statistics are those of its consumers (the header's ``groups``).  Schema 2 adds
+the per-class impacts of every group channel, keyed by the group's root layer: ``impg/<root>`` (autograd) and
+``impf/<root>`` (finite difference) ``[K, size]`` (:mod:`specialist.graph.impacts`).  A schema-1 file still
+loads (migration: it has no impacts, so only the methods that need none build from it; the others say to
+recompute it).
 
 Loading refuses one-line (:class:`~specialist.errors.ArtifactError`): a file that is not an artifact, a newer
 schema version, a content hash that does not match (corrupt or edited), an artifact of another model.
@@ -31,9 +35,10 @@ from specialist.zoo import ModelDescription
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-group impacts (impg/, impf/); version 1 files load without them
 KIND = "graph-stats"
 _TABLES = (("mean", "mean"), ("abs", "abs_mean"), ("sq", "sq_mean"), ("gram", "gram"))
+_IMPACTS = (("impg", "impact_grad"), ("impf", "impact_fd"))  # keyed by group root, [K, size] numpy
 
 
 def model_hash(module: nn.Module, desc: ModelDescription) -> str:
@@ -63,6 +68,9 @@ def stats_to_bytes(stats: GraphStats, graph: ChannelGraph, mhash: str, desc: Mod
     for prefix, attr in _TABLES:
         for layer, t in getattr(stats, attr).items():
             arrays[f"{prefix}/{layer}"] = t.numpy()
+    for prefix, attr in _IMPACTS:
+        for root, a in getattr(stats, attr).items():
+            arrays[f"{prefix}/{root}"] = np.asarray(a, dtype=np.float64)
     meta = {"kind": KIND, "schema_version": SCHEMA_VERSION, "model_hash": mhash, "model": desc.name,
             "source": desc.source, "input_shape": list(desc.input_shape), "input_mean": list(desc.mean),
             "input_std": list(desc.std), "num_classes": stats.num_classes, "groups": graph.summary(),
@@ -91,15 +99,18 @@ def read_stats(path: str | Path) -> tuple[GraphStats, dict]:
                             "upgrade the harness or recompute it with 'harness stats'")
     if _content_hash(arrays) != meta.get("content_hash"):
         raise ArtifactError(f"{path}: content hash mismatch (the file is corrupt or was edited)")
-    tables: dict[str, dict[str, torch.Tensor]] = {attr: {} for _, attr in _TABLES}
+    tables: dict[str, dict] = {attr: {} for _, attr in (*_TABLES, *_IMPACTS)}
     prefixes = dict(_TABLES)
+    impacts = dict(_IMPACTS)
     for key, a in arrays.items():
         if "/" in key:
             prefix, layer = key.split("/", 1)
             if prefix in prefixes:
                 tables[prefixes[prefix]][layer] = torch.from_numpy(np.array(a, dtype=np.float64))
+            elif prefix in impacts:
+                tables[impacts[prefix]][layer] = np.array(a, dtype=np.float64)
     stats = GraphStats(arrays["counts"].astype(np.int64), tables["mean"], tables["abs_mean"], tables["sq_mean"],
-                       tables["gram"])
+                       tables["gram"], tables["impact_grad"], tables["impact_fd"])
     return stats, meta
 
 

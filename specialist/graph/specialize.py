@@ -1,10 +1,9 @@
 """A class-specialist of any CNN from its statistics artifact: methods, build, save and load.
 
-Methods on graph models (:data:`GRAPH_METHODS`): a selection criterion
-(:data:`specialist.graph.stats.CRITERIA`) plus a compensation (:data:`specialist.graph.surgery.COMPENSATIONS`).
-"Level" L removes L % of every prunable group (uniform; the first layer's group intact), so its FLOPs are the
-budget of that uniform removal.  A NIN method preset the graph path cannot do yet is refused with one line
-naming the supported ones.
+Methods on graph models (:mod:`specialist.graph.methods`): every NIN preset and TOML method, read for channel
+groups (a score, an allocation, a compensation of :data:`specialist.graph.compensate.COMPENSATIONS`).
+"Level" L is the FLOPs budget of removing L % of every prunable group (the first layer's group intact); the
+``uniform`` allocation removes exactly that, ``global`` (``best``) spends the same budget across groups.
 
 A saved specialist (:func:`specialist_bytes`) is a plain dict that ``torch.load(weights_only=True)`` reads: the
 pruned state_dict plus the plan (kept channel indices per group, classes, which consumers got a bias or a
@@ -29,8 +28,15 @@ from specialist.errors import ArtifactError, DataError, UsageError
 from specialist.graph.artifact import model_hash
 from specialist.graph.flops import flop_table, rows_as_dicts
 from specialist.graph.groups import ChannelGraph, analyse
+from specialist.graph.methods import (  # noqa: F401 (re-exported)
+    GRAPH_DEFAULT_METHOD,
+    GRAPH_METHODS,
+    GraphMethod,
+    graph_method,
+    plan_keep,
+)
 from specialist.graph.source import LoadedModel
-from specialist.graph.stats import GraphStats, uniform_keep
+from specialist.graph.stats import GraphStats
 from specialist.graph.surgery import ConstAdd, SurgeryReport, _add_bias, _set_module, prune
 
 log = logging.getLogger(__name__)
@@ -38,44 +44,6 @@ log = logging.getLogger(__name__)
 FILE_KIND = "graph-specialist"
 _BASE_FLOPS: dict[int, int] = {}  # id(graph) -> FLOPs of its unpruned model (graphs live as long as a command)
 FILE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class GraphMethod:
-    """A method on graph models: which channels go (criterion) and how the consumers make up for them."""
-
-    name: str
-    criterion: str
-    compensation: str
-    description: str
-    fold: str = "exact"
-
-
-GRAPH_METHODS: dict[str, GraphMethod] = {m.name: m for m in (
-    GraphMethod("lsq", "impact", "lsq", "impact selection; every consumer refit from its kept inputs by ridge "
-                "least squares on the artifact's second moments, plus per-position means"),
-    GraphMethod("impact", "impact", "mean", "lowest impact pruned (within-position variance x squared weights of "
-                "every consumer: the error mean compensation leaves), per-position mean compensation"),
-    GraphMethod("activation", "activation", "mean", "lowest mean |activation| of the target classes pruned, "
-                "per-position mean compensation"),
-    GraphMethod("l1", "l1", "mean", "Li et al.: smallest filter L1 norms pruned, mean compensation"),
-    GraphMethod("variance", "variance", "mean", "Polyak & Wolf: lowest activation variance pruned, mean "
-                "compensation"),
-)}
-GRAPH_DEFAULT_METHOD = "lsq"
-
-
-def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None) -> GraphMethod:
-    """The method ``name`` (default :data:`GRAPH_DEFAULT_METHOD`) with overrides; one-line UsageError else."""
-    name = name or GRAPH_DEFAULT_METHOD
-    m = GRAPH_METHODS.get(name)
-    if m is None:
-        raise UsageError(f"method {name!r} is not supported on graph models yet; supported: "
-                         f"{', '.join(GRAPH_METHODS)}")
-    if compensation is not None and compensation not in ("none", "mean", "lsq"):
-        raise UsageError(f"--compensation {compensation} is not supported on graph models yet; supported: none, "
-                         "mean, lsq")
-    return GraphMethod(m.name, m.criterion, compensation or m.compensation, m.description, fold or m.fold)
 
 
 @dataclass
@@ -103,7 +71,8 @@ class GraphSpecialist:
         """JSON-ready description (the ``--json`` of ``harness build``)."""
         return {"model": self.base.get("spec"), "classes": self.classes, "level": self.level,
                 "method": self.method.name, "criterion": self.method.criterion,
-                "compensation": self.method.compensation, "fold": self.method.fold, "flops_base": self.flops_base,
+                "compensation": self.method.compensation, "fold": self.method.fold,
+                "allocation": self.method.allocation, "impact": self.method.impact, "flops_base": self.flops_base,
                 "flops": self.flops, "flops_pruned_pct": round(self.flops_pruned_pct, 3),
                 "groups": {r: {"kept": self.report.kept[r], "removed": self.report.removed[r]} for r in self.keep},
                 "per_position": self.report.per_position, "refit": self.report.refit,
@@ -127,10 +96,11 @@ def build_graph_specialist(loaded: LoadedModel, stats: GraphStats | None, classe
         raise UsageError(f"--level must be in [0, 100), got {level:g}")
     example = loaded.example()
     graph = graph or analyse(loaded.module, example)
-    if stats is None and (method.criterion != "l1" or method.compensation != "none"):
+    if stats is None and method.needs_stats:
         raise ArtifactError(f"method {method.name!r} needs a statistics artifact (harness stats)")
-    keep = uniform_keep(graph, level, stats, cls, method.criterion)
-    module, report = prune(graph, keep, cls, stats, fold=method.fold, compensation=method.compensation)
+    keep = plan_keep(graph, stats, cls, level, method)
+    module, report = prune(graph, keep, cls, stats, fold=method.fold, compensation=method.compensation,
+                           ridge=method.ridge, merge_threshold=method.merge_threshold)
     rows = flop_table(module, example)
     flops = int(sum(r.flops for r in rows))
     flops_base = _BASE_FLOPS.get(id(graph))

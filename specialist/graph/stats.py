@@ -12,7 +12,9 @@ Accumulated in float64 with ``index_add_`` per batch (no per-image Python loop).
 subset are the count-weighted average of its classes (:meth:`GraphStats.subset`).
 
 Impact proxies per group channel: :data:`CRITERIA` (``l1``: L1 norm of the producing filters, ``activation``:
-mean |activation| at the consumers' inputs for the target classes).
+mean |activation| at the consumers' inputs for the target classes, ``variance``, ``wvar``: within-position
+variance x squared consumer weights).  The paper's impacts (autograd, finite difference) per group are in
+:mod:`specialist.graph.impacts` and stored in ``impact_grad`` / ``impact_fd``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from specialist.errors import InputError, UsageError
+from specialist.errors import ArtifactError, InputError, UsageError
 from specialist.graph.groups import ChannelGraph, ChannelGroup
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,19 @@ class GraphStats:
     abs_mean: dict[str, torch.Tensor]
     sq_mean: dict[str, torch.Tensor]
     gram: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per group root: ``[K, size]`` impacts (:mod:`specialist.graph.impacts`), autograd and finite difference
+    impact_grad: dict[str, np.ndarray] = field(default_factory=dict)
+    impact_fd: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def impacts(self, kind: str) -> dict[str, np.ndarray]:
+        """The ``grad`` or ``fd`` impact table; ArtifactError when the artifact does not hold it."""
+        table = {"grad": self.impact_grad, "fd": self.impact_fd}.get(kind)
+        if table is None:
+            raise UsageError(f"unknown impact kind {kind!r}; use fd or grad")
+        if not table:
+            raise ArtifactError(f"the statistics artifact has no {kind} impacts; recompute it with 'harness stats "
+                                f"--model ... --impact {'both' if kind == 'fd' else 'grad'}'")
+        return table
 
     @property
     def num_classes(self) -> int:
@@ -92,10 +107,9 @@ def collect_stats(graph: ChannelGraph, x: torch.Tensor, y, num_classes: int, bat
             sums[name] += (onehot @ a.reshape(a.shape[0], -1)).reshape(sums[name].shape)
             abs_s[name] += onehot @ flat.abs().mean(2)
             sq_s[name] += onehot @ flat.square().mean(2)
-            if gram:
-                for k in torch.nonzero(onehot.sum(1)).flatten().tolist():
-                    fk = flat[onehot[k] > 0].permute(1, 0, 2).reshape(a.shape[1], -1).double()  # [C, Bk * P]
-                    gram_s[name][k] += fk @ fk.T / flat.shape[2]
+            if gram:  # per-image E[x x^T] over positions (float32 bmm), summed per class in float64
+                g = torch.bmm(flat, flat.transpose(1, 2)).reshape(a.shape[0], -1).double() / flat.shape[2]
+                gram_s[name] += (onehot.double() @ g).reshape(gram_s[name].shape)
         return fn
 
     hooks = [graph.modules[n].register_forward_pre_hook(hook(n)) for n in names]
@@ -184,7 +198,7 @@ def _impact(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, 
 
 #: Impact proxy name -> function(graph, stats, group, classes) -> score per group channel (higher = keep).
 CRITERIA: dict[str, Callable[..., np.ndarray]] = {"l1": _l1, "activation": _activation, "variance": _variance,
-                                                   "impact": _impact}
+                                                   "wvar": _impact}
 
 
 def channel_scores(graph: ChannelGraph, stats: GraphStats | None, group: ChannelGroup, classes,

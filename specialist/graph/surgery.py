@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from specialist.errors import UsageError
+from specialist.graph.compensate import COMPENSATIONS, CompContext, lsq_refit  # noqa: F401 (re-exported)
 from specialist.graph.groups import ChannelGraph, build_dependency_graph, root_pruner
 from specialist.graph.stats import GraphStats
 
 log = logging.getLogger(__name__)
 
 FOLDS = ("exact", "bias")
-COMPENSATIONS = ("none", "mean", "lsq")
 
 
 class ConstAdd(nn.Module):
@@ -86,34 +86,6 @@ def _constant(layer: nn.Module, mean: torch.Tensor, idx: list[int]) -> torch.Ten
     return layer._conv_forward(m.unsqueeze(0), w, None)[0]
 
 
-@torch.no_grad()
-def lsq_refit(layer: nn.Module, stats: GraphStats, name: str, classes: Sequence[int], idx: list[int],
-              ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Least-squares refit of a consumer from its kept inputs (second moments of the artifact).
-
-    Each removed input channel r is predicted at every position p from the kept ones k by ridge regression on
-    the within-position covariance: ``x_r(p) ~ mu_r(p) + A (x_k(p) - mu_k(p))``.  Folding this into the layer
-    gives the kept columns ``W_k + W_r A`` (every kernel tap) and the constant ``W_r (mu_r(p) - A mu_k(p))``.
-    Returns (the input means with removed rows replaced by ``mu_r - A mu_k``, the weight delta on the kept
-    columns ``[O, K, *kernel]``, the kept input indices).  ``A = 0`` is mean compensation.
-    """
-    mean = stats.subset(stats.mean, name, classes)  # [C, *spatial]
-    gram = stats.subset(stats.gram, name, classes)  # [C, C]
-    c = mean.shape[0]
-    gone = sorted(set(idx))
-    kept = [i for i in range(c) if i not in set(gone)]
-    m = mean.reshape(c, -1)
-    cov = gram - m @ m.T / m.shape[1]
-    ckk = cov[kept][:, kept]
-    lam = ridge * float(torch.trace(ckk)) / max(len(kept), 1) + 1e-12
-    a = torch.linalg.solve(ckk + lam * torch.eye(len(kept), dtype=ckk.dtype), cov[kept][:, gone]).T  # [R, K]
-    adj = mean.clone()
-    adj[gone] = mean[gone] - torch.tensordot(a, mean[kept], dims=([1], [0]))
-    w = layer.weight.detach().to(torch.float64)
-    delta = torch.einsum("or...,rk->ok...", w[:, gone], a)
-    return adj, delta, kept
-
-
 def _validate(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Sequence[int], k: int):
     roots = {g.root: g for g in graph.groups}
     for root, idx in keep.items():
@@ -147,19 +119,18 @@ def _add_bias(layer: nn.Module, b: torch.Tensor) -> None:
 @torch.no_grad()
 def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Sequence[int],
           stats: GraphStats | None, fold: str = "exact", const_atol: float = 1e-7, compensation: str = "mean",
-          ridge: float = 1e-2) -> tuple[nn.Module, SurgeryReport]:
+          ridge: float = 1e-2, merge_threshold: float = 0.0) -> tuple[nn.Module, SurgeryReport]:
     """A pruned, compensated copy of ``graph.model`` (see the module docstring); ``graph.model`` is untouched.
 
     ``keep``: group root -> kept channel indices (groups not named stay whole).  ``stats=None`` or
     ``compensation="none"``: no compensation (plain pruning).  ``compensation="lsq"``: every consumer is also
     refit from its kept inputs (:func:`lsq_refit`; consumers without second moments get mean compensation).
+    Any name of :data:`specialist.graph.compensate.COMPENSATIONS` is accepted (``scale``, ``merge``, ...).
     """
     if fold not in FOLDS:
         raise UsageError(f"fold {fold!r} is not one of {', '.join(FOLDS)}")
     if compensation not in COMPENSATIONS:
         raise UsageError(f"compensation {compensation!r} is not one of {', '.join(COMPENSATIONS)}")
-    if compensation == "none":
-        stats = None
     cls_layer = graph.modules[graph.classifier]
     k = cls_layer.out_features if isinstance(cls_layer, nn.Linear) else cls_layer.out_channels
     cls = _validate(graph, keep, classes, k)
@@ -171,16 +142,16 @@ def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Seque
     model = copy.deepcopy(graph.model).eval()
     modules = dict(model.named_modules())
     consts: dict[str, torch.Tensor] = {}
-    if stats is not None:
-        for name, idx in _removed_inputs(graph, removed).items():
-            layer = modules[name]
-            if compensation == "lsq" and name in stats.gram:
-                mean, delta, kept_in = lsq_refit(layer, stats, name, cls, idx, ridge)
-                consts[name] = _constant(layer, mean, idx)
-                layer.weight.data[:, kept_in] += delta.to(layer.weight.dtype)
-                report.refit.append(name)
-            else:
-                consts[name] = _constant(layer, stats.subset(stats.mean, name, cls), idx)
+    fix = COMPENSATIONS[compensation]
+    ctx = CompContext(graph, stats, cls, removed, ridge, merge_threshold)
+    for name, idx in _removed_inputs(graph, removed).items():
+        layer = modules[name]
+        mean, weight = fix(ctx, layer, name, idx)
+        if mean is not None:  # on the unpruned, unrefit weights
+            consts[name] = _constant(layer, mean, idx)
+        if weight is not None:
+            layer.weight.data.copy_(weight.to(layer.weight.dtype))
+            report.refit.append(name)
 
     dg = build_dependency_graph(model, graph.example)
     plan = [(modules[r], idx) for r, idx in removed.items()]

@@ -172,8 +172,8 @@ def test_pt2_program(tmp_path, r20_stats, capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["build", "--model", "resnet99", "--classes", "0,1", "--level", "30"], "neither a zoo name"),
-    (["build", "--model", "resnet20", "--classes", "0,1", "--level", "30", "--method", "best",
-      "--stats", "x.npz"], "supported: lsq"),
+    (["build", "--model", "resnet20", "--classes", "0,1", "--level", "30", "--method", "nope",
+      "--stats", "x.npz"], "unknown method 'nope'"),
     (["build", "--model", "resnet20", "--classes", "0,1", "--level", "30", "--method", "lsq"], "needs --stats"),
     (["build", "--model", "resnet20", "--classes", "0,12", "--level", "30", "--method", "l1", "--compensation",
       "none"], "out of range"),

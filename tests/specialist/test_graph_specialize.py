@@ -58,7 +58,7 @@ def test_artifact_round_trip_and_model_check(setup, tmp_path):
     p = tmp_path / "a.npz"
     p.write_bytes(stats_to_bytes(stats, graph, h, loaded.description, {"per_class": 120}))
     back, meta = load_stats(p, h)
-    assert meta["schema_version"] == 1 and meta["per_class"] == 120
+    assert meta["schema_version"] == 2 and meta["per_class"] == 120
     assert [g["root"] for g in meta["groups"]] == [g.root for g in graph.groups]
     for table in ("mean", "abs_mean", "sq_mean", "gram"):
         a, b = getattr(stats, table), getattr(back, table)
@@ -87,10 +87,10 @@ def test_lsq_beats_mean_compensation_in_sample(setup):
     assert errs["lsq"] < errs["mean"] < errs["none"], errs
 
 
-@pytest.mark.parametrize("criterion", ["l1", "activation", "variance", "impact"])
+@pytest.mark.parametrize("criterion", ["l1", "activation", "variance", "wvar"])
 def test_methods_build_and_rebuild(setup, criterion):
     loaded, graph, stats, x, _ = setup
-    name = {"activation": "activation", "l1": "l1", "variance": "variance", "impact": "lsq"}[criterion]
+    name = {"activation": "activation", "l1": "l1", "variance": "variance", "wvar": "lsq"}[criterion]
     spec = build_graph_specialist(loaded, stats, [1, 3], 50, graph_method(name), graph=graph,
                                   base={"spec": "test"})
     assert spec.method.criterion == criterion
@@ -103,10 +103,10 @@ def test_methods_build_and_rebuild(setup, criterion):
 
 
 def test_unsupported_method_refused():
-    with pytest.raises(UsageError, match="supported: lsq, impact, activation, l1, variance"):
-        graph_method("best")
-    with pytest.raises(UsageError, match="--compensation merge"):
-        graph_method("l1", compensation="merge")
+    with pytest.raises(UsageError, match="supported on graph models: paper, paper-grad"):
+        graph_method("nope")
+    with pytest.raises(UsageError, match="--compensation bogus"):
+        graph_method("l1", compensation="bogus")
 
 
 def test_impact_criterion_orders_by_variance_times_weight(setup):
@@ -114,7 +114,7 @@ def test_impact_criterion_orders_by_variance_times_weight(setup):
 
     loaded, graph, stats, _, _ = setup
     g = graph.prunable[0]
-    s = channel_scores(graph, stats, g, [0, 1], "impact")
+    s = channel_scores(graph, stats, g, [0, 1], "wvar")
     var = within_variance(stats, "fc", [0, 1]).numpy()
     w = loaded.module.fc.weight.detach().double()[[0, 1]].square().sum(0).numpy()
     expect = np.zeros(g.size)
