@@ -28,32 +28,40 @@ from harness.sweep.store import JobRecord
 
 @dataclass(frozen=True)
 class GraphSweepMethod:
-    """A graph method as the sweep stores and labels it (``name``, ``description``, :meth:`as_dict`)."""
+    """A graph method as the sweep stores and labels it (``name``, ``description``, :meth:`as_dict`).
+
+    ``fields`` holds every field of :class:`specialist.graph.methods.GraphMethod` (allocation, impact, ridge,
+    budget caps, ...), so a worker builds exactly the method that was named, and the resume key covers all of it.
+    """
 
     name: str
     description: str
     criterion: str
     compensation: str
     fold: str
+    fields: tuple = ()  # ((field, value), ...) of the GraphMethod
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": "graph", "name": self.name, "criterion": self.criterion,
+        return {"kind": "graph", **dict(self.fields), "name": self.name, "criterion": self.criterion,
                 "compensation": self.compensation, "fold": self.fold}
 
     def graph_method(self):
         from specialist.graph.specialize import GraphMethod
 
-        return GraphMethod(self.name, self.criterion, self.compensation, self.description, self.fold)
+        return GraphMethod(**dict(self.fields))
 
 
 def graph_methods(names: Sequence[str]) -> list[GraphSweepMethod]:
     """The named graph methods; one line naming the supported ones for an unknown one."""
+    import dataclasses
+
     from specialist.graph.specialize import graph_method
 
     out = []
     for name in names:
         m = graph_method(name)
-        out.append(GraphSweepMethod(m.name, m.description, m.criterion, m.compensation, m.fold))
+        out.append(GraphSweepMethod(m.name, m.description, m.criterion, m.compensation, m.fold,
+                                    tuple(dataclasses.asdict(m).items())))
     return out
 
 

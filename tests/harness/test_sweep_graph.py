@@ -82,7 +82,7 @@ def test_graph_sweep_tiny_then_resumed(model, tmp_path, data_dir, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--method", "best"], "not supported on graph models"),
+    (["--method", "nosuch"], "unknown method 'nosuch'; supported on graph models"),
     (["--input-shape", "3,32,32"], "not supported"),
 ])
 def test_graph_sweep_refusals(model, tmp_path, capsys, extra, msg):
