@@ -106,6 +106,10 @@ class WorkerPool(ProcessPoolExecutor):
         self.shutdown(wait=False, cancel_futures=True)
         for proc in ours:
             proc.join(STOP_JOIN_S)
+            if proc.is_alive():  # SIGTERM ignored or held (e.g. inside a library's critical section): SIGKILL
+                log.warning("worker %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, STOP_JOIN_S)
+                proc.kill()
+                proc.join(STOP_JOIN_S)
         if ours:
             log.info("stopped %d worker process(es)", len(ours))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import threading
 import time
@@ -111,7 +112,12 @@ def test_hot_phone_waits_then_fails_or_passes(tmp_path, key):
         assert not rep.ok and "55.0 C (thermal_zone1) above 40 C" in temp.message
         with pytest.raises(DeviceError, match="preflight failed: temperature"):
             rep.raise_for_failures(dev.name)
-        threading.Timer(0.3, lambda: zone.write_text("36000\n")).start()
+        def cool_down():  # atomically, as the kernel updates the file: a reader never sees it half-written
+            tmp = zone.with_name("temp.new")
+            tmp.write_text("36000\n")
+            os.replace(tmp, zone)
+
+        threading.Timer(0.3, cool_down).start()
         rep = preflight(dev, prof, options=PreflightOptions(cool_timeout_s=10, cool_poll_s=0.1))
         assert rep.ok and rep.checks[-1].message.startswith("36.0 C <= 40 C")
         dev.close()

@@ -94,7 +94,7 @@ def test_resnet20_stats_build_file_reload(r20_stats, tmp_path, capsys):
     from specialist.graph.specialize import read_specialist_file, rebuild
 
     stats, meta = read_stats(r20_stats)
-    assert meta["schema_version"] == 1 and meta["per_class"] == 2 and stats.counts.tolist() == [2] * 10
+    assert meta["schema_version"] == 2 and meta["per_class"] == 2 and stats.counts.tolist() == [2] * 10
     assert len(meta["groups"]) == 12 and all(g["consumers"] for g in meta["groups"])
     out_file = tmp_path / "spec.pt"
     code, out, _ = run(capsys, "build", "--model", "resnet20", "--stats", r20_stats, "--classes", "0,1,2",

@@ -242,7 +242,7 @@ def test_three_phone_lab_run_stores_every_window_once(lab):
         assert r["seqs"] == list(range(N_WINDOWS)), serial
         assert r["invalid"] == {} and r["status"] == "complete", serial
         rows = out["devices"][serial]["rows"]  # a table per device
-        assert {row["level_pct"] for row in rows} == {0, 50}
+        assert {row["level"] for row in rows} == {0, 50}
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def test_user_model_virtual_then_host_from_cache(user_model, env, tmp_path, caps
 
 @pytest.mark.parametrize("argv,msg", [
     (["--weights", "w.pt"], "applies to graph models"),
-    (["--model", "resnet20", "--method", "best"], "not supported on graph models"),
+    (["--model", "resnet20", "--method", "nosuch"], "unknown method 'nosuch'"),
     (["--model", "resnet20", "--stats", "{stats}"], "another model"),
     (["--model", "resnet99"], "neither a zoo name"),
     (["--model", "resnet20", "--stats", "missing.npz"], "no such file"),

@@ -48,7 +48,9 @@ def _setup(name: str):
     return loaded, graph, st
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+#: ResNet-20 in the default run; MobileNetV2 and VGG-16-BN (13 presets each, minutes on 2 cores) with HARNESS_SLOW=1
+@pytest.fixture(scope="module", params=[m if m == "resnet20" else pytest.param(m, marks=pytest.mark.slow)
+                                        for m in MODELS])
 def zoo(request):
     return (request.param, *_setup(request.param))
 
