@@ -99,6 +99,8 @@ class WorkerPool(ProcessPoolExecutor):
         pids = set()
         while not self._worker_pids.empty():
             pids.add(self._worker_pids.get())
+        # the executor's own table of its processes too: a pid still in flight on the queue is not missed
+        pids |= set((getattr(self, "_processes", None) or {}).keys())
         ours = [p for p in multiprocessing.active_children() if p.pid in pids]
         self._stopping = True  # the workers end because we end them: not a death worth reporting
         for proc in ours:
