@@ -25,7 +25,7 @@ from harness.errors import PROJECT_ERRORS, Terminated, UsageError, exit_code_for
 from harness.logsetup import configure_logging, restore_log_levels, save_log_levels  # noqa: E402
 from harness.signals import (  # noqa: E402
     ignore_stop_signals,
-    install_sigterm,
+    install_stop_handlers,
     interrupt_name,
     restore_handlers,
     saved_handlers,
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     whole_process = argv is None  # the process's own command line: it exits when this returns
     argv = list(sys.argv[1:] if argv is None else argv)
     saved = saved_handlers()
-    install_sigterm()
+    install_stop_handlers()
     interrupted = False
     try:
         try:

@@ -4,8 +4,10 @@
   a ``KeyboardInterrupt``, so a plain ``kill PID`` takes the same path as Ctrl-C: the run loop records the
   ``interrupted`` event, the backend closes (phone, monitor, sampler) and the process exits 143 (Ctrl-C: 130;
   the one table is ``harness.errors.EXIT_CODES``).
-- Once the CLI reports an interrupt it ignores further ones (:func:`ignore_stop_signals`): pressing Ctrl-C
-  again while the harness is already stopping cannot turn a clean exit into a traceback.
+- The first stop signal is the only one that acts (:func:`install_stop_handlers`): its handler switches both
+  signals to "already stopping" before it raises, so pressing Ctrl-C again while the harness records the
+  interrupt and closes the lab (monitor drain, phone server join, database close) cannot raise a second
+  ``KeyboardInterrupt`` in the middle of that clean-up and turn a clean exit into a traceback.
 - :func:`deferred_signals` holds SIGINT and SIGTERM while a store transaction (or the recording of the
   ``interrupted`` event) runs and delivers them right after, so a second Ctrl-C can neither leave a
   transaction half-done, nor turn a finished ``COMMIT`` into "cannot rollback", nor lose the event.  Signal
@@ -34,11 +36,38 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(f"signal {signal.Signals(signum).name}")
 
 
+def _already_stopping(signum: int, frame: object) -> None:
+    log.warning("%s: already stopping; the run is recording the interrupt and closing the lab",
+                signal.Signals(signum).name)
+
+
+def _stop_once(signum: int, frame: object) -> None:
+    """The first SIGINT/SIGTERM: later ones only log, then raise this one's interrupt."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _already_stopping)
+    if signum == signal.SIGTERM:
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+    raise KeyboardInterrupt
+
+
 def install_sigterm() -> bool:
     """Make SIGTERM raise :class:`Terminated` in the main thread (True when installed)."""
     if threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGTERM, _raise_terminated)
+    return True
+
+
+def install_stop_handlers() -> bool:
+    """SIGINT raises ``KeyboardInterrupt`` and SIGTERM :class:`Terminated`, once (main thread; True when installed).
+
+    The handler that fires first makes every later SIGINT/SIGTERM a logged no-op, so the clean-up that
+    follows the first interrupt runs to its end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_once)
     return True
 
 

@@ -146,10 +146,11 @@ class Store(Closing):
 
     # -- plumbing
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-        self._engine.dispose()
+        with deferred_signals():  # an interrupt during the driver's close is delivered after it, not inside it
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            self._engine.dispose()
 
     def _exec(self, statement: Any, params: Any = None) -> list[tuple]:
         """Rows of one query (a SQLAlchemy statement, or SQL text with ``:name`` parameters)."""

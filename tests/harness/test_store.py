@@ -288,10 +288,10 @@ def test_ctrl_c_inside_a_transaction_is_held_until_the_write_is_whole(store_db, 
 
 def test_sigterm_inside_add_event_keeps_the_event(store_db):
     from harness.errors import Terminated
-    from harness.signals import install_sigterm, restore_handlers, saved_handlers
+    from harness.signals import install_stop_handlers, restore_handlers, saved_handlers
 
     saved = saved_handlers()
-    install_sigterm()
+    install_stop_handlers()
     try:
         with Store(store_db) as st:
             st.create_run(_run())
