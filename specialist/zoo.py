@@ -1,4 +1,4 @@
-"""A zoo of CIFAR-10 CNNs beside NIN: ResNet-20/56, VGG-16-BN, MobileNetV2 (random or shipped weights).
+"""A zoo of CIFAR-10 CNNs: ResNet-20/56, VGG-16-BN, MobileNetV2 and NIN itself (random or shipped weights).
 
 Each entry is a :class:`ZooEntry`: a factory of a plain ``nn.Module`` plus the model description
 (:class:`ModelDescription`: input shape, class count, input normalisation).  The architectures are the
@@ -8,20 +8,26 @@ standard CIFAR-10 variants:
   (n = 3 / 9); the first block of stages 2 and 3 has stride 2 and a projection shortcut (1x1 conv + BN), exactly
   as ``../shared/models/README-resnet20.md`` describes, so the shipped ResNet-20 state_dict loads unchanged.
 - ``vgg16_bn``: VGG-16 (13 convs with BatchNorm, 5 max-pools: 32 -> 1) and one Linear head 512 -> classes.
+- ``nin``: the paper's NIN (``specialist.model.NinNet``, nine convolutions) as a plain module, so the graph
+  machinery runs on it too (``load_model("nin")``); the shipped weights are ``specialist/assets/nin_cifar10.npz``.
+  On the command line ``--model nin`` keeps the original NIN path (``harness.graphargs.is_graph_spec``).
 - ``mobilenetv2``: Sandler et al. (2018) inverted residuals, width 1.0, with stride 1 in the stem and in the
   first two stride-2 stages of the ImageNet network (32x32 inputs keep 32 -> 32 -> 16 -> 8 -> 4), the
   common CIFAR-10 variant; ReLU6, 1280-channel last conv, dropout-free Linear head.
 
 Registry of small factories (``ZOO``); :func:`zoo_model` builds one.  Weights: random (seeded) unless the
-entry has shipped weights (``resnet20``: ``specialist/assets/resnet20_cifar10.pt``) and ``pretrained=True``.
+entry has shipped weights (``resnet20``: ``specialist/assets/resnet20_cifar10.pt``; ``nin``: the NIN ``.npz``)
+and ``pretrained=True``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -189,6 +195,41 @@ class CifarMobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+# --------------------------------------------------------------------------- NIN (the paper's network)
+
+
+def nin_random(num_classes: int = 10) -> nn.Module:
+    """NIN (paper Table 1, :class:`specialist.model.NinNet`) with random weights: He-normal filters (unit-scale
+    activations through the nine ReLU layers) and small random biases; ``num_classes`` CCCP6 outputs."""
+    from specialist.model import NIN_LAYERS, NinNet, NinWeights
+
+    ws, bs, prev = {}, {}, 3
+    for s in NIN_LAYERS:
+        out = num_classes if s.name == "CCCP6" else s.out_ch
+        fan_in = prev * s.kernel * s.kernel
+        ws[s.name] = (torch.randn(out, prev, s.kernel, s.kernel) * math.sqrt(2.0 / fan_in)).numpy()
+        bs[s.name] = (0.1 * torch.randn(out)).numpy()
+        prev = out
+    return NinNet(NinWeights(ws, bs, np.asarray(CIFAR10_MEAN, np.float32), np.asarray(CIFAR10_STD, np.float32)))
+
+
+def load_nin_npz(model: nn.Module, path: str | Path) -> None:
+    """Load NIN weights from an ``.npz`` (``specialist.model.load_weights``: one-line DataError) into a NinNet."""
+    from specialist.model import LAYER_NAMES, load_weights
+
+    w = load_weights(path)
+    if w.consts:
+        raise DataError(f"weights file {path} holds per-position constants (a specialist), not a base NIN")
+    state = {}
+    for i, name in enumerate(LAYER_NAMES):
+        state[f"convs.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(w.weights[name]))
+        state[f"convs.{i}.bias"] = torch.from_numpy(np.ascontiguousarray(w.biases[name]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(f"weights file {path} does not fit the model: {' '.join(str(exc).split())[:300]}") from None
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -200,6 +241,8 @@ class ZooEntry:
     description: ModelDescription
     weights: str = ""  # file name under specialist/assets/ ("" = none shipped)
     doc: str = ""
+    #: how the shipped weights file is read into the module (None: a torch state_dict, load_state_dict_file)
+    loader: Callable[[nn.Module, Path], None] | None = None
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -212,6 +255,9 @@ ZOO: dict[str, ZooEntry] = {
     "mobilenetv2": ZooEntry(lambda k: CifarMobileNetV2(k),
                             ModelDescription("mobilenetv2", source="zoo:mobilenetv2"),
                             doc="MobileNetV2 1.0, stride 1 in the stem and first stages (32x32)"),
+    "nin": ZooEntry(nin_random, ModelDescription("nin", source="zoo:nin"), "nin_cifar10.npz",
+                    "NIN (the paper's network) as a plain module; the CLI's --model nin keeps the NIN path",
+                    loader=load_nin_npz),
 }
 
 
@@ -251,7 +297,7 @@ def zoo_model(name: str, pretrained: bool = True, seed: int = 0, num_classes: in
         if path is None:
             randomize_batchnorm(model, desc.input_shape)
     if path is not None:
-        load_state_dict_file(model, path)
+        (entry.loader or load_state_dict_file)(model, path)
         desc = ModelDescription(desc.name, desc.input_shape, k, desc.mean, desc.std, f"zoo:{name}:{path.name}")
     elif k != desc.num_classes:
         desc = ModelDescription(desc.name, desc.input_shape, k, desc.mean, desc.std, desc.source)

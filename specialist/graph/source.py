@@ -126,8 +126,9 @@ def load_model(spec: str, weights: str | Path | None = None, input_shape=None, m
         name, source = Path(spec).stem, f"program:{spec}"
     elif kind == "zoo":
         module, desc = zoo_model(spec, pretrained=pretrained and wpath is None, seed=seed)
-        if wpath is not None:
-            load_state_dict_file(module, wpath)
+        if wpath is not None:  # a state_dict; NIN also takes its own .npz format
+            loader = ZOO[spec].loader if wpath.suffix == ".npz" and ZOO[spec].loader else load_state_dict_file
+            loader(module, wpath)
         shape, side = desc.input_shape, _sidecar(wpath)
         name, source = spec, f"zoo:{spec}" + (f"+{wpath}" if wpath else "")
         if wpath is None and input_shape is None and mean is None and std is None:

@@ -18,15 +18,6 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def r20_stats(tmp_path_factory, data_dir):
-    """A tiny ResNet-20 artifact: 2 calibration images per class."""
-    path = tmp_path_factory.mktemp("r20") / "stats.npz"
-    assert main(["stats", "--model", "resnet20", "--per-class", "2", "--data", str(data_dir), "-o", str(path),
-                 "--json"]) == 0
-    return path
-
-
 TINY = textwrap.dedent('''
     import torch
     from torch import nn

@@ -138,11 +138,9 @@ def test_refusals_before_any_work(argv, msg, user_model, env, tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_resnet20_virtual_run(env, tmp_path, capsys, data_dir):
-    stats = tmp_path / "r20.npz"
-    assert main(["stats", "--model", "resnet20", "--per-class", "2", "--data", str(data_dir), "-o", str(stats)]) == 0
+def test_resnet20_virtual_run(env, tmp_path, capsys, r20_stats):
     db = tmp_path / "results" / "h.db"
-    code, out, err = run(capsys, "run", "--device", "virtual", "--model", "resnet20", "--stats", stats,
+    code, out, err = run(capsys, "run", "--device", "virtual", "--model", "resnet20", "--stats", r20_stats,
                          "--levels", "30", "--config", env, *FAST, "--db", db)
     assert code == 0, err
     assert "**Table 3.**" in out and "**Table 4.**" in out and "| 43.4 | 30 |" in out and "paper" not in out

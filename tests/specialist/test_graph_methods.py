@@ -24,6 +24,7 @@ from specialist.graph.specialize import build_graph_specialist
 from specialist.graph.stats import collect_stats
 from specialist.graph.surgery import prune
 from specialist.zoo import ModelDescription, zoo_model
+from tests.specialist.graphref import hooked_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = [1, 3, 5]
@@ -55,33 +56,6 @@ def zoo(request):
     return (request.param, *_setup(request.param))
 
 
-def _reference(graph, stats, keep, classes, x):
-    """The unpruned model with each consumer's removed inputs replaced by their per-position subset means."""
-    w = torch.tensor(stats.counts[classes], dtype=torch.float64)
-    w = w / w.sum()
-    hooks = []
-    for g in graph.groups:
-        gone = set(range(g.size)) - set(keep.get(g.root, range(g.size)))
-        for c in g.consumers:
-            idx = sorted(i for i, r in zip(c.in_idx, c.root_idx, strict=True) if r in gone)
-            if not idx:
-                continue
-            mean = torch.tensordot(w, stats.mean[c.module][classes], dims=([0], [0])).float()
-
-            def pre(_m, inputs, idx=idx, mean=mean):
-                a = inputs[0].clone()
-                a[:, idx] = mean[idx]
-                return (a,)
-
-            hooks.append(graph.modules[c.module].register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            return graph.model(x)[:, classes]
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def test_every_preset_builds_within_the_level_budget(zoo):
     name, loaded, graph, st = zoo
     budget = build_graph_specialist(loaded, st, CLASSES, 30, graph_method("l1"), graph=graph).flops
@@ -100,7 +74,7 @@ def test_mean_compensated_presets_are_exact(zoo, method):
     name, loaded, graph, st = zoo
     spec = build_graph_specialist(loaded, st, CLASSES, 30, graph_method(method), graph=graph)
     x = torch.randn(4, *MODELS[name])
-    ref = _reference(graph, st, spec.keep, CLASSES, x)
+    ref = hooked_reference(graph, st, spec.keep, CLASSES, x)
     with torch.no_grad():
         out = spec.module(x)
         full = graph.model(x)[:, CLASSES]
