@@ -7,7 +7,6 @@ here with forward pre-hooks on the unpruned model, independent of the surgery co
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -213,31 +212,3 @@ def test_flops_table_counts_the_traced_graph():
     assert rows[-1].layer == "fc" and rows[-1].flops == 2 * 64 * 10
     assert sum(r.flops for r in rows) == total_flops(model, ex) == 81_626_368
     assert abs(sum(r.share_pct for r in rows) - 100) < 1e-6 and "total" in format_table(rows)
-
-
-@pytest.mark.slow  # ExecuTorch lowering: 15 s on an idle core, over a minute on this busy machine
-def test_pruned_resnet20_exports_to_xnnpack_and_matches(tmp_path):
-    """A pruned, compensated ResNet-20 (per-position constants) through torch.export + XNNPACK lowering."""
-    from executorch.runtime import Runtime
-
-    from specialist.export import lower
-
-    model, _ = zoo_model("resnet20", pretrained=False)
-    graph = analyse(model, torch.zeros(1, 3, 32, 32))
-    torch.manual_seed(0)
-    stats = collect_stats(graph, torch.randn(10, 3, 32, 32), torch.arange(10), 10)
-    pruned, report = prune(graph, uniform_keep(graph, 30, stats, CLASSES), CLASSES, stats)
-    assert report.per_position  # the exported graph carries the constant adds
-    blob = lower(pruned, "xnnpack")
-    path = tmp_path / "r20.pte"
-    path.write_bytes(blob)
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    for _ in range(2):
-        x = torch.randn(1, 3, 32, 32)
-        got = method.execute([x])[0]
-        with torch.no_grad():
-            want = pruned(x)
-        assert got.shape == (1, 3) and float((got - want).abs().max()) < 1e-4
-    dims = np.array([[m.in_channels, m.out_channels] for m in pruned.modules() if isinstance(m, nn.Conv2d)])
-    assert dims.sum() < 0.8 * sum(m.in_channels + m.out_channels for m in model.modules()
-                                  if isinstance(m, nn.Conv2d))

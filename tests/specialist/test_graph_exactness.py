@@ -136,7 +136,11 @@ def _pruned(name: str):
     x = _pixels(10, 3) if name == "nin" else torch.randn(10, *shape)
     stats = collect_stats(graph, x, torch.arange(10), 10)
     pruned, report = prune(graph, uniform_keep(graph, 30, stats, CLASSES), CLASSES, stats)
-    return pruned, report, shape
+    return model, pruned, report, shape
+
+
+def _conv_width(m: nn.Module) -> int:
+    return sum(c.in_channels + c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d))
 
 
 @pytest.mark.slow  # one ExecuTorch lowering each: 20-90 s on the shared 2-core machine
@@ -146,7 +150,8 @@ def test_exported_program_matches_pytorch(name, tmp_path):
 
     from specialist.graph.export import lower_module
 
-    pruned, report, shape = _pruned(name)
+    model, pruned, report, shape = _pruned(name)
+    assert _conv_width(pruned) < 0.8 * _conv_width(model)  # physically smaller
     path = tmp_path / f"{name}.pte"
     path.write_bytes(lower_module(pruned, shape, "xnnpack"))
     method = Runtime.get().load_program(str(path)).load_method("forward")
