@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cliutil import parse_int_list
+from harness.cliutil import LazyChoices, parse_int_list
 from harness.graphargs import add_graph_args
 
 
@@ -17,7 +17,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, level: bool = True) -> None:
     from specialist.methods import DEFAULT_METHOD, PRESETS, choices
 
-    names = choices()
+    def names(field: str) -> LazyChoices:  # the registries import torch: read them only when a flag is used
+        return LazyChoices(lambda: choices()[field])
 
     p.add_argument("--classes", required=classes_required, metavar="LIST",
                    help="target classes, e.g. 0,1,2 (CIFAR-10 indices 0-9)")
@@ -27,10 +28,12 @@ def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, le
     p.add_argument("--method", default=None, metavar="NAME",
                    help=f"method preset ({', '.join(PRESETS)}) or a .toml file (default {DEFAULT_METHOD}; graph "
                    "models: lsq, impact, activation, l1, variance, default lsq)")
-    p.add_argument("--compensation", choices=names["compensation"], help="override the preset's compensation")
-    p.add_argument("--impact", choices=names["impact"], help="override the preset's impact (finite difference or autograd)")
-    p.add_argument("--fold", choices=names["fold"],
-                   help="mean constants: exact per-position add node, or folded into the bias")
+    p.add_argument("--compensation", choices=names("compensation"), metavar="NAME",
+                   help="override the preset's compensation: %(choices)s")
+    p.add_argument("--impact", choices=names("impact"), metavar="NAME",
+                   help="override the preset's impact, finite difference or autograd: %(choices)s")
+    p.add_argument("--fold", choices=names("fold"), metavar="NAME",
+                   help="mean constants: exact per-position add node, or folded into the bias: %(choices)s")
     add_model_args(p)
     add_graph_args(p)
 

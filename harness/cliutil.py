@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,29 @@ class _RefusedFlag(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         raise UsageError(f"{parser.prog}: {option_string} {self.message}")
+
+
+class LazyChoices:
+    """argparse ``choices`` read from a registry on first use (a flag given, ``--help``), so building the parser
+    does not import torch: ``harness --help`` and every bad-input refusal stay fast."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]):
+        self._load = load
+        self._names: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def add_output_flag(parser, help_text: str, *, dest: str = "output", old: tuple[str, ...] = (), **kwargs) -> None:

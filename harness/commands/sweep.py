@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.buildargs import add_model_args
-from harness.cliutil import add_json_flag, add_output_flag, print_json
+from harness.cliutil import LazyChoices, add_json_flag, add_output_flag, print_json
 
 DESCRIPTION = ("For each subset size, --subsets seeded random class subsets; for each level, build the specialist "
                "and measure its accuracy on the test images of its classes.  Cells: mean and 95%% CI half-width "
@@ -12,8 +12,13 @@ DESCRIPTION = ("For each subset size, --subsets seeded random class subsets; for
                "stopped.")
 
 
+def _engines() -> tuple[str, ...]:
+    from specialist.evaluate import ENGINES  # imports torch: only when --engine is given or help is shown
+
+    return tuple(ENGINES)
+
+
 def register(sub) -> None:
-    from specialist.evaluate import ENGINES
     from specialist.methods import DEFAULT_METHOD
 
     p = sub.add_parser("sweep", help="accuracy sweep over subset sizes and levels (Table 2), resumable",
@@ -42,7 +47,8 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, metavar="PATH|URL",
                    help="keep the finished cells here (a SQLite file or postgresql:// URL; default $HARNESS_DB "
                         "when set, else OUT/sweep.sqlite)")
-    p.add_argument("--engine", choices=ENGINES, help="evaluation engine (default torch-cl: channels-last torch)")
+    p.add_argument("--engine", choices=LazyChoices(_engines), metavar="NAME",
+                   help="evaluation engine: %(choices)s (default torch-cl: channels-last torch)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
     p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 32)")

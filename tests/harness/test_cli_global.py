@@ -129,3 +129,18 @@ def test_vv_on_the_command_line_is_our_debug_only(tmp_path):
         level, _, rest = line.partition(" ")
         if level in ("DEBUG", "INFO", "WARNING"):
             assert rest.split(":")[0].split(".")[0] in ("harness", "device", "specialist"), line
+
+
+def test_building_the_parser_and_a_usage_refusal_do_not_import_torch():
+    code = ("import sys\nfrom harness.cli import build_parser, main\nbuild_parser()\n"
+            "rc = main(['build', '--classes', '0,1', '--level', 'abc'])\n"
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert "--level" in out.stderr
+
+
+def test_registry_choices_are_read_when_the_flag_is_used(capsys):
+    assert main(["build", "--classes", "0,1", "--level", "10", "--compensation", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "'lsq'" in err and "'merge'" in err
