@@ -28,6 +28,7 @@ together, the device was faster or slower, not one model.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,8 @@ def _relative(ma_: dict, mb_: dict, metric: str, keys: list[str]) -> tuple[np.nd
     """Both runs' values of ``metric`` divided by their round's factor against run A's per-model medians
     (rounds x keys), and the common shift in %."""
     xa, xb = _by_round(ma_, metric, keys), _by_round(mb_, metric, keys)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a model without a valid window in A: NaN, no "All-NaN slice" warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         ref = np.nanmedian(xa, axis=0) if len(xa) else np.full(len(keys), np.nan)
     ga, gb = round_factors(xa, ref), round_factors(xb, ref)
     shift = math.nan
