@@ -4,7 +4,7 @@ Real runs on the virtual lab (virtual phone over loopback ADB, virtual Monsoon, 
 small NIN variants); nothing of ours is mocked.  The regression is a genuinely bigger program: L50 exported
 28 channels wide instead of 20, about 20-25% more time per inference on this host.  Seven rounds, so that a
 window or two lost to sync markers under heavy load leave enough.  Three runs of 20-50 s each and three small
-exports: slow (``HARNESS_SLOW=1``; about 4 minutes at load 13).
+exports: slow (``HARNESS_SLOW=1``; 5.5 minutes at load 14-15).
 """
 
 import json
