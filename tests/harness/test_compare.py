@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import main
 from harness.plan import make_plan
-from harness.runloop import create_run, run_experiment
+from harness.runloop import WindowResult, create_run, run_experiment
 from harness.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -160,3 +160,60 @@ def test_history_plot_by_date_with_commits_and_cis(tmp_path):
                        "steps": [{"index": 3, "run_id": "r3", "before": 10.0, "after": 12.0, "change_pct": 20.0}]}]}
     png = plot_history(res)
     assert png[:4] == b"\x89PNG" and len(png) > 5000
+
+
+class DriftingHost(ScriptedBackend):
+    """A virtual lab whose host runs every model ``speed`` times slower, drifting +-5% over the run (as a shared
+    host does), and ``slow_key`` (if any) 20% slower on top: a genuine change of one model."""
+
+    virtual = True
+
+    def __init__(self, speed=1.0, slow_key=None, **kw):
+        super().__init__(**kw)
+        self.speed, self.slow_key = speed, slow_key
+
+    def run_window(self, model, n_inferences, warmup):
+        self._tick()
+        f = self.speed * (1 + 0.05 * np.sin(self.calls / 7)) * (1.2 if model.key == self.slow_key else 1.0)
+        ms = 10.0 * (1 - model.level_pct / 100) * f * (1 + self.noise * self.rng.standard_normal())
+        busy = ms * n_inferences / 1000
+        return WindowResult(n_inferences=n_inferences, duration_s=busy, busy_s=busy,
+                            latencies_ms=np.full(n_inferences, ms), energy_j=3.0 * busy, mean_power_w=3.0,
+                            trace={"t_s": np.linspace(0, busy, 50), "power_w": np.full(50, 3.0)})
+
+
+def _run_models(st, backend, levels):
+    plan = make_plan("virtual", "scripted", {**FAST, "min_reps": 6, "max_reps": 6})
+    rid = create_run(st, backend, plan)
+    run_experiment(st, backend, plan, models(levels), rid, progress=False)
+    return rid
+
+
+def test_virtual_runs_are_judged_against_their_rounds(tmp_path):
+    from harness.compare import VIRTUAL_RELATIVE_THRESHOLD_PCT, VIRTUAL_THRESHOLD_PCT, compare_runs
+
+    with Store(tmp_path / "h.db") as st:
+        a = _run_models(st, DriftingHost(1.0, noise=0.01, seed=1), (10, 30, 50))
+        b = _run_models(st, DriftingHost(1.12, noise=0.01, seed=2), (10, 30, 50))  # the host 12% slower
+        c = _run_models(st, DriftingHost(0.95, "L30", noise=0.01, seed=3), (10, 30, 50))  # L30 20% slower
+        # the host's speed moved every model: the same
+        res = compare_runs(st, a, b)
+        assert res["mode"] == "relative" and res["threshold_pct"] == VIRTUAL_RELATIVE_THRESHOLD_PCT
+        assert {x["verdict"] for x in res["comparisons"]} == {"same"} and not res["regressed"]
+        assert res["common_shift_pct"]["time_ms"] == pytest.approx(12.0, abs=3.0)
+        assert all(x["effect_pct"] > 8 for x in res["comparisons"])  # absolute: every model slower
+        assert any("moved together" in n for n in res["notes"])
+        # one model genuinely slower, on a host 5% faster: caught
+        res = compare_runs(st, a, c)
+        got = {(x["model"], x["metric"]): x for x in res["comparisons"]}
+        for metric in ("time_ms", "energy_mj"):
+            assert got[("L30", metric)]["verdict"] == "regressed"
+            assert got[("L30", metric)]["effect_vs_common_pct"] == pytest.approx(20.0, abs=4.0)
+            assert {got[(k, metric)]["verdict"] for k in ("L0", "L10", "L50")} == {"same"}
+        assert res["regressed"]
+        # two models in common: no robust round factor; the absolute values against the wider threshold
+        d = _run_models(st, DriftingHost(1.0, noise=0.01, seed=4), (50,))
+        e = _run_models(st, DriftingHost(1.08, noise=0.01, seed=5), (50,))
+        res = compare_runs(st, d, e)
+        assert res["mode"] == "absolute" and res["threshold_pct"] == VIRTUAL_THRESHOLD_PCT
+        assert not res["regressed"]
