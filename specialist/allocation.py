@@ -71,8 +71,14 @@ def next_layer_factor(w_next: np.ndarray, out_weight: np.ndarray | None = None) 
     return f
 
 
+def removal_cap(width: int, multiple_of: int = 1, max_remove_pct: float = 90.0) -> int:
+    """The most channels :func:`allocate_global` removes from a layer of ``width`` channels."""
+    step = max(1, int(multiple_of))
+    return max(0, min(width - step, int(width * max_remove_pct / 100.0)))
+
+
 def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
-                     order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     order: np.ndarray | None = None, n_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Backward elimination under least-squares reconstruction of the next layer.
 
     Returns ``(order, rel_error)``: ``order`` [C] the channels in the order they are removed (greedy:
@@ -86,36 +92,40 @@ def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
     removed) is 1.  Accuracy: float64 rounding times ``cond(cov + lam I)`` (about 1e-15 at the methods'
     ridge 1e-2, about 1e-7 at ridge 1e-9 on a singular ``cov``).
 
+    ``n_steps``: stop after that many removals (a caller that never removes more, e.g. the global
+    allocation at its per-layer cap, :func:`removal_cap`).  ``order[:n_steps]`` and ``rel_error[:n_steps]``
+    are exactly those of the full path; the channels left follow in ascending order of the cost of removing
+    each one next (ties by index), with ``rel_error`` NaN for them.  The late steps are the expensive ones
+    (their down-date factors are the widest), so stopping at 60% of the channels saves about two thirds.
+
     Only ``wf wf^T`` matters, so ``wf`` may be a :func:`gram_factor` of the matrix (the same path).  The
     downdates are kept in factored form, ``P_t = P_0 - U_t U_t^T`` and ``P_t B = P_0 B - U_t W_t^T``, with the
     per-channel quantities the greedy step needs (diagonal of ``P``, squared row norms of ``P B``) updated
     in O(C) each: a step is a few matrix-vector products, and nothing C x C is rewritten (1.5-2x faster
-    than the plain rank-one updates, identical choices).
+    than the plain rank-one updates, identical choices).  Removed channels carry an infinite cost, so a
+    greedy step is one division and one argmin.
     """
     c = len(cov)
     cov = np.asarray(cov, np.float64)
+    given = None if order is None else np.asarray(order, np.int64)
+    steps = c if (n_steps is None or given is not None) else max(0, min(c, int(n_steps)))
     lam = ridge_lambda(cov, ridge)
     p0 = np.linalg.inv(cov + lam * np.eye(c))
     f = gram_factor(wf)
     b = cov @ f
     total = float(np.sum(f * b))
     if total <= 0:
-        return (np.arange(c) if order is None else np.asarray(order, np.int64)), np.zeros(c)
+        return (np.arange(c) if given is None else given), np.zeros(c)
     pb0 = p0 @ b
     explained = float(np.sum(b * pb0))
     diag = np.diag(p0).copy()
     norms = np.einsum("ij,ij->i", pb0, pb0)
     u = np.zeros((c, c))
     w = np.zeros((pb0.shape[1], c))
-    alive = np.ones(c, bool)
     removed = np.empty(c, np.int64)
-    errs = np.empty(c)
-    for step in range(c):
-        if order is None:
-            drop = np.where(alive, norms / np.where(alive, diag, 1.0), np.inf)
-            j = int(np.argmin(drop))
-        else:
-            j = int(order[step])
+    errs = np.full(c, np.nan)
+    for step in range(steps):
+        j = int(np.argmin(norms / diag)) if given is None else int(given[step])
         pj = float(diag[j])
         ut, wt = u[:, :step], w[:, :step]
         uj = ut[j]
@@ -126,12 +136,19 @@ def elimination_path(cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2,
         removed[step] = j
         errs[step] = max(0.0, 1.0 - explained / total)
         g = pb0 @ v - ut @ (wt.T @ v)  # P_t B v
-        norms -= (2.0 / pj) * col * g - (vv / (pj * pj)) * col * col
-        diag -= col * col / pj
+        cc = col * col
+        norms -= (2.0 / pj) * col * g - (vv / (pj * pj)) * cc
+        diag -= cc / pj
         s = np.sqrt(pj) if pj > 0 else 1.0
         u[:, step] = col / s
         w[:, step] = v / s
-        alive[j] = False
+        norms[j], diag[j] = np.inf, 1.0  # gone: never chosen again (and no division by its zero pivot)
+    if steps < c:
+        alive = np.ones(c, bool)
+        alive[removed[:steps]] = False
+        left = np.flatnonzero(alive)
+        cost = norms[left] / diag[left]
+        removed[steps:] = left[np.lexsort((left, cost))]
     return removed, errs
 
 
@@ -173,7 +190,7 @@ def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes:
     widths = {s.name: s.out_ch for s in NIN_LAYERS}
     layer_weight = layer_weight or {}
     removed = {L: 0 for L in curves}
-    cap = {L: min(widths[L] - step, int(widths[L] * max_remove_pct / 100.0)) for L in curves}
+    cap = {L: removal_cap(widths[L], step, max_remove_pct) for L in curves}
 
     def cost(L: str, n: int) -> float:
         return 0.0 if n <= 0 else float(curves[L][n - 1]) * float(layer_weight.get(L, 1.0))

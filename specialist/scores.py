@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from specialist import select
-from specialist.allocation import elimination_path, next_layer_factor, next_layer_matrix
+from specialist.allocation import elimination_path, next_layer_factor, next_layer_matrix, removal_cap
 from specialist.captor import captor_scores
-from specialist.compensate import position_covariance
 from specialist.model import LAYER_NAMES, NinWeights
 from specialist.stats import SubsetStats
 from specialist.thinet import contribution_gram, greedy_order
@@ -36,8 +35,8 @@ def next_weights(base: NinWeights, L: str, classes) -> tuple[np.ndarray, np.ndar
 
 
 def layer_cov(st: SubsetStats, L: str) -> np.ndarray:
-    """Covariance of layer L's output around its per-position mean (target classes)."""
-    return position_covariance(st.gram[L], st.mean[L])
+    """Covariance of layer L's output around its per-position mean (target classes; made once per subset)."""
+    return st.cov(L)
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,16 @@ def captor_score(s: ScoreInput) -> np.ndarray:
 
 @register_score("recon")
 def recon_score(s: ScoreInput) -> np.ndarray:
-    """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept)."""
-    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_factor(), s.method.ridge)
+    """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept).
+
+    Under the global allocation the path stops at the most channels it may take from the layer
+    (:func:`specialist.allocation.removal_cap`): the plan reads nothing beyond, and the late steps cost most.
+    """
+    m = s.method
+    n_steps = None
+    if m.allocation == "global":
+        n_steps = removal_cap(len(s.stats.gram[s.layer]), m.multiple_of, m.max_remove_pct)
+    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_factor(), m.ridge, n_steps=n_steps)
     if s.curves is not None:
         s.curves[s.layer] = curve
     return select.scores_from_order(order)
