@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from specialist import select
 from specialist.compensate import COMPENSATIONS, ROWWISE
@@ -184,11 +184,22 @@ def _subset_scores(m: Method, base: NinWeights, stats: CalibStats | SubsetStats,
                             stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
     if key is not None:
         for a in (*scores.values(), *curves.values()):
-            a.flags.writeable = False
+            if isinstance(a, np.ndarray):  # (a lazy elimination path grows as later builds read it)
+                a.flags.writeable = False
         _SCORES_CACHE[key] = (sub, scores, curves)
         while len(_SCORES_CACHE) > _SCORES_CACHE_SIZE:
             _SCORES_CACHE.popitem(last=False)
     return sub, scores, curves
+
+
+_BLAS: list[ThreadpoolController] = []
+
+
+def _blas_controller() -> ThreadpoolController:
+    """One threadpoolctl controller per process (finding the BLAS libraries costs ~2 ms a call)."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
@@ -213,7 +224,7 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
                             "run 'harness stats --model M' for this model")
     # The linear algebra here is many small (<= 192 x 192) products and a sequential elimination: one BLAS
     # thread is faster than several, and on a busy machine several threads make a build 5-8x slower.
-    with threadpool_limits(1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         sub, scores, curves = _subset_scores(m, base, stats, classes)
         pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, dict(curves))
         weights, kept = apply_plan(base, classes, pruned, sub, m)

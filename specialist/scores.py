@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from specialist import select
-from specialist.allocation import elimination_path, next_layer_factor, next_layer_matrix, removal_cap
+from specialist.allocation import EliminationPath, next_layer_factor, next_layer_matrix
 from specialist.captor import captor_scores
 from specialist.model import LAYER_NAMES, NinWeights
 from specialist.stats import SubsetStats
@@ -121,14 +121,17 @@ def captor_score(s: ScoreInput) -> np.ndarray:
 def recon_score(s: ScoreInput) -> np.ndarray:
     """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept).
 
-    Under the global allocation the path stops at the most channels it may take from the layer
-    (:func:`specialist.allocation.removal_cap`): the plan reads nothing beyond, and the late steps cost most.
+    Under the global allocation the curve kept is the lazy :class:`specialist.allocation.EliminationPath`:
+    the allocation makes only the steps it reads (and takes the channels removed from the path itself), so
+    the scores returned then rank the steps made so far first and the rest by the cost of removing each
+    one next.
     """
     m = s.method
-    n_steps = None
-    if m.allocation == "global":
-        n_steps = removal_cap(len(s.stats.gram[s.layer]), m.multiple_of, m.max_remove_pct)
-    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_factor(), m.ridge, n_steps=n_steps)
-    if s.curves is not None:
-        s.curves[s.layer] = curve
-    return select.scores_from_order(order)
+    path = EliminationPath(layer_cov(s.stats, s.layer), s.next_factor(), m.ridge)
+    if m.allocation == "global" and s.curves is not None:
+        s.curves[s.layer] = path
+    else:
+        path.extend(len(path))
+        if s.curves is not None:
+            s.curves[s.layer] = path.result()[1]
+    return select.scores_from_order(path.result()[0])
