@@ -244,27 +244,12 @@ def _flops_change(removed: dict[str, int], n_classes: int, layer: str, more: int
     return -more * (_FLOPS_PER_PAIR[i] * prev + _FLOPS_PER_PAIR[i + 1] * nxt)
 
 
-def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes: int, multiple_of: int = 1,
-                    max_remove_pct: float = 90.0, layer_weight: dict[str, float] | None = None) -> dict[str, int]:
-    """Greedy allocation: channels removed per layer so total FLOPs <= ``target_flops``.
-
-    ``curves[L][n]`` is the (normalised) cost of removing ``n+1`` channels of L (cost 0 at none).  Each
-    step removes ``multiple_of`` channels from the layer with the least cost increase per FLOP saved;
-    at most ``max_remove_pct`` percent of a layer goes.  Overshoot is at most one step's FLOPs.
-    """
-    step = max(1, int(multiple_of))
-    widths = {s.name: s.out_ch for s in NIN_LAYERS}
-    layer_weight = layer_weight or {}
-    removed = {L: 0 for L in curves}
-    cap = {L: removal_cap(widths[L], step, max_remove_pct) for L in curves}
-
-    def cost(L: str, n: int) -> float:
-        return 0.0 if n <= 0 else float(curves[L][n - 1]) * float(layer_weight.get(L, 1.0))
-
-    flops = plan_flops(removed, n_classes)
+def _greedy_cuts(removed: dict[str, int], flops: int, cap: dict[str, int], cost, step: int, target_flops: int,
+                 n_classes: int) -> int:
+    """The greedy pass of :func:`allocate_global` (updates ``removed`` in place; returns the plan's FLOPs)."""
     while flops > target_flops:
         best, best_ratio, best_flops = None, np.inf, flops
-        for L in curves:
+        for L in removed:
             n = removed[L]
             if n + step > cap[L]:
                 continue
@@ -279,6 +264,35 @@ def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes:
             break
         removed[best] += step
         flops = best_flops
+    return flops
+
+
+def allocate_global(curves: dict[str, np.ndarray], target_flops: int, n_classes: int, multiple_of: int = 1,
+                    max_remove_pct: float = 90.0, layer_weight: dict[str, float] | None = None) -> dict[str, int]:
+    """Greedy allocation: channels removed per layer so total FLOPs <= ``target_flops``.
+
+    ``curves[L][n]`` is the (normalised) cost of removing ``n+1`` channels of L (cost 0 at none).  Each
+    step removes ``multiple_of`` channels from the layer with the least cost increase per FLOP saved;
+    at most ``max_remove_pct`` percent of a layer goes unless the budget cannot be met so (then layers may
+    go down to one step of channels).  The result is at or under the budget whenever any plan is: a give-back
+    pass, and for coarse steps a swap search (:func:`_swap_within_budget`), spend what the last step overshot.
+    """
+    step = max(1, int(multiple_of))
+    widths = {s.name: s.out_ch for s in NIN_LAYERS}
+    layer_weight = layer_weight or {}
+    removed = {L: 0 for L in curves}
+    cap = {L: removal_cap(widths[L], step, max_remove_pct) for L in curves}
+
+    def cost(L: str, n: int) -> float:
+        return 0.0 if n <= 0 else float(curves[L][n - 1]) * float(layer_weight.get(L, 1.0))
+
+    flops = plan_flops(removed, n_classes)
+    flops = _greedy_cuts(removed, flops, cap, cost, step, target_flops, n_classes)
+    if flops > target_flops:
+        # The caps leave the budget out of reach (high levels; with 16-channel steps a 60% cap is 48 of 96
+        # CCCP2 channels): the budget wins, the caps give way (a layer keeps at least one step of channels).
+        cap = {L: widths[L] - step for L in curves}
+        flops = _greedy_cuts(removed, flops, cap, cost, step, target_flops, n_classes)
     # Fill: the last step may have overshot the budget (by up to one step of the most expensive layer, ~10
     # points for 16 CCCP2 channels); give channels back where they help most while staying within it.
     while True:
