@@ -139,8 +139,9 @@ def compensate_lsq(w, kept, pruned, st, padding, fold="bias", ridge: float = 1e-
     a = lsq_coefficients(cov, kept, pruned, ridge)
     w64 = np.asarray(w, np.float64)
     o, _, kh, kw = w64.shape
-    wp = w64[:, pruned].reshape(o, len(pruned), kh * kw).transpose(0, 2, 1)  # [O, k2, P]
-    w_kept = w64[:, kept] + (wp @ a).transpose(0, 2, 1).reshape(o, len(kept), kh, kw)
+    # one matrix product [O*k2, P] @ [P, K] (not O small ones)
+    wp = w64[:, pruned].reshape(o, len(pruned), kh * kw).transpose(0, 2, 1).reshape(o * kh * kw, len(pruned))
+    w_kept = w64[:, kept] + (wp @ a).reshape(o, kh * kw, len(kept)).transpose(0, 2, 1).reshape(o, len(kept), kh, kw)
     m = np.asarray(st["mean"], np.float64)
     resid = m[pruned] - np.einsum("jk,khw->jhw", a, m[kept])
     return _finish(w_kept, slice(None), resid, w64, pruned, padding, fold)
