@@ -18,6 +18,7 @@ normalised error grows least per FLOP saved.
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -90,6 +91,7 @@ class EliminationPath:
     def __init__(self, cov: np.ndarray, wf: np.ndarray, ridge: float = 1e-2, order: np.ndarray | None = None):
         c = self.c = len(cov)
         cov = np.asarray(cov, np.float64)
+        self._lock = threading.Lock()
         self.given = None if order is None else np.asarray(order, np.int64)
         self.removed_ = np.empty(c, np.int64)
         self.errs = np.full(c, np.nan)
@@ -132,6 +134,12 @@ class EliminationPath:
     def extend(self, n: int) -> None:
         """Make the steps up to ``n`` removals (see :func:`elimination_path` for the algebra)."""
         n = min(int(n), self.c)
+        if n <= self.steps:
+            return
+        with self._lock:  # a cached path may be read by builds in several threads
+            self._extend(n)
+
+    def _extend(self, n: int) -> None:
         if n <= self.steps:
             return
         if n > self.u.shape[1]:  # grow the factors (doubling)
