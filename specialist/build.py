@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from specialist import select
-from specialist.compensate import COMPENSATIONS
+from specialist.compensate import COMPENSATIONS, ROWWISE
 from specialist.errors import ArtifactError, UsageError
 from specialist.flops import BASE_FLOPS, layer_costs
 from specialist.methods import DEFAULT_METHOD, Method, get_method, validate_method
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights, load_weights
 from specialist.plans import ALLOCATIONS, plan_global, plan_uniform  # noqa: F401 (re-exported)
 from specialist.scores import SCORES, ScoreInput, next_weights
-from specialist.stats import CalibStats, SubsetStats, default_stats_path, load_stats
+from specialist.stats import CalibStats, LayerMap, SubsetStats, default_stats_path, load_stats
 
 
 @dataclass
@@ -71,41 +72,72 @@ def channel_scores(method: Method, base: NinWeights, st: SubsetStats, classes=No
 
 def subset_arrays(st: SubsetStats, L: str, base: NinWeights | None = None, classes=None,
                   method: Method | None = None) -> dict:
-    """What a compensation function may read about layer L (statistics; own filters; output weights)."""
-    out = {"mean": st.mean[L], "corr": st.corr[L], "gram": st.gram[L], "cand": st.cand.get(L),
-           "xcorr": st.xcorr.get(L), "acorr": st.acorr.get(L)}
+    """What a compensation function may read about layer L (statistics; own filters; output weights): a
+    mapping whose entries are made when first read (a compensation reads a few of them)."""
+    make = {"mean": lambda: st.mean[L], "corr": lambda: st.corr[L], "gram": lambda: st.gram[L],
+            "cand": lambda: st.cand.get(L), "xcorr": lambda: st.xcorr.get(L), "acorr": lambda: st.acorr.get(L),
+            "cov": lambda: st.cov(L)}
     if base is not None:
-        out["w_self"], out["b_self"] = base.weights[L], base.biases[L]
-        out["out_weight"] = next_weights(base, L, st.classes if classes is None else classes)[1]
+        make["w_self"], make["b_self"] = (lambda: base.weights[L]), (lambda: base.biases[L])
+        make["out_weight"] = lambda: next_weights(base, L, st.classes if classes is None else classes)[1]
     if method is not None:
-        out["merge_threshold"] = method.merge_threshold
-    return out
+        make["merge_threshold"] = lambda: method.merge_threshold
+    return LayerMap(lambda k: make[k](), make)
 
 
 def apply_plan(base: NinWeights, classes: list[int], pruned: dict[str, np.ndarray], st: SubsetStats,
                method: Method) -> tuple[NinWeights, dict[str, list[int]]]:
-    """Model surgery: compensate each pruned layer into its successor and slice every layer."""
+    """Model surgery: compensate each pruned layer into its successor and slice every layer.
+
+    Row-wise compensations (:data:`specialist.compensate.ROWWISE`) see only the next layer's kept output
+    channels (the same numbers for those rows, less work)."""
     comp = COMPENSATIONS[method.compensation]
+    rowwise = method.compensation in ROWWISE
     kept = {L: select.kept_from_pruned(base.weights[L].shape[0], pruned.get(L, np.zeros(0, int)))
             for L in LAYER_NAMES}
     kept["CCCP6"] = np.asarray(classes)
+    w64 = _weights64(base)
     new_w, new_b, consts = {}, {}, {}
     for i, spec in enumerate(NIN_LAYERS):
-        w = base.weights[spec.name].astype(np.float64)
-        b = base.biases[spec.name].astype(np.float64).copy()
+        rows = kept[spec.name]
+        w = w64[spec.name]
+        b = base.biases[spec.name].astype(np.float64)
         const = None
         prev = NIN_LAYERS[i - 1].name if i > 0 else None
         if prev in PRUNABLE:
-            w, delta, const = comp(w, kept[prev], pruned[prev], subset_arrays(st, prev, base, classes, method), spec.padding,
-                                   fold=method.fold, threshold=method.corr_threshold, ridge=method.ridge)
+            w_in, b = (w[rows], b[rows]) if rowwise else (w, b)
+            w, delta, const = comp(w_in, kept[prev], pruned[prev], subset_arrays(st, prev, base, classes, method),
+                                   spec.padding, fold=method.fold, threshold=method.corr_threshold,
+                                   ridge=method.ridge)
             b = b + delta
-        rows = kept[spec.name]
-        new_w[spec.name] = np.ascontiguousarray(w[rows], dtype=np.float32)
-        new_b[spec.name] = b[rows].astype(np.float32)
+            if not rowwise:
+                w, b, const = w[rows], b[rows], (None if const is None else const[rows])
+        else:
+            w, b = w[rows], b[rows]
+        new_w[spec.name] = np.ascontiguousarray(w, dtype=np.float32)
+        new_b[spec.name] = b.astype(np.float32)
         if const is not None:
-            consts[spec.name] = np.ascontiguousarray(const[rows], dtype=np.float32)
+            consts[spec.name] = np.ascontiguousarray(const, dtype=np.float32)
     w_out = NinWeights(new_w, new_b, base.input_mean.copy(), base.input_std.copy(), consts, base.source)
     return w_out, {L: [int(v) for v in kept[L]] for L in LAYER_NAMES}
+
+
+_W64: dict[int, tuple[weakref.ref, dict[str, np.ndarray]]] = {}
+
+
+def _weights64(base: NinWeights) -> dict[str, np.ndarray]:
+    """The base weights as float64 (read-only; converted once per weights object: base weights are never
+    modified in place)."""
+    key = id(base)
+    hit = _W64.get(key)
+    if hit is not None and hit[0]() is base:
+        return hit[1]
+    out = {}
+    for name, w in base.weights.items():
+        out[name] = w.astype(np.float64)
+        out[name].flags.writeable = False
+    _W64[key] = (weakref.ref(base, lambda _r, k=key: _W64.pop(k, None)), out)
+    return out
 
 
 def with_overrides(method: Method, overrides: dict[str, Any]) -> Method:
@@ -140,7 +172,9 @@ def _subset_scores(m: Method, base: NinWeights, stats: CalibStats | SubsetStats,
     """The subset's statistics, channel scores and error curves: none depends on the level, so builds of one
     class subset at several levels (a sweep row, ``harness run --levels``) compute them once.  Memoised
     (least recently used, 16 entries) for artifacts loaded from a file, keyed by the artifact's sha256, the
-    base model's hash, the classes and the method; the cached arrays are read-only."""
+    base model's hash, the classes and the method; the cached arrays are read-only.  The ``recon`` score's lazy
+    elimination paths are cached with them and grow as later builds read further (at most ~4 MB per subset for
+    NIN, beside ~4 MB of subset moments)."""
     sha = stats.meta.get("sha256") if isinstance(stats, CalibStats) else None
     key = (sha, base.content_hash(), tuple(classes), m) if sha else None
     if key is not None and key in _SCORES_CACHE:
@@ -152,11 +186,22 @@ def _subset_scores(m: Method, base: NinWeights, stats: CalibStats | SubsetStats,
                             stats.impact_grad if isinstance(stats, CalibStats) else None, curves)
     if key is not None:
         for a in (*scores.values(), *curves.values()):
-            a.flags.writeable = False
+            if isinstance(a, np.ndarray):  # (a lazy elimination path grows as later builds read it)
+                a.flags.writeable = False
         _SCORES_CACHE[key] = (sub, scores, curves)
         while len(_SCORES_CACHE) > _SCORES_CACHE_SIZE:
             _SCORES_CACHE.popitem(last=False)
     return sub, scores, curves
+
+
+_BLAS: list[ThreadpoolController] = []
+
+
+def _blas_controller() -> ThreadpoolController:
+    """One threadpoolctl controller per process (finding the BLAS libraries costs ~2 ms a call)."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
@@ -181,7 +226,7 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
                             "run 'harness stats --model M' for this model")
     # The linear algebra here is many small (<= 192 x 192) products and a sequential elimination: one BLAS
     # thread is faster than several, and on a busy machine several threads make a build 5-8x slower.
-    with threadpool_limits(1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         sub, scores, curves = _subset_scores(m, base, stats, classes)
         pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, dict(curves))
         weights, kept = apply_plan(base, classes, pruned, sub, m)

@@ -13,7 +13,7 @@ import numpy as np
 
 from specialist.allocation import next_layer_matrix
 from specialist.merge import merge_partners
-from specialist.stats import offsets
+from specialist.stats import offsets, position_covariance  # noqa: F401 (re-exported)
 from specialist.thinet import contribution_gram, least_squares_scales
 
 
@@ -21,14 +21,14 @@ def contribution_map(maps: np.ndarray, w: np.ndarray, padding: int) -> np.ndarra
     """Next-layer output caused by constant input maps ``maps`` [C, H, W] through ``w`` [O, C, k, k]."""
     if w.shape[2] == 1:
         c, h, wd = maps.shape
-        return (w[:, :, 0, 0].astype(np.float64) @ maps.reshape(c, -1).astype(np.float64)).reshape(-1, h, wd)
+        return (np.asarray(w[:, :, 0, 0], np.float64) @ np.asarray(maps, np.float64).reshape(c, -1)).reshape(-1, h, wd)
     # im2col + one matrix product (a single image: cheaper than a convolution call's set-up)
     c, h, wd = maps.shape
     k = w.shape[2]
-    padded = np.pad(maps.astype(np.float64), ((0, 0), (padding, padding), (padding, padding)))
+    padded = np.pad(np.asarray(maps, np.float64), ((0, 0), (padding, padding), (padding, padding)))
     cols = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))  # [C, H, W, k, k]
     cols = cols.transpose(0, 3, 4, 1, 2).reshape(c * k * k, h * wd)
-    return (w.reshape(w.shape[0], -1).astype(np.float64) @ cols).reshape(-1, h, wd)
+    return (np.asarray(w, np.float64).reshape(w.shape[0], -1) @ cols).reshape(-1, h, wd)
 
 
 def _finish(w_new: np.ndarray, kept: np.ndarray, const_maps: np.ndarray | None, w_orig: np.ndarray,
@@ -54,7 +54,8 @@ def compensate_mean(w, kept, pruned, st, padding, fold="bias", **_):
     ``fold="exact"``: the per-position constant (exact for a channel that is constant on the data);
     ``fold="bias"``: its spatial mean folded into the bias (no run-time cost; error at padded borders).
     """
-    return _finish(w.astype(np.float64), kept, st["mean"][pruned], w.astype(np.float64), pruned, padding, fold)
+    w64 = np.asarray(w, np.float64)
+    return _finish(w64, kept, st["mean"][pruned], w64, pruned, padding, fold)
 
 
 def best_partner(corr: np.ndarray, j: int, kept_mask: np.ndarray, candidates: np.ndarray | None):
@@ -120,12 +121,6 @@ def compensate_auto(w, kept, pruned, st, padding, fold="bias", threshold: float 
     return compensate_correlated(w, kept, pruned, st, padding, fold=fold, threshold=threshold, **kw)
 
 
-def position_covariance(gram: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
-    """Covariance of channels around their per-position means: E[x x^T] - E_p[m(p) m(p)^T]."""
-    m = mean_map.reshape(mean_map.shape[0], -1).astype(np.float64)
-    return gram - (m @ m.T) / m.shape[1]
-
-
 def lsq_coefficients(cov: np.ndarray, kept: np.ndarray, pruned: np.ndarray, ridge: float) -> np.ndarray:
     """Ridge least squares x_P - m_P ~ A (x_K - m_K): returns A [|P|, |K|]."""
     ckk = cov[np.ix_(kept, kept)]
@@ -140,16 +135,16 @@ def compensate_lsq(w, kept, pruned, st, padding, fold="bias", ridge: float = 1e-
     W'_K = W_K + W_P A and the constant maps m_P - A m_K."""
     if len(pruned) == 0:
         return compensate_none(w, kept, pruned, st, padding)
-    cov = position_covariance(st["gram"], st["mean"])
+    cov = st["cov"] if "cov" in st else position_covariance(st["gram"], st["mean"])
     a = lsq_coefficients(cov, kept, pruned, ridge)
-    w64 = w.astype(np.float64)
-    w_new = w64.copy()
+    w64 = np.asarray(w, np.float64)
     o, _, kh, kw = w64.shape
-    wp = w64[:, pruned].reshape(o, len(pruned), kh * kw).transpose(0, 2, 1)  # [O, k2, P]
-    w_new[:, kept] += (wp @ a).transpose(0, 2, 1).reshape(o, len(kept), kh, kw)
-    m = st["mean"].astype(np.float64)
+    # one matrix product [O*k2, P] @ [P, K] (not O small ones)
+    wp = w64[:, pruned].reshape(o, len(pruned), kh * kw).transpose(0, 2, 1).reshape(o * kh * kw, len(pruned))
+    w_kept = w64[:, kept] + (wp @ a).reshape(o, kh * kw, len(kept)).transpose(0, 2, 1).reshape(o, len(kept), kh, kw)
+    m = np.asarray(st["mean"], np.float64)
     resid = m[pruned] - np.einsum("jk,khw->jhw", a, m[kept])
-    return _finish(w_new, kept, resid, w64, pruned, padding, fold)
+    return _finish(w_kept, slice(None), resid, w64, pruned, padding, fold)
 
 
 def compensate_scale(w, kept, pruned, st, padding, fold="bias", **_):
@@ -176,6 +171,10 @@ def compensate_merge(w, kept, pruned, st, padding, fold="bias", threshold: float
         np.add.at(w_new.transpose(1, 0, 2, 3), partner[ok], contrib.transpose(1, 0, 2, 3))
     return w_new[:, kept], np.zeros(w.shape[0]), None
 
+
+#: Compensations whose output rows (the next layer's output channels) are independent of each other: the
+#: builder hands them only the next layer's kept rows (``scale`` fits over all outputs, so it gets them all).
+ROWWISE = frozenset({"none", "mean", "correlated", "auto", "lsq", "merge"})
 
 #: Compensation by name (``Method.compensation``): a registry of the functions above, all with the signature
 #: ``(w, kept, pruned, st, padding, fold=, threshold=, ridge=) -> (w_kept, bias_delta, const | None)``.

@@ -145,6 +145,17 @@ def _prefix(net: NinNet, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _forward_from(net: NinNet, start: int, x: torch.Tensor) -> torch.Tensor:
+    """``net.forward_from(start, x)`` with the constant add and the ReLU in place on each convolution's own
+    output (no grad here: the same numbers, one allocation less per layer; ~8% of a sweep's CPU time)."""
+    for i in range(start, len(net.convs)):
+        y = net.convs[i](x)
+        if i in net._const_idx:
+            y.add_(getattr(net, net._const_idx[i]))
+        x = net._post(i, y.relu_())
+    return x
+
+
 @torch.no_grad()
 def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
                     options: EvalOptions = EvalOptions()) -> EvalResult:
@@ -192,7 +203,7 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
         scores = {}
         for k in nets_here:
             net = nets[k]
-            scores[k] = net.forward_from(2, prefix) if from_prefix[k] else net.forward_from(0, x)
+            scores[k] = _forward_from(net, 2, prefix) if from_prefix[k] else _forward_from(net, 0, x)
             evals += len(rows)
         for j in users:
             s = scores[model_net[j]]

@@ -13,6 +13,7 @@ import numpy as np
 
 from specialist import select
 from specialist.allocation import (
+    EliminationPath,
     allocate_global,
     elimination_path,
     next_layer_factor,
@@ -46,7 +47,10 @@ def plan_global(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str
     target = plan_flops(uniform_counts(level), len(classes))
     counts = allocate_global(curves, target, len(classes), method.multiple_of, method.max_remove_pct,
                              dict(method.layer_weights) if method.layer_weights else None)
-    return {L: np.sort(orders[L][: counts[L]]) for L in PRUNABLE}
+    # a lazy path (the recon score's) gives its own first channels: the steps the allocation did not read
+    # are made now, and only as many as the plan removes
+    return {L: np.sort(curves[L].removed(counts[L]) if isinstance(curves[L], EliminationPath)
+                       else orders[L][: counts[L]]) for L in PRUNABLE}
 
 
 def _allocate_uniform(method: Any, base: NinWeights, st: SubsetStats, scores: dict[str, np.ndarray],

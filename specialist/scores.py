@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from specialist import select
-from specialist.allocation import elimination_path, next_layer_factor, next_layer_matrix
+from specialist.allocation import EliminationPath, next_layer_factor, next_layer_matrix
 from specialist.captor import captor_scores
-from specialist.compensate import position_covariance
 from specialist.model import LAYER_NAMES, NinWeights
 from specialist.stats import SubsetStats
 from specialist.thinet import contribution_gram, greedy_order
@@ -36,8 +35,8 @@ def next_weights(base: NinWeights, L: str, classes) -> tuple[np.ndarray, np.ndar
 
 
 def layer_cov(st: SubsetStats, L: str) -> np.ndarray:
-    """Covariance of layer L's output around its per-position mean (target classes)."""
-    return position_covariance(st.gram[L], st.mean[L])
+    """Covariance of layer L's output around its per-position mean (target classes; made once per subset)."""
+    return st.cov(L)
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,19 @@ def captor_score(s: ScoreInput) -> np.ndarray:
 
 @register_score("recon")
 def recon_score(s: ScoreInput) -> np.ndarray:
-    """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept)."""
-    order, curve = elimination_path(layer_cov(s.stats, s.layer), s.next_factor(), s.method.ridge)
-    if s.curves is not None:
-        s.curves[s.layer] = curve
-    return select.scores_from_order(order)
+    """Reconstruction-greedy: the elimination order of least next-layer error (its error curve is kept).
+
+    Under the global allocation the curve kept is the lazy :class:`specialist.allocation.EliminationPath`:
+    the allocation makes only the steps it reads (and takes the channels removed from the path itself), so
+    the scores returned then rank the steps made so far first and the rest by the cost of removing each
+    one next.
+    """
+    m = s.method
+    path = EliminationPath(layer_cov(s.stats, s.layer), s.next_factor(), m.ridge)
+    if m.allocation == "global" and s.curves is not None:
+        s.curves[s.layer] = path
+    else:
+        path.extend(len(path))
+        if s.curves is not None:
+            s.curves[s.layer] = path.result()[1]
+    return select.scores_from_order(path.result()[0])

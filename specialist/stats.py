@@ -71,6 +71,7 @@ class CalibStats:
     xcorr: dict[str, np.ndarray]
     acorr: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    _f64: dict = field(default_factory=dict, repr=False, compare=False)
 
     def impacts(self, kind: str) -> dict[str, np.ndarray]:
         if kind == "grad":
@@ -82,26 +83,84 @@ class CalibStats:
             return self.impact_fd
         raise ArtifactError(f"unknown impact kind {kind!r}; use fd or grad")
 
+    def per_class64(self, group: str, L: str) -> np.ndarray:
+        """``group[L]`` as float64 (converted once per loaded artifact: every subset combines these)."""
+        key = (group, L)
+        a = self._f64.get(key)
+        if a is None:
+            a = self._f64[key] = getattr(self, group)[L].astype(np.float64)
+            a.flags.writeable = False
+        return a
+
     def subset(self, classes) -> SubsetStats:
-        """Exact statistics of the union of ``classes`` (weighted combinations of per-class sums)."""
+        """Exact statistics of the union of ``classes`` (weighted combinations of per-class sums).
+
+        Means and second moments are combined at once; the correlations (used by the paper's correlated
+        compensation only) and the finite-difference impacts when first read."""
         cls = np.asarray(sorted(set(int(c) for c in classes)))
         n = self.counts[cls].astype(np.float64)
         if n.sum() <= 0:
             raise ArtifactError(f"the statistics artifact has no calibration images for classes {cls.tolist()}")
         wts = n / n.sum()
+
+        def combine(group: str) -> LayerMap:
+            return LayerMap(lambda L: np.tensordot(wts, self.per_class64(group, L)[cls], axes=1),
+                            getattr(self, group))
+
         out = SubsetStats(classes=cls, n_images=int(n.sum()))
+        out.corr, out.xcorr, out.acorr = combine("corr"), combine("xcorr"), combine("acorr")
+        out.impact_fd = LayerMap(lambda L: self.impact_fd[L][:, cls].astype(np.float64), self.impact_fd)
         for L in PRUNABLE:
-            out.mean[L] = np.tensordot(wts, self.mean[L][cls].astype(np.float64), axes=1)
-            out.corr[L] = np.tensordot(wts, self.corr[L][cls].astype(np.float64), axes=1)
-            out.gram[L] = np.tensordot(wts, self.gram[L][cls].astype(np.float64), axes=1)
+            out.mean[L] = np.tensordot(wts, self.per_class64("mean", L)[cls], axes=1)
+            out.gram[L] = np.tensordot(wts, self.per_class64("gram", L)[cls], axes=1)
             out.impact_grad[L] = self.impact_grad[L][:, cls].astype(np.float64)
-            if self.impact_fd:
-                out.impact_fd[L] = self.impact_fd[L][:, cls].astype(np.float64)
-            if L in self.xcorr:
-                out.xcorr[L] = np.tensordot(wts, self.xcorr[L][cls].astype(np.float64), axes=1)
-                out.acorr[L] = np.tensordot(wts, self.acorr[L][cls].astype(np.float64), axes=1)
             out.cand[L] = self.cand[L]
         return out
+
+
+class LayerMap(dict):
+    """A per-layer dict whose values are made on first read by ``make(L)``, for the layers of ``source``
+    (its keys); iteration, ``len`` and ``in`` see every such layer, made or not."""
+
+    def __init__(self, make, source):
+        super().__init__()
+        self._make, self._layers = make, tuple(source)
+
+    def __missing__(self, L):
+        if L not in self._layers:
+            raise KeyError(L)
+        v = self._make(L)
+        self[L] = v
+        return v
+
+    def _all(self) -> LayerMap:
+        for L in self._layers:
+            self[L]  # noqa: B018 (made on read)
+        return self
+
+    def get(self, L, default=None):
+        return self[L] if L in self else default
+
+    def __contains__(self, L) -> bool:
+        return L in self._layers or dict.__contains__(self, L)
+
+    def __iter__(self):
+        return dict.__iter__(self._all())
+
+    def __len__(self) -> int:
+        return len(set(self._layers) | set(dict.keys(self)))
+
+    def keys(self):
+        return dict.keys(self._all())
+
+    def values(self):
+        return dict.values(self._all())
+
+    def items(self):
+        return dict.items(self._all())
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
 
 
 @dataclass
@@ -118,6 +177,7 @@ class SubsetStats:
     cand: dict[str, np.ndarray] = field(default_factory=dict)
     xcorr: dict[str, np.ndarray] = field(default_factory=dict)  # [C, K, D] E over positions
     acorr: dict[str, np.ndarray] = field(default_factory=dict)  # [C, D]
+    _cov: dict = field(default_factory=dict, repr=False, compare=False)
 
     def impacts(self, kind: str) -> dict[str, np.ndarray]:
         if kind == "fd":
@@ -125,6 +185,20 @@ class SubsetStats:
                 raise ArtifactError("the statistics have no finite-difference impacts; use --impact grad")
             return self.impact_fd
         return self.impact_grad
+
+    def cov(self, L: str) -> np.ndarray:
+        """:func:`position_covariance` of layer L (made once per subset; read-only)."""
+        c = self._cov.get(L)
+        if c is None:
+            c = self._cov[L] = position_covariance(self.gram[L], self.mean[L])
+            c.flags.writeable = False
+        return c
+
+
+def position_covariance(gram: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
+    """Covariance of channels around their per-position means: E[x x^T] - E_p[m(p) m(p)^T]."""
+    m = mean_map.reshape(mean_map.shape[0], -1).astype(np.float64)
+    return gram - (m @ m.T) / m.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------- compute

@@ -27,7 +27,7 @@ def test_build_json_and_file(tmp_path, capsys):
     for key in ("classes", "level", "flops_base", "flops", "flops_pruned_pct", "layers", "build_ms"):
         assert key in d
     assert d["classes"] == [0, 1, 2] and d["flops_base"] == 444_973_056
-    assert abs(d["flops_pruned_pct"] - 38.9) < 1
+    assert 38.9 - 1 < d["flops_pruned_pct"] < 38.9 + 1.5  # the default rounds widths to 16: at or under budget, coarser
     assert {"name", "maps_before", "maps_after", "flops_before", "flops_after"} <= set(d["layers"][2])
     assert out_file.is_file()
 
