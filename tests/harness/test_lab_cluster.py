@@ -240,7 +240,10 @@ def test_three_phone_lab_run_stores_every_window_once(lab):
     assert runs["vp1"]["host"] == "node-a" and runs["vp2"]["host"] == runs["vp3"]["host"] == "node-b"
     for serial, r in runs.items():
         assert r["seqs"] == list(range(N_WINDOWS)), serial
-        assert r["invalid"] == {} and r["status"] == "complete", serial
+        assert r["status"] == "complete", serial
+        # a loaded machine may distort a window's sync markers (invalid, with its measurement reason); no window
+        # of a run that completed may say its node was lost
+        assert not any("node lost" in reason for reason in r["invalid"].values()), (serial, r["invalid"])
         rows = out["devices"][serial]["rows"]  # a table per device
         assert {row["level"] for row in rows} == {0, 50}
 
