@@ -60,10 +60,10 @@ def main() -> int:
     lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")}, port=46101)
     rows = []
     try:
-        lab.start_head()
         owner = {f"vp{i}": ("node-a" if i % 2 else "node-b") for i in range(1, 5)}
-        for serial, node in owner.items():
-            lab.start_phone(node, serial)
+        phones = lab.start_phones(owner)
+        lab.start_head()
+        lab.phones_ready(phones)
         lab.join("node-a", "127.0.0.3")
         lab.join("node-b", "127.0.0.4")
         for n in COUNTS:

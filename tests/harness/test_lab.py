@@ -139,3 +139,19 @@ def test_lost_node_window_is_recorded_invalid_once(tmp_path):
         for seq in range(4, 9):
             st.add_window(WindowRecord("r1", seq, seq // 4, "idle", "", "valid"))
         assert pending_slot(st, "r1") is None  # 2 rounds x 2 models x 2 + the closing idle
+
+
+def test_ray_cluster_messages_do_not_reach_stdout(monkeypatch, capsys, caplog):
+    """Ray's driver prints a dead node's "Raylet is terminated" to stdout; the lab sends it to the log so
+    that ``harness run --lab --json`` stays one JSON object."""
+    import ray._private.worker as ray_worker
+
+    from harness.lab import ray_adapter
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored afterwards
+    ray_adapter._quiet_stdout(ray_adapter._ray())
+    with caplog.at_level("WARNING", logger="harness.lab.ray_adapter"):
+        ray_worker.print_to_stdstream({"lines": ["Raylet is terminated."], "pid": "raylet", "is_err": False},
+                                      ignore_prefix=False)
+    assert capsys.readouterr().out == ""
+    assert "ray (raylet): Raylet is terminated." in caplog.text
