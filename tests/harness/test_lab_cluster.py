@@ -283,7 +283,6 @@ def test_three_phone_lab_run_stores_every_window_once(lab, lab_db):
         assert {row["level"] for row in rows} == {0, 50}
 
 
-@pytest.mark.slow
 def test_lost_node_windows_invalid_then_resume_completes(lab):
     db = lab.work / "results" / "lost.db"
     plan = lab.work / "plan.toml"
@@ -330,7 +329,6 @@ def test_lost_node_windows_invalid_then_resume_completes(lab):
         assert runs[serial]["invalid"] == bad  # the lost windows stay invalid with their reason
 
 
-@pytest.mark.slow
 def test_sweep_on_the_lab_fills_the_same_resumable_cell_store(lab, data_dir, tmp_path):
     out = tmp_path / "sweep"
     argv = ["sweep", "--sizes", "2", "--levels", "50", "--subsets", "2", "--per-class", "20", "--method", "paper",
