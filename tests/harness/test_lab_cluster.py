@@ -259,6 +259,8 @@ def test_three_phone_lab_run_stores_every_window_once(lab, lab_db):
     assert [d["serial"] for d in hosts["127.0.0.3"]["devices"]] == ["vp1"]
     assert [d["serial"] for d in hosts["127.0.0.4"]["devices"]] == ["vp2", "vp3"]
     assert hosts["127.0.0.4"]["monitors"] == ["vmon-vp2", "vmon-vp3"]
+    # each phone paired with its own (virtual) Monsoon; the jobs below need both, and the node checks the pairing
+    assert [d["monitors"] for d in hosts["127.0.0.4"]["devices"]] == [["vmon-vp2"], ["vmon-vp3"]]
     # every process of the lab lives in the private network namespace (only loopback there)
     ns = os.readlink(lab.netns)
     assert all(os.readlink(f"/proc/{p}/ns/net") == ns for p in lab.all_pids() if Path(f"/proc/{p}").exists())
