@@ -6,9 +6,10 @@ tests/harness/test_lab_cluster.py) and (b) the same plan run phone after phone o
 (``harness run --device virtual-nexus4 --connect ...`` once per phone: each phone's run is timed once, and N
 phones one after the other take the sum of the first N).  It prints the throughput gain (b/a) and the scheduling
 overhead: the lab run's wall time (as the driver reports it: connecting, shipping, starting the jobs, gathering)
-less its slowest device job, per lab run and per window of that job.  The models are exported once before timing (both sides use the same cache); the one-host runs come first, so
-every phone already holds the runner and the programs when the lab runs start (a push of an unchanged file is
-skipped), as in a lab that measures every build.
+less its slowest device job, per lab run and per window of that job.  The models are exported once before
+timing (both sides use the same cache); the one-host runs come first, so every phone already holds the runner and
+the programs when the lab runs start (a push of an unchanged file is skipped), as in a lab that measures every
+build.  The table is Markdown, followed by the command and the load average (paste both into docs/lab.md).
 
     python benchmarks/bench_lab.py [--json] [--max-reps 2]
 """
@@ -74,8 +75,9 @@ def main() -> int:
         for serial in owner:
             env = lab.node_env(owner[serial])
             t1 = time.monotonic()
-            r = lab.cli_env(env, "run", "--device", "virtual-nexus4", "--connect", _address(work, owner[serial], serial),
-                            "--config", str(work / "plan.toml"), "--db", str(work / "results" / "one-host.db"),
+            address = _address(work, owner[serial], serial)
+            r = lab.cli_env(env, "run", "--device", "virtual-nexus4", "--connect", address, "--config",
+                            str(work / "plan.toml"), "--db", str(work / "results" / "one-host.db"),
                             "--no-report", "--json", timeout_s=3600)
             one_host_s[serial] = time.monotonic() - t1
             if r.returncode != 0:

@@ -192,8 +192,9 @@ def status_info(address: str) -> dict:
             for serial in n.named("device:"):
                 busy = n.alive and avail.get(f"device:{serial}", 0.0) < n.resources.get(f"device:{serial}", 1.0)
                 doing = board.get(serial, {})
-                devs.append({"serial": serial, "monitors": paired_monitors(serial, n.resources), "busy": bool(busy), "state": doing.get("state", "idle") if busy
-                             else ("idle" if n.alive else "offline"), "doing": doing})
+                devs.append({"serial": serial, "monitors": paired_monitors(serial, n.resources), "busy": bool(busy),
+                             "state": doing.get("state", "idle") if busy else ("idle" if n.alive else "offline"),
+                             "doing": doing})
             hosts.append({"node_id": n.node_id, "ip": n.ip, "hostname": n.hostname, "alive": n.alive,
                           "head": n.head, "cpus": n.resources.get("CPU", 0.0), "devices": devs,
                           "monitors": n.named("monsoon:")})
