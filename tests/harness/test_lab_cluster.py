@@ -226,15 +226,17 @@ def _db_runs(db: Path | str) -> dict[str, dict]:
     return out
 
 
-def _socket_url(url: str) -> str:
+def _socket_url(url: str) -> str | None:
     """The database of ``url`` through the server's unix socket: the lab's private network namespace has only
-    its own loopback, a socket file is reachable from any namespace."""
+    its own loopback, a socket file is reachable from any namespace.  None when the server has no socket."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     with psycopg.connect(url, connect_timeout=10) as con:
         sockets = str(con.execute("SHOW unix_socket_directories").fetchone()[0])
         port = str(con.execute("SHOW port").fetchone()[0])
+    if not sockets.strip():
+        return None
     u = make_url(url)
     return f"postgresql://{u.username}@/{u.database}?host={sockets.split(',')[0].strip()}&port={port}"
 
@@ -243,9 +245,10 @@ def _socket_url(url: str) -> str:
 def lab_db(request, lab):
     """A fresh PostgreSQL database reached through its socket when a server is at hand, else a SQLite file."""
     try:
-        return _socket_url(request.getfixturevalue("pg_url"))
+        url = _socket_url(request.getfixturevalue("pg_url"))
     except pytest.skip.Exception:
-        return str(lab.work / "results" / "three.db")
+        url = None
+    return url or str(lab.work / "results" / "three.db")
 
 
 def _run_args(lab: Lab, db: Path | str, *extra: str) -> list[str]:
