@@ -109,6 +109,7 @@ def main() -> int:
                          "windows_per_phone": n_windows})
     finally:
         lab.close()
+        shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     command = " ".join(["python", "benchmarks/bench_lab.py", *sys.argv[1:]])
     if args.json:
