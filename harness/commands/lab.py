@@ -180,6 +180,7 @@ def _say(args, info: dict) -> None:
 def status_info(address: str) -> dict:
     """Hosts (alive or not), their devices and monitors, and what each device is doing."""
     from harness.lab import ray_adapter as lab
+    from harness.lab.inventory import paired_monitors
 
     lab.connect(address)
     try:
@@ -191,8 +192,9 @@ def status_info(address: str) -> dict:
             for serial in n.named("device:"):
                 busy = n.alive and avail.get(f"device:{serial}", 0.0) < n.resources.get(f"device:{serial}", 1.0)
                 doing = board.get(serial, {})
-                devs.append({"serial": serial, "busy": bool(busy), "state": doing.get("state", "idle") if busy
-                             else ("idle" if n.alive else "offline"), "doing": doing})
+                devs.append({"serial": serial, "monitors": paired_monitors(serial, n.resources), "busy": bool(busy),
+                             "state": doing.get("state", "idle") if busy else ("idle" if n.alive else "offline"),
+                             "doing": doing})
             hosts.append({"node_id": n.node_id, "ip": n.ip, "hostname": n.hostname, "alive": n.alive,
                           "head": n.head, "cpus": n.resources.get("CPU", 0.0), "devices": devs,
                           "monitors": n.named("monsoon:")})
@@ -217,5 +219,5 @@ def _status(args) -> int:
             if d["busy"] and doing.get("run_id"):
                 what = f" run {doing['run_id']} ({doing.get('lab_run', '')}) {doing.get('done', 0)}/" \
                        f"{doing.get('planned', '?')} windows"
-            print(f"      device {d['serial']:20} {d['state']}{what}")
+            print(f"      device {d['serial']:20} monitor={','.join(d['monitors']) or '-':16} {d['state']}{what}")
     return 0

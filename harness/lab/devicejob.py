@@ -99,6 +99,10 @@ def run_device_job(spec: dict[str, Any], artifacts: dict[str, bytes], report: Re
     t0 = time.monotonic()
     try:
         dev = find_device(serial)
+        paired = [dev.monitor_id] if dev.monitor_id else []
+        if spec.get("monitors") is not None and sorted(spec["monitors"]) != paired:
+            raise InputError(f"device {serial} is paired with monitor {dev.monitor_id or 'none'} on host "
+                             f"{this_host()}, not {', '.join(spec['monitors']) or 'none'}: rejoin the host")
         work = node_dir(serial)
         models = store_artifacts(spec["models"], artifacts, work / "artifacts")
         choice, plan = _plan_for(dev, spec.get("overrides") or {})

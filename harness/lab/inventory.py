@@ -1,5 +1,6 @@
 """What a lab host owns: phones found by the discovery of ``harness devices`` and those listed in a lab TOML file,
-with the Ray custom resources that advertise them (``device:<serial>``, ``monsoon:<serial>``) and device groups.
+with the Ray custom resources that advertise them (``device:<serial>``, ``monsoon:<serial>``, and the pairing
+``pair:<device serial>:<monitor serial>``) and device groups.
 
 A lab file (``--lab-file lab.toml``)::
 
@@ -8,7 +9,7 @@ A lab file (``--lab-file lab.toml``)::
     kind = "real"                     # real | virtual
     profile = "nexus4"                # device profile (real phones: required)
     monitor = "monsoon"               # monsoon | gauge | none
-    monitor_serial = "12345"
+    monitor_serial = "12345"          # the Monsoon wired to this phone (its pairing; one Monsoon may serve two)
     host = "bench-a"                  # the host it is plugged into ("" = whichever host lists the file)
 
     [groups]
@@ -16,6 +17,11 @@ A lab file (``--lab-file lab.toml``)::
 
 Virtual phones (``harness virtual-phone --serial vp1``) are discovered through their registry
 (``HARNESS_CACHE_DIR``); each carries its own virtual Monsoon, advertised as ``monsoon:vmon-<serial>``.
+
+Pairing: a phone's monitor (from discovery: a virtual phone's own virtual Monsoon; from the lab file:
+``monitor_serial``) is advertised beside it as a marker resource ``pair:<serial>:<monitor>`` that nothing
+consumes; the driver reads it (:func:`device_requirements`) so that a device's job needs both ``device:<serial>``
+and ``monsoon:<monitor>``: two phones wired to one Monsoon never measure at once.
 """
 
 from __future__ import annotations
@@ -78,10 +84,12 @@ class LabDevice:
         return self.monitor_serial or (f"vmon-{self.serial}" if self.kind == "virtual" else "")
 
     def resources(self) -> dict[str, float]:
-        """The custom resources this device adds to its node: one unit each, so one measurement at a time."""
+        """The custom resources this device adds to its node: one unit each, so one measurement at a time;
+        with a monitor, the pairing marker too."""
         out = {device_resource(self.serial): 1.0}
         if self.monitor_id:
             out[monitor_resource(self.monitor_id)] = 1.0
+            out[pair_resource(self.serial, self.monitor_id)] = 1.0
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,8 +100,34 @@ def device_resource(serial: str) -> str:
     return f"device:{serial}"
 
 
+MONITOR_PREFIX = "monsoon:"
+
+
 def monitor_resource(serial: str) -> str:
-    return f"monsoon:{serial}"
+    return f"{MONITOR_PREFIX}{serial}"
+
+
+PAIR_PREFIX = "pair:"
+
+
+def pair_resource(serial: str, monitor_id: str) -> str:
+    """The marker that says ``serial`` is measured through the monitor ``monitor_id`` (never consumed)."""
+    return f"{PAIR_PREFIX}{serial}:{monitor_id}"
+
+
+def paired_monitors(serial: str, resources: dict[str, float]) -> list[str]:
+    """The monitors a node's ``resources`` pair with ``serial`` (serials never contain ``:``)."""
+    prefix = f"{PAIR_PREFIX}{serial}:"
+    return sorted(k[len(prefix):] for k in resources if k.startswith(prefix))
+
+
+def device_requirements(serial: str, resources: dict[str, float]) -> dict[str, float]:
+    """What a job on ``serial`` needs, given the resources of the node that owns it: the device and each monitor
+    paired with it there (one unit each)."""
+    out = {device_resource(serial): 1.0}
+    for mon in paired_monitors(serial, resources):
+        out[monitor_resource(mon)] = 1.0
+    return out
 
 
 @dataclass(frozen=True)

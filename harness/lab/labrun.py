@@ -24,7 +24,7 @@ from device.files import atomic_write_bytes
 from harness.errors import InputError, UsageError
 from harness.lab import ray_adapter as lab
 from harness.lab.devicejob import LAB_EVENT
-from harness.lab.inventory import device_resource
+from harness.lab.inventory import MONITOR_PREFIX, device_requirements, device_resource
 from harness.store import DuplicateError, Store, WindowRecord, code_version, new_run_id
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,17 @@ def record_lost(st: Store, run_id: str, reason: str) -> int | None:
     return None
 
 
+def requirements(serials: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``serial -> resources`` its job needs: the device, and the monitor(s) its owning node pairs with it."""
+    owner: dict[str, dict[str, float]] = {}
+    for n in lab.nodes():
+        if n.alive:
+            for s in serials:
+                if device_resource(s) in n.resources:
+                    owner.setdefault(s, n.resources)
+    return {s: device_requirements(s, owner.get(s, {})) for s in serials}
+
+
 def _prepare(plan, work_dir: Path, accuracy: bool, stored=None):
     from harness.backends import ModelPreparation, stored_models
 
@@ -156,6 +167,7 @@ def run_lab(req: LabRunRequest) -> dict[str, Any]:
     if missing:
         raise InputError(f"no live lab node owns {', '.join(m.split(':', 1)[1] for m in missing)} "
                          f"(see 'harness lab status --address {req.address}')")
+    needs = requirements(serials)
     plan = make_plan("virtual", "virtual", overrides)  # the models: levels, classes, method, model, stats
     stored = None
     if existing:
@@ -173,8 +185,9 @@ def run_lab(req: LabRunRequest) -> dict[str, Any]:
     handles = {}
     for s in serials:
         spec = {"serial": s, "lab_run": lab_run, "db": str(req.db), "models": model_dicts,
-                "overrides": overrides, "resume_run": existing.get(s, "")}
-        handles[lab.submit_device(spec, shipped, {device_resource(s): 1.0})] = s
+                "overrides": overrides, "resume_run": existing.get(s, ""),
+                "monitors": sorted(k.split(":", 1)[1] for k in needs[s] if k.startswith(MONITOR_PREFIX))}
+        handles[lab.submit_device(spec, shipped, needs[s])] = s
     log.info("lab run %s: %d device(s) dispatched", lab_run, len(handles))
     results: dict[str, dict] = {}
     while handles:

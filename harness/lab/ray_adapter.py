@@ -93,6 +93,20 @@ def split_address(address: str) -> tuple[str, int]:
 
 # ---- the driver's connection
 
+def _cluster_message_to_log(data: dict, ignore_prefix: bool = False) -> None:
+    """Ray's driver prints the cluster's error messages (e.g. "Raylet is terminated" when a node dies) to
+    stdout, where they would break ``--json`` output: they go to the log (stderr) instead."""
+    for line in data.get("lines") or []:
+        log.warning("ray (%s): %s", data.get("pid", "cluster"), str(line).rstrip())
+
+
+def _quiet_stdout(ray) -> None:
+    """Send what Ray's driver would print to stdout to the log; a Ray without that hook is left as it is."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if worker is not None and hasattr(worker, "print_to_stdstream"):
+        worker.print_to_stdstream = _cluster_message_to_log
+
+
 def connect(address: str) -> None:
     """Connect this process to the lab at ``address`` (HOST:PORT of the head's GCS)."""
     ray = _ray()
@@ -103,6 +117,7 @@ def connect(address: str) -> None:
     if local_address(host):  # a driver on a lab host uses that host's node
         kwargs["_node_ip_address"] = host
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _quiet_stdout(ray)
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=False, **kwargs)

@@ -34,8 +34,9 @@ def test_lab_file_devices_groups_and_resources(tmp_path, monkeypatch):
     lab = load_lab_file(p)
     assert [d.serial for d in lab.devices] == ["R1", "vp9"]
     assert lab.group("nightly") == ("R1", "vp9")
-    assert node_resources(list(lab.devices)) == {"device:R1": 1.0, "monsoon:M7": 1.0, "device:vp9": 1.0,
-                                                  "monsoon:vmon-vp9": 1.0}
+    assert node_resources(list(lab.devices)) == {"device:R1": 1.0, "monsoon:M7": 1.0, "pair:R1:M7": 1.0,
+                                                  "device:vp9": 1.0, "monsoon:vmon-vp9": 1.0,
+                                                  "pair:vp9:vmon-vp9": 1.0}
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # no virtual phones running there
     assert [d.serial for d in owned_devices(p, "bench-a", discover=False)] == ["R1"]
     assert [d.serial for d in owned_devices(p, "elsewhere", discover=False)] == []
@@ -61,6 +62,43 @@ def test_device_resource_names_are_checked():
     with pytest.raises(InputError):
         LabDevice("bad/serial")
     assert LabDevice("ok-1", monitor="none").resources() == {"device:ok-1": 1.0}
+    assert LabDevice("r2", kind="real").resources() == {"device:r2": 1.0}  # a USB phone with no Monsoon named
+
+
+def test_a_device_job_needs_its_paired_monitor(tmp_path):
+    """The pairing comes from the lab file (or a virtual phone's own Monsoon) and travels with the node's
+    resources: the job of a device needs its monitor, so two phones wired to one Monsoon never measure at once."""
+    from harness.lab.inventory import device_requirements, paired_monitors
+
+    p = tmp_path / "lab.toml"
+    p.write_text('[[devices]]\nserial = "A"\nkind = "real"\nprofile = "nexus4"\nmonitor_serial = "M1"\n'
+                 '[[devices]]\nserial = "B"\nkind = "real"\nprofile = "nexus4"\nmonitor_serial = "M1"\n'
+                 '[[devices]]\nserial = "C"\nkind = "real"\nprofile = "nexus4"\nmonitor = "none"\n'
+                 '[[devices]]\nserial = "vp1"\n')
+    res = node_resources(list(load_lab_file(p).devices))
+    assert res["monsoon:M1"] == 1.0  # one unit for the one Monsoon both phones share
+    assert paired_monitors("A", res) == paired_monitors("B", res) == ["M1"] and paired_monitors("C", res) == []
+    assert device_requirements("A", res) == {"device:A": 1.0, "monsoon:M1": 1.0}
+    assert device_requirements("B", res) == {"device:B": 1.0, "monsoon:M1": 1.0}
+    assert device_requirements("C", res) == {"device:C": 1.0}
+    assert device_requirements("vp1", res) == {"device:vp1": 1.0, "monsoon:vmon-vp1": 1.0}
+    assert device_requirements("vp", res) == {"device:vp": 1.0}  # no prefix confusion between vp and vp1
+
+
+def test_a_device_job_refuses_a_changed_pairing(tmp_path, monkeypatch):
+    """The node checks the monitor the driver scheduled the job with against its own pairing."""
+    from harness.lab.devicejob import run_device_job
+
+    p = tmp_path / "lab.toml"
+    p.write_text('[[devices]]\nserial = "A"\nkind = "real"\nprofile = "nexus4"\nmonitor_serial = "M2"\n')
+    monkeypatch.setenv("HARNESS_LAB_FILE", str(p))
+    monkeypatch.setenv("HARNESS_LAB_HOST", "bench-a")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    reports = []
+    out = run_device_job({"serial": "A", "lab_run": "lab-1", "db": str(tmp_path / "h.db"), "models": [],
+                          "monitors": ["M1"]}, {}, reports.append)
+    assert out["status"] == "failed" and "paired with monitor M2" in out["error"] and "not M1" in out["error"]
+    assert not (tmp_path / "h.db").exists() and reports[-1]["state"] == "failed"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -101,3 +139,19 @@ def test_lost_node_window_is_recorded_invalid_once(tmp_path):
         for seq in range(4, 9):
             st.add_window(WindowRecord("r1", seq, seq // 4, "idle", "", "valid"))
         assert pending_slot(st, "r1") is None  # 2 rounds x 2 models x 2 + the closing idle
+
+
+def test_ray_cluster_messages_do_not_reach_stdout(monkeypatch, capsys, caplog):
+    """Ray's driver prints a dead node's "Raylet is terminated" to stdout; the lab sends it to the log so
+    that ``harness run --lab --json`` stays one JSON object."""
+    import ray._private.worker as ray_worker
+
+    from harness.lab import ray_adapter
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored afterwards
+    ray_adapter._quiet_stdout(ray_adapter._ray())
+    with caplog.at_level("WARNING", logger="harness.lab.ray_adapter"):
+        ray_worker.print_to_stdstream({"lines": ["Raylet is terminated."], "pid": "raylet", "is_err": False},
+                                      ignore_prefix=False)
+    assert capsys.readouterr().out == ""
+    assert "ray (raylet): Raylet is terminated." in caplog.text

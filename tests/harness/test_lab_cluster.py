@@ -73,11 +73,18 @@ class Lab:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str], ready: str) -> None:
         """Start ``args`` in its own session and wait for ``ready`` in its stdout."""
-        log = self.work / f"{name}.log"
-        with open(log, "w") as out:
+        self.wait_ready(name, self.launch(name, args, env), ready)
+
+    def launch(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start ``args`` in its own session (its output in ``<work>/<name>.log``)."""
+        with open(self.work / f"{name}.log", "w") as out:
             proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=str(self.work), start_new_session=True)
         self.sessions[name] = proc.pid
+        return proc
+
+    def wait_ready(self, name: str, proc: subprocess.Popen, ready: str) -> None:
+        log = self.work / f"{name}.log"
         deadline = time.monotonic() + START_TIMEOUT_S
         while ready not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -98,10 +105,16 @@ class Lab:
                 if attempt:
                     raise
 
-    def start_phone(self, node: str, serial: str) -> None:
-        self.spawn(f"phone-{serial}", self.harness(
+    def start_phones(self, owners: dict[str, str]) -> list[tuple[str, subprocess.Popen]]:
+        """Start the virtual phones ``serial -> node`` at once; :meth:`phones_ready` waits for them."""
+        return [(f"phone-{serial}", self.launch(f"phone-{serial}", self.harness(
             "virtual-phone", "--port", "0", "--serial", serial, "--accept-new-keys",
-            "--root", str(self.work / node / serial), "--duration-s", "3600"), self.node_env(node), "listening on")
+            "--root", str(self.work / node / serial), "--duration-s", "3600"), self.node_env(node)))
+            for serial, node in owners.items()]
+
+    def phones_ready(self, started: list[tuple[str, subprocess.Popen]]) -> None:
+        for name, proc in started:
+            self.wait_ready(name, proc, "listening on")
 
     def join(self, node: str, ip: str) -> None:
         for attempt in range(2):  # a loaded machine can miss Ray's fixed 30 s node start-up limit
@@ -156,9 +169,10 @@ class Lab:
 
 # ---------------------------------------------------------------- the tests
 
-import sqlite3  # noqa: E402
-
 import pytest  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from harness.errors import PROJECT_ERRORS  # noqa: E402
 
 PLAN = {"levels": [50], "window_s": 0.1, "idle_s": 0.1, "min_reps": 2, "max_reps": 2, "target_ci_pct": 0.001,
         "warmup_inferences": 1, "min_inference_s_per_model": 0.1, "min_inferences_per_model": 4}
@@ -183,10 +197,9 @@ def lab(tmp_path_factory):
         prep.finish()
     lab = Lab(work, {**os.environ, "HARNESS_LOCK_DIR": str(work / "locks")})
     try:
+        phones = lab.start_phones({"vp1": "node-a", "vp2": "node-b", "vp3": "node-b"})  # while the head starts
         lab.start_head()
-        lab.start_phone("node-a", "vp1")
-        lab.start_phone("node-b", "vp2")
-        lab.start_phone("node-b", "vp3")
+        lab.phones_ready(phones)
         lab.join("node-a", "127.0.0.3")
         lab.join("node-b", "127.0.0.4")
         yield lab
@@ -194,41 +207,68 @@ def lab(tmp_path_factory):
         lab.close()
 
 
-def _db_runs(db: Path) -> dict[str, dict]:
-    """serial -> {run_id, seqs (list, repeats kept), invalid reasons, status} from the SQLite store."""
-    con = sqlite3.connect(db)
+def _db_runs(db: Path | str) -> dict[str, dict]:
+    """serial -> {run_id, lab_run, host, seqs (list, repeats kept), invalid reasons, status} from the store (a
+    SQLite file or a PostgreSQL URL), read through the harness's own store."""
+    from harness.store import Store
+
+    out = {}
+    with Store(db, readonly=True) as st:
+        for summary in st.list_runs():
+            run_id = summary.run.run_id
+            for event, detail, _ in st.events(run_id):
+                if event == "lab":
+                    info = json.loads(detail)
+                    wins = st.windows(run_id)
+                    out[info["serial"]] = {"run_id": run_id, "lab_run": info["lab_run"], "host": info["host"],
+                                           "seqs": [w.seq for w in wins], "status": st.run_status(run_id),
+                                           "invalid": {w.seq: w.reason for w in wins if w.status != "valid"}}
+    return out
+
+
+def _socket_url(url: str) -> str | None:
+    """The database of ``url`` through the server's unix socket: the lab's private network namespace has only
+    its own loopback, a socket file is reachable from any namespace.  None when the server has no socket."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(url, connect_timeout=10) as con:
+        sockets = str(con.execute("SHOW unix_socket_directories").fetchone()[0])
+        port = str(con.execute("SHOW port").fetchone()[0])
+    if not sockets.strip():
+        return None
+    u = make_url(url)
+    return f"postgresql://{u.username}@/{u.database}?host={sockets.split(',')[0].strip()}&port={port}"
+
+
+@pytest.fixture
+def lab_db(request, lab):
+    """A fresh PostgreSQL database reached through its socket when a server is at hand, else a SQLite file."""
     try:
-        out = {}
-        for run_id, detail in con.execute("SELECT run_id, detail FROM run_events WHERE event = 'lab'"):
-            info = json.loads(detail)
-            seqs = [s for (s,) in con.execute("SELECT seq FROM windows WHERE run_id = ? ORDER BY seq", (run_id,))]
-            bad = {s: r for s, r in con.execute(
-                "SELECT seq, reason FROM windows WHERE run_id = ? AND status != 'valid'", (run_id,))}
-            last = con.execute("SELECT event FROM run_events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
-                               (run_id,)).fetchone()[0]
-            out[info["serial"]] = {"run_id": run_id, "lab_run": info["lab_run"], "host": info["host"],
-                                   "seqs": seqs, "invalid": bad, "status": last}
-        return out
-    finally:
-        con.close()
+        url = _socket_url(request.getfixturevalue("pg_url"))
+    except pytest.skip.Exception:
+        url = None
+    return url or str(lab.work / "results" / "three.db")
 
 
-def _run_args(lab: Lab, db: Path, *extra: str) -> list[str]:
+def _run_args(lab: Lab, db: Path | str, *extra: str) -> list[str]:
     return ["run", "--lab", lab.address, "--db", str(db), "--no-report", "--json", *extra]
 
 
-def test_three_phone_lab_run_stores_every_window_once(lab):
+def test_three_phone_lab_run_stores_every_window_once(lab, lab_db):
     st = lab.status()
     hosts = {h["ip"]: h for h in st["hosts"] if h["alive"]}
     assert set(hosts) == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
     assert [d["serial"] for d in hosts["127.0.0.3"]["devices"]] == ["vp1"]
     assert [d["serial"] for d in hosts["127.0.0.4"]["devices"]] == ["vp2", "vp3"]
     assert hosts["127.0.0.4"]["monitors"] == ["vmon-vp2", "vmon-vp3"]
+    # each phone paired with its own (virtual) Monsoon; the jobs below need both, and the node checks the pairing
+    assert [d["monitors"] for d in hosts["127.0.0.4"]["devices"]] == [["vmon-vp2"], ["vmon-vp3"]]
     # every process of the lab lives in the private network namespace (only loopback there)
     ns = os.readlink(lab.netns)
     assert all(os.readlink(f"/proc/{p}/ns/net") == ns for p in lab.all_pids() if Path(f"/proc/{p}").exists())
 
-    db = lab.work / "results" / "three.db"
+    db = lab_db  # PostgreSQL (or SQLite when no server is at hand)
     res = lab.cli(*_run_args(lab, db, "--devices", "vp1,vp2,vp3", "--config", str(lab.work / "plan.toml")))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
@@ -240,12 +280,14 @@ def test_three_phone_lab_run_stores_every_window_once(lab):
     assert runs["vp1"]["host"] == "node-a" and runs["vp2"]["host"] == runs["vp3"]["host"] == "node-b"
     for serial, r in runs.items():
         assert r["seqs"] == list(range(N_WINDOWS)), serial
-        assert r["invalid"] == {} and r["status"] == "complete", serial
+        assert r["status"] == "complete", serial
+        # a loaded machine may distort a window's sync markers (invalid, with its measurement reason); no window
+        # of a run that completed may say its node was lost
+        assert not any("node lost" in reason for reason in r["invalid"].values()), (serial, r["invalid"])
         rows = out["devices"][serial]["rows"]  # a table per device
         assert {row["level"] for row in rows} == {0, 50}
 
 
-@pytest.mark.slow
 def test_lost_node_windows_invalid_then_resume_completes(lab):
     db = lab.work / "results" / "lost.db"
     plan = lab.work / "plan.toml"
@@ -255,7 +297,10 @@ def test_lost_node_windows_invalid_then_resume_completes(lab):
     try:
         deadline = time.monotonic() + START_TIMEOUT_S * 2
         while True:  # node-b goes down once vp2 has stored a few windows
-            runs = _db_runs(db) if db.exists() else {}
+            try:
+                runs = _db_runs(db) if db.exists() else {}
+            except (*PROJECT_ERRORS, SQLAlchemyError):  # the store's tables are being created
+                runs = {}
             if len(runs.get("vp2", {}).get("seqs", [])) >= 2:
                 break
             assert driver.poll() is None and time.monotonic() < deadline, (lab.work / "driver.log").read_text()[-3000:]
@@ -289,7 +334,6 @@ def test_lost_node_windows_invalid_then_resume_completes(lab):
         assert runs[serial]["invalid"] == bad  # the lost windows stay invalid with their reason
 
 
-@pytest.mark.slow
 def test_sweep_on_the_lab_fills_the_same_resumable_cell_store(lab, data_dir, tmp_path):
     out = tmp_path / "sweep"
     argv = ["sweep", "--sizes", "2", "--levels", "50", "--subsets", "2", "--per-class", "20", "--method", "paper",
