@@ -24,6 +24,7 @@ ones, and what replaces them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -107,6 +108,33 @@ def refit_coefficients(g: np.ndarray, c: np.ndarray, kept: np.ndarray, ridge: fl
     return np.linalg.solve(gkk + lam * np.eye(len(kept)), c[kept]).T
 
 
+_ORIGINALS: dict[str, tuple[str, list[torch.Tensor]]] = {}
+
+
+def original_outputs(base: NinWeights, x: torch.Tensor) -> list[torch.Tensor]:
+    """The original network's output of every prunable layer (after ReLU and pooling) on ``x``; the last
+    result is kept (about 0.64 MB per image), so builds of one subset at several levels compute it once."""
+    h = hashlib.sha256(base.content_hash().encode())
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    key = h.hexdigest()
+    hit = _ORIGINALS.get("last")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    _ORIGINALS.clear()
+    first, stop = LAYER_NAMES.index(PRUNABLE[0]), LAYER_NAMES.index(PRUNABLE[-1])
+    outs: list[list[torch.Tensor]] = [[] for _ in PRUNABLE]
+    for i in range(0, len(x), CHUNK_IMAGES):
+        h_ = x[i : i + CHUNK_IMAGES]
+        for li in range(stop + 1):
+            h_ = _layer(li, h_, base)
+            if li >= first:
+                outs[li - first].append(h_)
+    result = [torch.cat(o) for o in outs]
+    _ORIGINALS["last"] = (key, result)
+    return result
+
+
 def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.ndarray, ridge: float = 1e-2,
                 fold: str = "exact") -> tuple[NinWeights, dict[str, list[int]]]:
     """Sequential reconstruction of ``base`` for ``classes`` with ``counts[L]`` channels removed from each
@@ -121,21 +149,13 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
     new_b = {n: np.asarray(base.biases[n], np.float32) for n in LAYER_NAMES}
     spec = NinWeights(new_w, new_b, base.input_mean.copy(), base.input_std.copy(), {}, base.source)
     kept: dict[str, list[int]] = {n: list(range(base.weights[n].shape[0])) for n in LAYER_NAMES}
-    first = LAYER_NAMES.index(PRUNABLE[0])
     with torch.no_grad():
-        # The layers before the first prunable one are intact: their outputs are shared by both networks.
-        parts = []
-        for i in range(0, len(x), CHUNK_IMAGES):
-            h = x[i : i + CHUNK_IMAGES]
-            for li in range(first):
-                h = _layer(li, h, base)
-            parts.append(h)
-        x_o = x_s = torch.cat(parts) if parts else x[:, :0]
-        for L in PRUNABLE:
+        originals = original_outputs(base, x)
+        x_s = None
+        for L, out_o in zip(PRUNABLE, originals, strict=True):
             li = LAYER_NAMES.index(L)
             nxt = LAYER_NAMES[li + 1]
-            out_o = torch.cat([_layer(li, x_o[i : i + CHUNK_IMAGES], base) for i in range(0, len(x_o), CHUNK_IMAGES)])
-            out_s = out_o if x_s is x_o and L not in spec.consts else torch.cat(
+            out_s = out_o if x_s is None else torch.cat(
                 [_layer(li, x_s[i : i + CHUNK_IMAGES], spec) for i in range(0, len(x_s), CHUNK_IMAGES)])
             m_s, m_o, g, c = _moments(out_s, out_o)
             width = out_s.shape[1]
@@ -161,7 +181,7 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
                 spec.consts[L] = np.ascontiguousarray(spec.consts[L][keep])
             kept[L] = [int(v) for v in keep]
             idx = torch.from_numpy(keep)
-            x_s, x_o = out_s.index_select(1, idx), out_o
+            x_s = out_s.index_select(1, idx)
             del out_s
     last = LAYER_NAMES[-1]
     cls = np.asarray(classes, np.int64)
