@@ -80,7 +80,8 @@ GRAPH_OVERRIDES: dict[str, GraphMethod] = {m.name: m for m in (
     GraphMethod("variance", "variance", "mean", "Polyak & Wolf: lowest activation variance pruned, "
                 "per-position mean compensation"),
 )}
-GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESETS.items()}, **GRAPH_OVERRIDES}
+GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESETS.items() if not m.calib_per_class},
+                                         **GRAPH_OVERRIDES}
 GRAPH_DEFAULT_METHOD = "lsq"
 
 
