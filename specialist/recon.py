@@ -17,6 +17,10 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
   [C, |K|]; N's new weights on the kept inputs are ``W_N A`` (per kernel position) and its pre-activations gain
   the per-position constant ``W_N * (m_o - A m_s[K])`` (exact fold: one add node; ``fold="bias"``: its spatial
   mean in the bias).  For 1x1 consumers this is exactly the least-squares refit of N's pre-activations.
+  k x k consumers (CONV2, CONV3) are refit in full instead: ridge least squares from the kept channels' input
+  patches (|K| k^2 features, per-position centred) to N's original pre-activations, on :data:`PATCH_SAMPLES`
+  random positions per image (all positions would cost |K|^2 k^4 per position: 6e10 multiply-adds per 1,000
+  images for CONV2), plus the per-position constant that makes the fit exact in the mean.
 
 How many channels each layer loses is ``best``'s global allocation (same FLOPs); this module decides which
 ones, and what replaces them.
@@ -42,6 +46,9 @@ from specialist.scores import next_weights
 
 log = logging.getLogger(__name__)
 
+#: k x k consumers (CONV2, CONV3) are refit from their input patches on this many random positions per image
+#: (10 classes at level 50, 2,000 test images: channel-level refit 82.0%, 16 positions 84.3%, 48 positions 84.8%)
+PATCH_SAMPLES = 32
 #: Images per forward chunk (keeps the 0.65 MB/image CCCP1 outputs of one chunk small).
 CHUNK_IMAGES = 100
 
@@ -135,10 +142,50 @@ def original_outputs(base: NinWeights, x: torch.Tensor) -> list[torch.Tensor]:
     return result
 
 
+def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base: NinWeights, i: int,
+                ridge: float, samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Full refit of a k x k consumer (layer ``i``) from the specialist's kept input patches to the original
+    pre-activations, on ``samples`` random positions per image (ridge least squares over |K| k^2 features,
+    per-position centred).  Returns the new weights [O, |K|, k, k] and the per-position constant [O, H, W]
+    (bias excluded)."""
+    spec = NIN_LAYERS[i]
+    k, pad = spec.kernel, spec.padding
+    w_o = torch.from_numpy(np.ascontiguousarray(base.weights[spec.name], np.float32))
+    ms = torch.from_numpy(np.ascontiguousarray(ms_k, np.float32))
+    n, kc, h, wd = xs_k.shape
+    rng = np.random.default_rng(seed)
+    y_sum = torch.zeros(w_o.shape[0], h, wd, dtype=torch.float64)
+    chunks = []
+    for j in range(0, n, CHUNK_IMAGES):
+        y = F.conv2d(out_o[j : j + CHUNK_IMAGES], w_o, padding=pad)  # without bias: it stays the layer's
+        y_sum += y.double().sum(dim=0)
+        chunks.append((j, y))
+    m_y = y_sum / n
+    d = kc * k * k
+    g = torch.zeros(d, d, dtype=torch.float64)
+    cy = torch.zeros(d, w_o.shape[0], dtype=torch.float64)
+    for j, y in chunks:
+        xc = F.unfold(xs_k[j : j + CHUNK_IMAGES] - ms[None], k, padding=pad)  # [n, d, HW]
+        pos = torch.from_numpy(rng.integers(0, h * wd, size=(xc.shape[0], samples)))
+        xp = torch.gather(xc, 2, pos[:, None, :].expand(-1, d, -1)).permute(0, 2, 1).reshape(-1, d).double()
+        yc = (y - m_y[None].float()).reshape(y.shape[0], y.shape[1], -1)
+        yp = torch.gather(yc, 2, pos[:, None, :].expand(-1, yc.shape[1], -1)).permute(0, 2, 1).reshape(-1, yc.shape[1])
+        g += xp.T @ xp
+        cy += xp.T @ yp.double()
+    lam = ridge_lambda(g.numpy(), ridge)
+    sol = np.linalg.solve(g.numpy() + lam * np.eye(d), cy.numpy())  # [d, O]
+    w_new = sol.T.reshape(-1, kc, k, k)
+    const = m_y.numpy() - contribution_map(ms_k, w_new, pad)
+    return w_new, const
+
+
 def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.ndarray, ridge: float = 1e-2,
-                fold: str = "exact") -> tuple[NinWeights, dict[str, list[int]]]:
+                fold: str = "exact", patch_samples: int = PATCH_SAMPLES) -> tuple[NinWeights, dict[str, list[int]]]:
     """Sequential reconstruction of ``base`` for ``classes`` with ``counts[L]`` channels removed from each
     prunable layer, on ``images`` (normalised float32 NCHW calibration images of the target classes).
+
+    ``patch_samples``: k x k consumers are refit from their input patches on that many random positions per
+    image (:func:`patch_refit`); 0 refits them at channel level (``W_N A``), like the 1x1 ones.
 
     Returns the specialist's weights (CCCP6 cut to ``classes``; per-position constants in ``consts`` with the
     exact fold) and the kept channel indices per layer.
@@ -165,11 +212,17 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
                 keep = np.sort(order[n_drop:])
             else:
                 keep = np.arange(width)
-            a = refit_coefficients(g, c, keep, ridge)  # [C, |K|]
             w_n = base.weights[nxt].astype(np.float64)
-            new_w[nxt] = np.einsum("ojhw,jk->okhw", w_n, a).astype(np.float32)
-            resid = m_o - np.einsum("jk,khw->jhw", a, m_s[keep])
-            const = contribution_map(resid, w_n, NIN_LAYERS[li + 1].padding)
+            pad = NIN_LAYERS[li + 1].padding
+            if patch_samples and w_n.shape[2] > 1:
+                w_new, const = patch_refit(out_s[:, torch.from_numpy(keep)], m_s[keep], out_o, base, li + 1,
+                                           ridge, patch_samples)
+                new_w[nxt] = w_new.astype(np.float32)
+            else:
+                a = refit_coefficients(g, c, keep, ridge)  # [C, |K|]
+                new_w[nxt] = np.einsum("ojhw,jk->okhw", w_n, a).astype(np.float32)
+                resid = m_o - np.einsum("jk,khw->jhw", a, m_s[keep])
+                const = contribution_map(resid, w_n, pad)
             if fold == "exact":
                 spec.consts[nxt] = const.astype(np.float32)
             else:

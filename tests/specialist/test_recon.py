@@ -83,10 +83,12 @@ def _pre_scores(w, x):
         return NinNet(w)(torch.from_numpy(x)).numpy()
 
 
-def test_nothing_pruned_reproduces_the_original_outputs():
-    base = weights_from_arrays(_tiny_nin())
-    x = np.random.default_rng(3).normal(size=(12, 3, 32, 32)).astype(np.float32)
-    spec, kept = reconstruct(base, [1, 4, 7], {}, x, ridge=1e-10)
+@pytest.mark.parametrize("patch_samples", [0, 64])
+def test_nothing_pruned_reproduces_the_original_outputs(patch_samples):
+    """Channel-level refit (A = I) and patch refit of the k x k consumers (W' = W) both give back the original."""
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    x = np.random.default_rng(3).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    spec, kept = reconstruct(base, [1, 4, 7], {}, x, ridge=1e-10, patch_samples=patch_samples)
     assert kept["CCCP6"] == [1, 4, 7] and kept["CONV2"] == list(range(8))
     np.testing.assert_allclose(_pre_scores(spec, x), _pre_scores(base, x)[:, [1, 4, 7]], rtol=1e-3, atol=1e-4)
 
