@@ -34,6 +34,8 @@ def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, le
                    help="override the preset's impact, finite difference or autograd: %(choices)s")
     p.add_argument("--fold", choices=names("fold"), metavar="NAME",
                    help="mean constants: exact per-position add node, or folded into the bias: %(choices)s")
+    p.add_argument("--calib-per-class", type=int, metavar="N", help="calibration images per target class for "
+                   "methods that reconstruct from images (recon: default 100)")
     add_model_args(p)
     add_graph_args(p)
 
@@ -57,10 +59,12 @@ def build_from_args(args, level: float | None = None, base=None, **overrides):
     ``fold`` or ``multiple_of``) win over the flags."""
     from specialist.build import build_specialist
 
-    flags = {"compensation": args.compensation, "impact": args.impact, "fold": getattr(args, "fold", None)}
+    flags = {"compensation": args.compensation, "impact": args.impact, "fold": getattr(args, "fold", None),
+             "calib_per_class": getattr(args, "calib_per_class", None)}
     from specialist.methods import DEFAULT_METHOD
 
     return build_specialist(parse_classes(args.classes), args.level if level is None else level,
                             args.method or DEFAULT_METHOD,
                             base=base if base is not None else load_base(args),
-                            stats_path=getattr(args, "stats", None) or None, **{**flags, **overrides})
+                            stats_path=getattr(args, "stats", None) or None, calib=getattr(args, "data", None),
+                            **{**flags, **overrides})

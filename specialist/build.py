@@ -206,13 +206,15 @@ def _blas_controller() -> ThreadpoolController:
 
 def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHOD, *,
                      stats: CalibStats | SubsetStats | None = None, base: NinWeights | None = None,
-                     stats_path=None, **overrides: Any) -> Specialist:
+                     stats_path=None, calib=None, **overrides: Any) -> Specialist:
     """Build a specialist for ``classes`` with ``level`` percent of channels removed (paper sections 4-5).
 
     The one way to build from options: ``method`` is a preset name, a TOML file or a :class:`Method`;
     ``overrides`` replace its fields (``compensation``, ``impact``, ``fold``, ``multiple_of``, ...; None
     keeps the method's).  Needs only the statistics artifact: ``stats``, or loaded from ``stats_path``
-    (default: the one shipped for the default model; checked against ``base`` and cached).
+    (default: the one shipped for the default model; checked against ``base`` and cached).  Methods with
+    ``calib_per_class`` (``recon``) also read calibration images: ``calib`` (a Split or data directory; default
+    as :func:`specialist.data.resolve_data_dir`).
     """
     t0 = time.perf_counter()
     classes = select.check_classes(classes)
@@ -229,7 +231,12 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
     with _blas_controller().limit(limits=1, user_api="blas"):
         sub, scores, curves = _subset_scores(m, base, stats, classes)
         pruned = ALLOCATIONS[m.allocation](m, base, sub, scores, level, classes, dict(curves))
-        weights, kept = apply_plan(base, classes, pruned, sub, m)
+        if m.calib_per_class and level > 0:  # sequential reconstruction: the same counts, refit on images
+            from specialist.recon import build_reconstructed
+
+            weights, kept = build_reconstructed(base, classes, pruned, m, calib)
+        else:
+            weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())
     spec = Specialist(
         weights=weights, classes=classes, level=level, method=m, kept=kept, flops_base=BASE_FLOPS,

@@ -29,6 +29,8 @@ class Method:
     max_remove_pct: float = 90.0  # global allocation: at most this share of any one layer
     layer_weights: tuple = ()  # global allocation: ((layer, weight), ...) on the layers' error curves
     merge_threshold: float = 0.0  # merge: cosine similarity below which a pruned filter is just dropped
+    # > 0: sequential reconstruction on this many calibration images per target class (specialist.recon)
+    calib_per_class: int = 0
 
     def replace(self, **changes) -> Method:
         clean = {k: v for k, v in changes.items() if v is not None}
@@ -71,6 +73,11 @@ PRESETS: dict[str, Method] = {
                "speed, docs/export.md): turns FLOPs saved into time saved; lands at or below the FLOPs budget",
                impact="grad", score="recon", compensation="lsq", fold="exact", allocation="global",
                max_remove_pct=60.0, multiple_of=16),
+        Method("recon", "best's allocation (same FLOPs); then layer by layer in order, channels chosen by "
+               "elimination on the refitted objective and every consumer refit by ridge least squares from the "
+               "specialist's own activations to the original network's, on calibration images of the target "
+               "classes (100 per class)", impact="grad", score="recon", compensation="lsq", fold="exact",
+               allocation="global", max_remove_pct=60.0, calib_per_class=100),
     )
 }
 #: ``best`` beat ``paper`` in every cell measured (docs/methods.md); ``best-x16`` is ``best`` with the widths XNNPACK
@@ -130,5 +137,7 @@ def validate_method(m: Method, where: str = "method") -> None:
         raise UsageError(f"{where}: multiple_of must be a positive integer")
     if not (0 < m.max_remove_pct < 100):
         raise UsageError(f"{where}: max_remove_pct must be above 0 and below 100")
+    if not (isinstance(m.calib_per_class, int) and m.calib_per_class >= 0):
+        raise UsageError(f"{where}: calib_per_class must be a whole number >= 0")
     if m.ridge < 0:
         raise UsageError(f"{where}: ridge must not be negative")

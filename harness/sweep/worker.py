@@ -94,7 +94,8 @@ def run_task(setup: WorkerSetup, jobs: Sequence[Job]) -> list[JobRecord]:
             models.append(EvalModel(base, cls, columns=cls, outputs=cls))
             meta.append((unpruned_flops(len(cls)), 0.0))
         else:
-            spec = build_specialist(cls, job.level, job.method, base=base, stats_path=setup.stats_path)
+            spec = build_specialist(cls, job.level, job.method, base=base, stats_path=setup.stats_path,
+                                    calib=setup.data_dir)
             models.append(EvalModel(spec.weights, spec.classes))
             meta.append((int(spec.flops), float(spec.build_ms)))
     res = evaluate_models(base, models, test, EvalOptions(engine=setup.engine, chunk_images=setup.chunk_images))

@@ -80,14 +80,29 @@ GRAPH_OVERRIDES: dict[str, GraphMethod] = {m.name: m for m in (
     GraphMethod("variance", "variance", "mean", "Polyak & Wolf: lowest activation variance pruned, "
                 "per-position mean compensation"),
 )}
-GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESETS.items()}, **GRAPH_OVERRIDES}
+GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESETS.items() if not m.calib_per_class},
+                                         **GRAPH_OVERRIDES}
 GRAPH_DEFAULT_METHOD = "lsq"
+
+
+def _refuse_calibration(name: str) -> None:
+    """Sequential reconstruction from calibration images (``recon``, ``calib_per_class``) is NIN-only so far."""
+    if name in GRAPH_OVERRIDES:
+        return
+    try:
+        nin = get_method(name)
+    except UsageError:
+        return
+    if nin.calib_per_class:
+        raise UsageError(f"method {name!r} reconstructs from calibration images and supports only NIN so far; "
+                         "use best on graph models")
 
 
 def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None,
                  impact: str | None = None) -> GraphMethod:
     """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides; one-line UsageError else."""
     name = name or GRAPH_DEFAULT_METHOD
+    _refuse_calibration(name)
     m = GRAPH_METHODS.get(name)
     if m is None:
         try:

@@ -1,0 +1,150 @@
+"""Calibration-driven sequential reconstruction (``recon``): closed forms on synthetic data, exact answers on a
+tiny random NIN, and the preset on the shipped NIN (same FLOPs as ``best``, smaller reconstruction error)."""
+
+import numpy as np
+import pytest
+import torch
+
+from specialist.allocation import ridge_lambda
+from specialist.errors import UsageError
+from specialist.model import LAYER_NAMES, NIN_LAYERS, NinNet, weights_from_arrays
+from specialist.recon import reconstruct, refit_coefficients, selection_order
+
+
+def _moments(xs, xo):
+    xs, xo = xs - xs.mean(0), xo - xo.mean(0)
+    return xs.T @ xs / len(xs), xs.T @ xo / len(xs)
+
+
+def test_refit_matches_the_ridge_closed_form():
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(500, 7))
+    xo = xs @ rng.normal(size=(7, 5)) + 0.1 * rng.normal(size=(500, 5))
+    g, c = _moments(xs, xo)
+    kept = np.array([0, 2, 3, 6])
+    a = refit_coefficients(g, c, kept, ridge=0.1)
+    lam = 0.1 * np.trace(g) / 7 + 1e-12
+    xk = xs[:, kept] - xs[:, kept].mean(0)
+    yc = xo - xo.mean(0)
+    # normal equations of min ||yc - xk A^T||^2 / n + lam ||A||^2
+    want = np.linalg.solve(xk.T @ xk / 500 + lam * np.eye(4), xk.T @ yc / 500).T
+    np.testing.assert_allclose(a, want, rtol=1e-10, atol=1e-12)
+
+
+def test_refit_is_the_identity_when_nothing_changed_or_went():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6))
+    g, c = _moments(x, x)
+    np.testing.assert_allclose(refit_coefficients(g, c, np.arange(6), ridge=0.0), np.eye(6), atol=1e-9)
+
+
+def _explained(g, b, kept, lam):
+    return float(np.trace(b[kept].T @ np.linalg.solve(g[np.ix_(kept, kept)] + lam * np.eye(len(kept)), b[kept])))
+
+
+def test_selection_order_is_the_greedy_of_the_refitted_objective():
+    """Brute force: each step drops the channel whose loss keeps the most of the consumer's original
+    pre-activations explained (ridge least squares from the specialist's remaining channels)."""
+    rng = np.random.default_rng(2)
+    xs = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    xo = xs + 0.5 * rng.normal(size=(400, 6))  # the original network's activations differ from the specialist's
+    g, c = _moments(xs, xo)
+    wf = rng.normal(size=(6, 9))
+    ridge = 0.05
+    lam = ridge_lambda(g, ridge)
+    b = c @ wf
+    alive, want = list(range(6)), []
+    while len(alive) > 1:
+        best = max(alive, key=lambda j: _explained(g, b, [k for k in alive if k != j], lam))
+        want.append(best)
+        alive.remove(best)
+    got = selection_order(g, c, wf, ridge)
+    assert list(got[:5]) == want
+
+
+def _tiny_nin(seed=0, width=8):
+    """A NIN with every hidden layer ``width`` channels wide and random (mostly alive) units."""
+    rng = np.random.default_rng(seed)
+    arrays, prev = {}, 3
+    for spec in NIN_LAYERS:
+        out = 10 if spec.name == "CCCP6" else width
+        fan_in = prev * spec.kernel * spec.kernel
+        arrays[f"{spec.name}.weight"] = (rng.normal(size=(out, prev, spec.kernel, spec.kernel))
+                                         * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        arrays[f"{spec.name}.bias"] = (0.1 + 0.05 * rng.normal(size=out)).astype(np.float32)
+        prev = out
+    arrays["input.mean"] = np.zeros(3, np.float32)
+    arrays["input.std"] = np.ones(3, np.float32)
+    return arrays
+
+
+def _pre_scores(w, x):
+    with torch.no_grad():
+        return NinNet(w)(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("patch_samples", [0, 64])
+def test_nothing_pruned_reproduces_the_original_outputs(patch_samples):
+    """Channel-level refit (A = I) and patch refit of the k x k consumers (W' = W) both give back the original."""
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    x = np.random.default_rng(3).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    spec, kept = reconstruct(base, [1, 4, 7], {}, x, ridge=1e-10, patch_samples=patch_samples)
+    assert kept["CCCP6"] == [1, 4, 7] and kept["CONV2"] == list(range(8))
+    np.testing.assert_allclose(_pre_scores(spec, x), _pre_scores(base, x)[:, [1, 4, 7]], rtol=1e-3, atol=1e-4)
+
+
+def test_a_duplicated_channel_is_pruned_and_absorbed_exactly():
+    arrays = _tiny_nin(seed=1)  # every unit alive on these images
+    # CCCP5's channel 5 is an exact copy of channel 2: removing one of them loses nothing after the refit
+    for key in ("CCCP5.weight", "CCCP5.bias"):
+        arrays[key][5] = arrays[key][2]
+    base = weights_from_arrays(arrays)
+    x = np.random.default_rng(5).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    spec, kept = reconstruct(base, list(range(10)), {"CCCP5": 1}, x, ridge=1e-10)
+    assert len(kept["CCCP5"]) == 7 and ({2, 5} - set(kept["CCCP5"]))
+    assert spec.weights["CCCP6"].shape[1] == 7
+    np.testing.assert_allclose(_pre_scores(spec, x), _pre_scores(base, x), rtol=1e-3, atol=1e-4)
+
+
+def test_bias_fold_has_no_constants():
+    base = weights_from_arrays(_tiny_nin(seed=6))
+    x = np.random.default_rng(7).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    spec, kept = reconstruct(base, [0, 1], {"CONV2": 3, "CCCP4": 2}, x, ridge=1e-2, fold="bias")
+    assert spec.consts == {} and len(kept["CONV2"]) == 5 and len(kept["CCCP4"]) == 6
+    exact, _ = reconstruct(base, [0, 1], {"CONV2": 3, "CCCP4": 2}, x, ridge=1e-2)
+    # every prunable layer's consumer is refit (drift corrected even where nothing went)
+    assert set(exact.consts) == {"CONV2", "CCCP3", "CCCP4", "CONV3", "CCCP5", "CCCP6"}
+    assert [exact.weights[n].shape[0] for n in LAYER_NAMES][-1] == 2
+
+
+def test_calib_per_class_is_validated():
+    from specialist.build import with_overrides
+    from specialist.methods import PRESETS
+
+    with pytest.raises(UsageError, match="calib_per_class"):
+        with_overrides(PRESETS["recon"], {"calib_per_class": -1})
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_recon_preset_same_flops_as_best_and_smaller_error(base_weights, data_dir):
+    """On the shipped NIN: recon spends exactly best's FLOPs (at or under the level's budget) and reconstructs
+    the original network's class scores on its calibration images better than best."""
+    from specialist.allocation import plan_flops, uniform_counts
+    from specialist.build import build_specialist
+    from specialist.data import load_split
+    from specialist.methods import PRESETS
+
+    if PRESETS["recon"].calib_per_class != 100:
+        pytest.fail("recon's documented default is 100 calibration images per class")
+    classes, level, n = [3, 5], 30.0, 20
+    calib = load_split("calib", data_dir)
+    best = build_specialist(classes, level, "best", base=base_weights)
+    recon = build_specialist(classes, level, "recon", base=base_weights, calib=calib, calib_per_class=n)
+    assert recon.flops == best.flops <= plan_flops(uniform_counts(level), len(classes))
+    assert {L: len(v) for L, v in recon.kept.items()} == {L: len(v) for L, v in best.kept.items()}
+    assert recon.kept != best.kept  # the refit-aware selection chose differently somewhere
+    x = base_weights.normalize(calib.select(classes, per_class=n).x)
+    ref = _pre_scores(base_weights, x)[:, classes]
+    err = {name: float(np.mean((_pre_scores(s.weights, x) - ref) ** 2)) for name, s in
+           (("best", best), ("recon", recon))}
+    assert err["recon"] < err["best"], err
