@@ -88,8 +88,9 @@ GRAPH_DEFAULT_METHOD = "lsq"
 
 
 def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None,
-                 impact: str | None = None) -> GraphMethod:
-    """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides; one-line UsageError else."""
+                 impact: str | None = None, multiple_of: int | None = None) -> GraphMethod:
+    """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides (``multiple_of``: kept
+    channel counts rounded to multiples, within the level's budget); one-line UsageError else."""
     name = name or GRAPH_DEFAULT_METHOD
     m = GRAPH_METHODS.get(name)
     if m is None:
@@ -109,7 +110,10 @@ def graph_method(name: str | None, compensation: str | None = None, fold: str | 
     if m.compensation not in COMPENSATIONS:
         raise UsageError(f"method {name!r}: compensation {m.compensation!r} is not one of "
                          f"{', '.join(COMPENSATIONS)}")
-    changes = {k: v for k, v in (("compensation", compensation), ("fold", fold), ("impact", impact)) if v}
+    if multiple_of is not None and not (isinstance(multiple_of, int) and multiple_of >= 1):
+        raise UsageError(f"--multiple-of must be a positive integer, got {multiple_of!r}")
+    changes = {k: v for k, v in (("compensation", compensation), ("fold", fold), ("impact", impact),
+                                 ("multiple_of", multiple_of)) if v}
     return dataclasses.replace(m, **changes) if changes else m
 
 
@@ -344,21 +348,25 @@ def uniform_counts(graph: ChannelGraph, level: float, multiple_of: int = 1) -> d
 def fit_budget(model: FlopModel, counts: dict[str, int], sizes: dict[str, int], target: float,
                multiple_of: int) -> dict[str, int]:
     """Rounded uniform counts brought to at or under ``target`` FLOPs: while over it, one more ``multiple_of``
-    step from the group that has lost the smallest share (at least ``multiple_of`` channels kept); then steps
-    given back, the most-pruned group first, while the FLOPs stay within it.  Kept counts stay multiples."""
+    step from the group that has lost the smallest share (at least ``multiple_of`` channels kept; when no group
+    can lose a step, single channels: the budget wins over the rounding); then steps given back, the
+    most-pruned group first, while the FLOPs stay within it."""
     m = max(1, int(multiple_of))
     gi = {r: i for i, r in enumerate(model.roots)}
     n = model.vector(counts)
     share = {r: counts[r] / sizes[r] for r in counts}
     f = model.flops(n)
+    step = m
     while f > target:
-        open_ = [r for r in counts if sizes[r] - counts[r] - m >= m]
+        open_ = [r for r in counts if sizes[r] - counts[r] - step >= step]
+        if not open_ and step > 1:  # the budget wins: finish in single channels (those widths not multiples)
+            log.info("multiple_of %d cannot reach the budget (every group at %d channels): single channels", m, m)
+            step = 1
+            continue
         if not open_:
-            log.warning("multiple_of %d: every group is down to %d channels, %.4g FLOPs over the budget %.4g",
-                        m, m, f, target)
             break
         r = min(open_, key=lambda q: (share[q], -sizes[q]))
-        counts[r] += m
+        counts[r] += step
         share[r] = counts[r] / sizes[r]
         n[gi[r]] = counts[r]
         f = model.flops(n)
