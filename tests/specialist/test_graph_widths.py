@@ -44,3 +44,11 @@ def test_multiple_of_one_is_the_plain_uniform_plan(r20):
     plain = plan_keep(graph, st, CLASSES, 30, graph_method("lsq"))
     ones = plan_keep(graph, st, CLASSES, 30, dataclasses.replace(graph_method("lsq"), multiple_of=1))
     assert plain == ones
+
+
+def test_bad_multiple_refused():
+    from specialist.errors import UsageError
+
+    with pytest.raises(UsageError, match="multiple-of"):
+        graph_method("lsq", multiple_of=0)
+    assert graph_method("lsq", multiple_of=8).multiple_of == 8
