@@ -98,7 +98,8 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     from specialist.graph.groups import analyse
     from specialist.graph.specialize import build_graph_specialist, graph_method
 
-    method = graph_method(args.method, args.compensation, getattr(args, "fold", None), getattr(args, "impact", None))
+    method = graph_method(args.method, args.compensation, getattr(args, "fold", None), getattr(args, "impact", None),
+                          getattr(args, "multiple_of", None))
     level = args.level if level is None else level
     if not 0 <= level < 100:
         raise UsageError(f"--level must be in [0, 100), got {level:g}")

@@ -38,10 +38,20 @@ def plan_model(plan):
     return load_graph_model(ns)
 
 
+#: ``harness run``'s default on graph models (no ``--method``): the graph default method (``lsq``) with its mean
+#: constants folded into the consumers' biases (no per-position add node); widths not rounded (multiples of 8
+#: cost ResNet-20 accuracy and saved no time: measured in docs/anycnn.md, "Run defaults").  A ``--method``
+#: (preset or TOML file) is taken as it is defined.
+GRAPH_RUN_FOLD = "bias"
+GRAPH_RUN_MULTIPLE_OF = 1
+
+
 def _method(plan):
     from specialist.graph.specialize import graph_method
 
-    return graph_method(plan.method or None)
+    if plan.method:
+        return graph_method(plan.method)
+    return graph_method(None, fold=GRAPH_RUN_FOLD, multiple_of=GRAPH_RUN_MULTIPLE_OF)
 
 
 def _needs_stats(method) -> bool:

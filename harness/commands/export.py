@@ -141,9 +141,10 @@ def _run_graph(args, out: Path) -> int:
     from harness.graphexport import GraphExportJob, export_graph
     from specialist.graph.artifact import model_hash
 
-    if args.multiple_of or args.options:
-        raise UsageError("graph models: --multiple-of and --options are not supported yet (use --backend, "
-                         "--quantize)")
+    if args.options:
+        raise UsageError("graph models: --options is not supported yet (use --backend, --quantize, --multiple-of)")
+    if args.multiple_of and (args.spec or args.level == 0):
+        raise UsageError("--multiple-of applies when building (--classes/--level > 0), not to SPEC or --level 0")
     if args.spec and args.level is not None:
         raise UsageError("give either SPEC or --classes/--level, not both")
     backend, quantize = args.backend or "xnnpack", args.quantize or "none"

@@ -22,6 +22,7 @@ with its kept input and output shares, exact for convolutions and linears).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ from specialist.graph.groups import ChannelGraph, ChannelGroup, is_depthwise
 from specialist.graph.stats import CRITERIA, GraphStats
 from specialist.methods import PRESETS, Method, get_method
 from specialist.thinet import greedy_order
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ def _refuse_calibration(name: str) -> None:
 
 
 def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None,
-                 impact: str | None = None) -> GraphMethod:
-    """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides; one-line UsageError else."""
+                 impact: str | None = None, multiple_of: int | None = None) -> GraphMethod:
+    """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides (``multiple_of``: kept
+    channel counts rounded to multiples, within the level's budget); one-line UsageError else."""
     name = name or GRAPH_DEFAULT_METHOD
     _refuse_calibration(name)
     m = GRAPH_METHODS.get(name)
@@ -121,7 +125,10 @@ def graph_method(name: str | None, compensation: str | None = None, fold: str | 
     if m.compensation not in COMPENSATIONS:
         raise UsageError(f"method {name!r}: compensation {m.compensation!r} is not one of "
                          f"{', '.join(COMPENSATIONS)}")
-    changes = {k: v for k, v in (("compensation", compensation), ("fold", fold), ("impact", impact)) if v}
+    if multiple_of is not None and not (isinstance(multiple_of, int) and multiple_of >= 1):
+        raise UsageError(f"--multiple-of must be a positive integer, got {multiple_of!r}")
+    changes = {k: v for k, v in (("compensation", compensation), ("fold", fold), ("impact", impact),
+                                 ("multiple_of", multiple_of)) if v}
     return dataclasses.replace(m, **changes) if changes else m
 
 
@@ -353,14 +360,59 @@ def uniform_counts(graph: ChannelGraph, level: float, multiple_of: int = 1) -> d
     return {g.root: select.n_remove(g.size, level, multiple_of) for g in graph.prunable}
 
 
+def fit_budget(model: FlopModel, counts: dict[str, int], sizes: dict[str, int], target: float,
+               multiple_of: int) -> dict[str, int]:
+    """Rounded uniform counts brought to at or under ``target`` FLOPs: while over it, one more ``multiple_of``
+    step from the group that has lost the smallest share (at least ``multiple_of`` channels kept; when no group
+    can lose a step, single channels: the budget wins over the rounding); then steps given back, the
+    most-pruned group first, while the FLOPs stay within it."""
+    m = max(1, int(multiple_of))
+    gi = {r: i for i, r in enumerate(model.roots)}
+    n = model.vector(counts)
+    share = {r: counts[r] / sizes[r] for r in counts}
+    f = model.flops(n)
+    step = m
+    while f > target:
+        open_ = [r for r in counts if sizes[r] - counts[r] - step >= step]
+        if not open_ and step > 1:  # the budget wins: finish in single channels (those widths not multiples)
+            log.info("multiple_of %d cannot reach the budget (every group at %d channels): single channels", m, m)
+            step = 1
+            continue
+        if not open_:
+            break
+        r = min(open_, key=lambda q: (share[q], -sizes[q]))
+        counts[r] += step
+        share[r] = counts[r] / sizes[r]
+        n[gi[r]] = counts[r]
+        f = model.flops(n)
+    while True:
+        back = sorted((r for r in counts if counts[r] >= m), key=lambda q: (-share[q], sizes[q]))
+        for r in back:
+            trial = n.copy()
+            trial[gi[r]] -= m
+            if model.flops(trial) <= target:
+                counts[r] -= m
+                share[r] = counts[r] / sizes[r]
+                n = trial
+                break
+        else:
+            break
+    return counts
+
+
 def allocate_global(curves: dict[str, np.ndarray], model: FlopModel, target: float, steps: dict[str, int],
-                    caps: dict[str, int], weights: dict[str, float] | None = None) -> dict[str, int]:
+                    caps: dict[str, int], weights: dict[str, float] | None = None,
+                    start: dict[str, int] | None = None) -> dict[str, int]:
     """Greedy: remove ``steps[g]`` channels at a time from the group whose error grows least per FLOP saved
     until the FLOPs are at or under ``target`` (at most ``caps[g]`` per group), then give channels back where
-    they help most while staying within it (NIN's :func:`specialist.allocation.allocate_global`)."""
+    they help most while staying within it (NIN's :func:`specialist.allocation.allocate_global`).  ``start``:
+    channels removed before the first step (e.g. ``size mod multiple_of``, so kept counts stay multiples)."""
     weights = weights or {}
     gi = {r: i for i, r in enumerate(model.roots)}
     n = np.zeros(len(model.roots))
+    base = np.zeros(len(model.roots))
+    for r, k in (start or {}).items():
+        n[gi[r]] = base[gi[r]] = k
 
     def cost(r: str, k: float) -> float:
         return 0.0 if k <= 0 else float(curves[r][int(k) - 1]) * float(weights.get(r, 1.0))
@@ -388,7 +440,7 @@ def allocate_global(curves: dict[str, np.ndarray], model: FlopModel, target: flo
         best, best_gain, best_f = None, 0.0, f
         for r in curves:
             i, s = gi[r], steps[r]
-            if n[i] < s:
+            if n[i] - s < base[i]:
                 continue
             trial = n.copy()
             trial[i] -= s
@@ -409,7 +461,13 @@ AllocFn = Callable[[ScoreCtx, dict[str, np.ndarray], float], dict[str, int]]
 
 
 def _alloc_uniform(ctx: ScoreCtx, orders: dict[str, np.ndarray], level: float) -> dict[str, int]:
-    return uniform_counts(ctx.graph, level, ctx.method.multiple_of)
+    m = ctx.method.multiple_of
+    counts = uniform_counts(ctx.graph, level, m)
+    if m <= 1 or level <= 0:
+        return counts
+    model = flop_model(ctx.graph, len(ctx.classes))
+    target = model.flops(model.vector(uniform_counts(ctx.graph, level)))  # the level's budget
+    return fit_budget(model, counts, {g.root: g.size for g in ctx.graph.prunable}, target, m)
 
 
 def _alloc_global(ctx: ScoreCtx, orders: dict[str, np.ndarray], level: float) -> dict[str, int]:
@@ -417,16 +475,18 @@ def _alloc_global(ctx: ScoreCtx, orders: dict[str, np.ndarray], level: float) ->
     if level <= 0:
         return uniform
     model = flop_model(ctx.graph, len(ctx.classes))
-    curves, steps, caps = {}, {}, {}
+    curves, steps, caps, start = {}, {}, {}, {}
     for g in ctx.graph.prunable:
         if g.root not in ctx.curves:
             _, ctx.curves[g.root] = joint_elimination(_terms(ctx, g, centred=True), g.size, ctx.method.ridge,
                                                       order=orders[g.root])
         curves[g.root] = ctx.curves[g.root]
-        steps[g.root] = max(1, ctx.method.multiple_of) * max(1, g.size // 64)
+        m = max(1, ctx.method.multiple_of)
+        steps[g.root] = m * max(1, g.size // 64)
+        start[g.root] = g.size % m if g.size > m else 0  # kept counts stay multiples of m
         caps[g.root] = min(g.size - steps[g.root], int(g.size * ctx.method.max_remove_pct / 100.0))
     target = model.flops(model.vector(uniform_counts(ctx.graph, level)))  # the level's budget (any multiple_of)
-    return allocate_global(curves, model, target, steps, caps, dict(ctx.method.layer_weights))
+    return allocate_global(curves, model, target, steps, caps, dict(ctx.method.layer_weights), start)
 
 
 #: Allocation by name (``method.allocation``): channels removed per prunable group.

@@ -72,7 +72,7 @@ def test_graph_export_backends_manifest_bench(small, tmp_path, data_dir, capsys,
     pte = tmp_path / f"s-{backend}-{quantize}.pte"
     code, out, err = run(capsys, "export", *model, "--stats", art, "--classes", "1,4,7", "--level", "40",
                          "--method", "lsq", "--backend", backend, "--quantize", quantize, "--data", data_dir,
-                         "-o", pte, "--json")
+                         *(["--multiple-of", "4"] if backend == "portable" else []), "-o", pte, "--json")
     assert code == 0, err
     d = json.loads(out)
     assert d["verified"] and d["max_abs_diff"] <= d["atol"] and d["verify_input"] == "calibration images"
@@ -82,6 +82,8 @@ def test_graph_export_backends_manifest_bench(small, tmp_path, data_dir, capsys,
     assert m.class_names == ("automobile", "deer", "horse") and m.input_shape == (1, 3, 32, 32)
     assert 0 < m.flops < m.flops_base and m.flops_pruned_pct == pytest.approx(d["flops_pruned_pct"], abs=1e-3)
     assert m.channels["fc"] == 3 and m.channels["c1"] == 8 and m.channels["c2"] < 12  # first layer intact
+    if backend == "portable":  # --multiple-of 4: the kept width is a multiple
+        assert m.channels["c2"] % 4 == 0
     assert len(m.base_model_sha256) == 64 and len(m.stats_sha256) == 64 and m.model_sha256 != m.base_model_sha256
     # bench finds and checks the manifest; a changed program is refused
     code, out, err = run(capsys, "bench", pte, "--iterations", "5", "--warmup", "1", "--json")
@@ -104,7 +106,7 @@ def test_graph_export_base_and_refusals(small, tmp_path, data_dir, capsys):
     man = json.loads((tmp_path / "base.manifest.json").read_text())
     assert man["level"] == 0.0 and man["pte_bytes"] == pte.stat().st_size
     for argv, msg in ((["--quantize", "int8", "--backend", "portable"], "needs --backend xnnpack"),
-                      (["--multiple-of", "4"], "not supported yet")):
+                      (["--multiple-of", "4"], "applies when building")):
         out_file = tmp_path / "x.pte"
         code, _, err = run(capsys, "export", *model, "--level", "0", *argv, "-o", out_file)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1

@@ -106,6 +106,8 @@ def test_user_model_virtual_then_host_from_cache(user_model, env, tmp_path, caps
         man = check_manifest(m.artifact_path)
         assert man.level == m.level_pct and man.flops_pruned_pct == pytest.approx(m.flops_pruned_pct, abs=1e-3)
         assert man.classes == ((2, 3) if m.level_pct else tuple(range(10))) and man.stats_sha256
+        if m.level_pct:  # the run's graph default: mean constants in the biases (no add node)
+            assert (man.compensation_fold, man.extra_nodes) == ("bias", 0)
     ptes = sorted(p.stat().st_mtime_ns for p in cache.glob("*.pte"))
     caplog.clear()
     code, out, err = run(capsys, "run", "--device", "host", *user_model, "--levels", "50", "--classes", "2,3",
