@@ -14,8 +14,8 @@ ridge of the reconstruction path (:mod:`specialist.allocation`).  A group is rea
 residual stream by every block of its stage); the reconstruction objectives sum over them.
 
 "Level" L is a FLOPs budget: that of removing L % of every prunable group (``uniform``).  ``global`` spends
-the same budget across groups where the normalised reconstruction error of the consumers grows least per FLOP
-saved (:func:`allocate_global`); FLOPs per plan come from :class:`FlopModel` (each layer's counted FLOPs scale
+the same budget across groups where the reconstruction error of the consumers (each consumer's relative error,
+summed over the group's consumers: :func:`joint_elimination`) grows least per FLOP saved (:func:`allocate_global`); FLOPs per plan come from :class:`FlopModel` (each layer's counted FLOPs scale
 with its kept input and output shares, exact for convolutions and linears).
 """
 
