@@ -207,7 +207,9 @@ def load_run_profile(db_path: str | Path, run_id: str) -> dict[str, Any]:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b <= 0 else a / b
+    """a / b, or None when either is missing or not positive (a layer timed at 0 ms by ETDump's clock has no
+    meaningful ratio: a speedup of 0 or infinity would be an artefact of the timer's resolution)."""
+    return None if a is None or b is None or a <= 0 or b <= 0 else a / b
 
 
 def profile_table_data(db_path: str | Path, run_id: str, model: str | None = None) -> dict[str, Any]:

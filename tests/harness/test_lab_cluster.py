@@ -255,6 +255,14 @@ def _run_args(lab: Lab, db: Path | str, *extra: str) -> list[str]:
     return ["run", "--lab", lab.address, "--db", str(db), "--no-report", "--json", *extra]
 
 
+def _netns(pid: int) -> str | None:
+    """The network namespace of a process, or None when it has exited meanwhile."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def test_three_phone_lab_run_stores_every_window_once(lab, lab_db):
     st = lab.status()
     hosts = {h["ip"]: h for h in st["hosts"] if h["alive"]}
@@ -266,7 +274,7 @@ def test_three_phone_lab_run_stores_every_window_once(lab, lab_db):
     assert [d["monitors"] for d in hosts["127.0.0.4"]["devices"]] == [["vmon-vp2"], ["vmon-vp3"]]
     # every process of the lab lives in the private network namespace (only loopback there)
     ns = os.readlink(lab.netns)
-    assert all(os.readlink(f"/proc/{p}/ns/net") == ns for p in lab.all_pids() if Path(f"/proc/{p}").exists())
+    assert all(_netns(p) in (ns, None) for p in lab.all_pids())  # None: the process has exited
 
     db = lab_db  # PostgreSQL (or SQLite when no server is at hand)
     res = lab.cli(*_run_args(lab, db, "--devices", "vp1,vp2,vp3", "--config", str(lab.work / "plan.toml")))

@@ -144,3 +144,10 @@ def test_host_backend_profiles_outside_its_windows(tiny_pte, tmp_path, tiny_weig
     (entry,) = doc["models"]
     assert entry["runs"] == 2 and entry["operators"] and entry["layers"] == []
     assert "FLOPs per layer unknown" in entry["note"]
+
+
+def test_a_layer_timed_at_zero_ms_has_no_speedup():
+    from harness.profile import _ratio
+
+    assert _ratio(2.0, 1.0) == 2.0
+    assert _ratio(0.0, 1.0) is None and _ratio(1.0, 0.0) is None and _ratio(None, 1.0) is None
