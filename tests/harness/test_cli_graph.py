@@ -2,21 +2,13 @@
 .pt2, export, and one-line refusals (exit 2, nothing written)."""
 
 import json
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from harness.cli import main
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from tests.harness.userpkg import run, user_package
 
 TINY = textwrap.dedent('''
     import torch
@@ -62,21 +54,14 @@ def tiny_pkg(tmp_path_factory):
     """A user package ``userpkg.nets`` with factories ``make`` (supported) and ``gated`` (refused), and a
     state_dict of ``make``."""
     root = tmp_path_factory.mktemp("pkg")
-    (root / "userpkg").mkdir()
-    (root / "userpkg" / "__init__.py").write_text("")
-    (root / "userpkg" / "nets.py").write_text(TINY)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    nets = importlib.import_module("userpkg.nets")
-    torch.manual_seed(1)
-    m = nets.make()
-    torch.nn.init.uniform_(m.b1.weight, 0.5, 1.5)
-    m.b1.running_mean.uniform_(-0.5, 0.5)
-    weights = root / "tiny.pt"
-    torch.save(m.state_dict(), weights)
-    yield root, weights, m
-    sys.path.remove(str(root))
+    with user_package(root, "userpkg", TINY) as nets:
+        torch.manual_seed(1)
+        m = nets.make()
+        torch.nn.init.uniform_(m.b1.weight, 0.5, 1.5)
+        m.b1.running_mean.uniform_(-0.5, 0.5)
+        weights = root / "tiny.pt"
+        torch.save(m.state_dict(), weights)
+        yield root, weights, m
 
 
 def test_resnet20_stats_build_file_reload(r20_stats, tmp_path, capsys):

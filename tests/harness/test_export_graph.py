@@ -2,7 +2,6 @@
 ExecuTorch runtime, with a manifest (plan, hashes, FLOPs) that ``harness bench`` checks; refusals one-line."""
 
 import json
-import sys
 import textwrap
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from harness.cli import main
+from tests.harness.userpkg import run, user_package
 
 SMALL = textwrap.dedent('''
     import torch
@@ -35,33 +35,20 @@ SMALL = textwrap.dedent('''
 ''')
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, data_dir):
     """``exportpkg.nets:make`` with a state_dict and a 2-images-per-class statistics artifact."""
     root = tmp_path_factory.mktemp("exportpkg")
-    (root / "exportpkg").mkdir()
-    (root / "exportpkg" / "__init__.py").write_text("")
-    (root / "exportpkg" / "nets.py").write_text(SMALL)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    nets = importlib.import_module("exportpkg.nets")
-    torch.manual_seed(3)
-    m = nets.make()
-    torch.nn.init.uniform_(m.b1.weight, 0.5, 1.5)
-    weights = root / "small.pt"
-    torch.save(m.state_dict(), weights)
-    art = root / "small.npz"
-    assert main(["stats", "--model", "exportpkg.nets:make", "--weights", str(weights), "--per-class", "2",
-                 "--data", str(data_dir), "-o", str(art)]) == 0
-    yield ["--model", "exportpkg.nets:make", "--weights", weights], art
-    sys.path.remove(str(root))
+    with user_package(root, "exportpkg", SMALL) as nets:
+        torch.manual_seed(3)
+        m = nets.make()
+        torch.nn.init.uniform_(m.b1.weight, 0.5, 1.5)
+        weights = root / "small.pt"
+        torch.save(m.state_dict(), weights)
+        art = root / "small.npz"
+        assert main(["stats", "--model", "exportpkg.nets:make", "--weights", str(weights), "--per-class", "2",
+                     "--data", str(data_dir), "-o", str(art)]) == 0
+        yield ["--model", "exportpkg.nets:make", "--weights", weights], art
 
 
 @pytest.mark.parametrize("backend,quantize", [("xnnpack", "none"), ("portable", "none"), ("xnnpack", "int8")])

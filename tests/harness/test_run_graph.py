@@ -8,13 +8,13 @@ with a manifest), cached, pushed to the virtual phone and measured; Tables 3 and
 """
 
 import json
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from harness.cli import main
+from tests.harness.userpkg import run, user_package
 
 FAST = ["--window-s", "0.3", "--idle-s", "0.3", "--min-reps", "2", "--max-reps", "2", "--threads", "1"]
 
@@ -43,28 +43,14 @@ NETS = textwrap.dedent('''
 ''')
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def user_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("runpkg")
-    (root / "runpkg").mkdir()
-    (root / "runpkg" / "__init__.py").write_text("")
-    (root / "runpkg" / "nets.py").write_text(NETS)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    nets = importlib.import_module("runpkg.nets")
-    torch.manual_seed(7)
-    m = nets.make()
-    weights = root / "net.pt"
-    torch.save(m.state_dict(), weights)
-    yield ["--model", "runpkg.nets:make", "--weights", weights]
-    sys.path.remove(str(root))
+    with user_package(root, "runpkg", NETS) as nets:
+        torch.manual_seed(7)
+        weights = root / "net.pt"
+        torch.save(nets.make().state_dict(), weights)
+        yield ["--model", "runpkg.nets:make", "--weights", weights]
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 machinery, resumed from its store on a second call; graph-only refusals."""
 
 import json
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from harness.cli import main
+from tests.harness.userpkg import run, user_package
 
 NETS = textwrap.dedent('''
     import torch
@@ -34,29 +34,17 @@ NETS = textwrap.dedent('''
 ''')
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("sweeppkg")
-    (root / "sweeppkg").mkdir()
-    (root / "sweeppkg" / "__init__.py").write_text("")
-    (root / "sweeppkg" / "nets.py").write_text(NETS)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    torch.manual_seed(11)
-    weights = root / "net.pt"
-    torch.save(importlib.import_module("sweeppkg.nets").make().state_dict(), weights)
-    art = root / "net.npz"
-    argv = ["--model", "sweeppkg.nets:make", "--weights", str(weights)]
-    assert main(["stats", *argv, "--per-class", "2", "--data", str(data_dir), "-o", str(art)]) == 0
-    yield argv, art
-    sys.path.remove(str(root))
+    with user_package(root, "sweeppkg", NETS) as nets:
+        torch.manual_seed(11)
+        weights = root / "net.pt"
+        torch.save(nets.make().state_dict(), weights)
+        art = root / "net.npz"
+        argv = ["--model", "sweeppkg.nets:make", "--weights", str(weights)]
+        assert main(["stats", *argv, "--per-class", "2", "--data", str(data_dir), "-o", str(art)]) == 0
+        yield argv, art
 
 
 @pytest.mark.slow  # 298 s on the shared 2-core machine at load 18 (12 builds, each traced by torch.export)
