@@ -1,6 +1,6 @@
 """Signals in the harness: SIGTERM stops a run like Ctrl-C, and store writes are never cut in half.
 
-- :func:`install_sigterm` (called by ``harness.cli.main``) makes SIGTERM raise :class:`harness.errors.Terminated`,
+- :func:`install_stop_handlers` (called by ``harness.cli.main``) makes SIGTERM raise :class:`harness.errors.Terminated`,
   a ``KeyboardInterrupt``, so a plain ``kill PID`` takes the same path as Ctrl-C: the run loop records the
   ``interrupted`` event, the backend closes (phone, monitor, sampler) and the process exits 143 (Ctrl-C: 130;
   the one table is ``harness.errors.EXIT_CODES``).
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(f"signal {signal.Signals(signum).name}")
-
-
 def _already_stopping(signum: int, frame: object) -> None:
     log.warning("%s: already stopping; the run is recording the interrupt and closing the lab",
                 signal.Signals(signum).name)
@@ -48,14 +44,6 @@ def _stop_once(signum: int, frame: object) -> None:
     if signum == signal.SIGTERM:
         raise Terminated(f"signal {signal.Signals(signum).name}")
     raise KeyboardInterrupt
-
-
-def install_sigterm() -> bool:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (True when installed)."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    return True
 
 
 def install_stop_handlers() -> bool:
