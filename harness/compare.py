@@ -92,10 +92,13 @@ def _by_round(m: dict[str, np.ndarray], metric: str, keys: list[str]) -> np.ndar
     """Valid values of ``metric`` laid out rounds x ``keys`` (NaN where a round has no valid window)."""
     rounds = np.unique(m["round_idx"])
     out = np.full((len(rounds), len(keys)), np.nan)
-    col = {k: j for j, k in enumerate(keys)}
-    for key, r, v, ok in zip(m["model_key"], m["round_idx"], m[metric], m["valid"], strict=True):
-        if ok and key in col:
-            out[np.searchsorted(rounds, r), col[key]] = v
+    if not keys or len(rounds) == 0:
+        return out
+    names = np.asarray(keys)
+    order = np.argsort(names)
+    pos = np.minimum(np.searchsorted(names[order], m["model_key"]), len(keys) - 1)
+    sel = (names[order][pos] == m["model_key"]) & np.asarray(m["valid"], bool)  # a known model, a valid window
+    out[np.searchsorted(rounds, m["round_idx"][sel]), order[pos][sel]] = np.asarray(m[metric])[sel]
     return out
 
 
