@@ -157,7 +157,8 @@ def compare_runs(st, run_a: str, run_b: str, threshold_pct: float | None = None,
         shifts[metric] = _none_if_nan(shift)
         for j, key in enumerate(common):
             if mode == "relative":
-                v = compare_samples(na[:, j], nb[:, j], threshold_pct, alpha)
+                v = compare_samples(na[:, j], nb[:, j], threshold_pct, alpha,
+                                    samples=f"valid windows in rounds with >= {MIN_MODELS_RELATIVE} valid models")
                 rel = v.effect_pct
                 judged = {**v.as_dict(), "reason": f"against its round's other models: {v.reason}"}
             else:

@@ -82,8 +82,11 @@ def _reps_needed(rel_sd_pct: float, margin_pct: float, alpha: float) -> int:
     return int(math.ceil(2.0 * (z * rel_sd_pct / margin_pct) ** 2 / MWU_EFFICIENCY))
 
 
-def compare_samples(a, b, threshold_pct: float = 2.0, alpha: float = 0.05, min_n: int = 3) -> Verdict:
+def compare_samples(a, b, threshold_pct: float = 2.0, alpha: float = 0.05, min_n: int = 3,
+                    samples: str = "valid windows") -> Verdict:
     """Verdict for B against baseline A (lower is better).
+
+    ``samples`` names what the values are, for the "too few" reason (e.g. windows in usable rounds).
 
     - significant (p < alpha) and |effect| >= threshold: improved / regressed;
     - significant but |effect| < threshold, or the difference's CI inside +-threshold: same;
@@ -96,7 +99,7 @@ def compare_samples(a, b, threshold_pct: float = 2.0, alpha: float = 0.05, min_n
     if na < min_n or nb < min_n:
         more = max(min_n - na, min_n - nb, 1)
         return Verdict("unknown", math.nan, math.nan, na, nb, more,
-                       f"too few valid windows ({na} vs {nb}; need {min_n} each)")
+                       f"too few {samples} ({na} vs {nb}; need {min_n} each)")
     med_a = float(np.median(va))
     if med_a == 0:
         return Verdict("unknown", math.nan, math.nan, na, nb, 0, "baseline median is zero")

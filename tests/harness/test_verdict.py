@@ -50,3 +50,9 @@ def test_noisy_is_unknown_with_reps():
 def test_too_few():
     v = compare_samples([1.0], [1.0, 2.0, 3.0])
     assert v.verdict == "unknown" and v.more_reps == 2
+
+
+def test_too_few_names_what_was_counted():
+    v = compare_samples([1.0, 2.0], [1.0, 2.0, 3.0], samples="valid windows in usable rounds")
+    assert v.verdict == "unknown"
+    assert v.reason == "too few valid windows in usable rounds (2 vs 3; need 3 each)"
