@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subsets", default="2:3,10:1", help="SIZE:COUNT,... (a bare SIZE takes --count)")
     ap.add_argument("--count", type=int, default=3)
+    ap.add_argument("--start", type=int, default=0, help="skip the first N subsets of each size (split a run)")
     ap.add_argument("--levels", default="10,20,30,40,50")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-class", type=int, default=0, help="test images per class (0: all)")
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     cells = []
     for s, count in parse_subsets(args.subsets, args.count).items():
         for k, sub in enumerate(draw_subsets(s, count, args.seed)[0]):
+            if k < args.start:
+                continue
             sub = tuple(int(c) for c in sub)
             models, keys, info = [EvalModel(base, sub, columns=sub, outputs=sub)], [("none", 0.0)], {}
             for lv in levels:
