@@ -23,7 +23,11 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
   images for CONV2), plus the per-position constant that makes the fit exact in the mean.
 
 How many channels each layer loses is ``best``'s global allocation (same FLOPs); this module decides which
-ones, and what replaces them.
+ones, and what replaces them.  :func:`build_reconstructed` (the preset) adds: the calibration images' mirror
+images (:data:`FLIP`), one ReLU-aware round per consumer and two for CCCP6 on the class scores
+(:data:`RECON_DEFAULTS`: errors where both the original pre-activation and the fit are negative vanish after the
+ReLU), a channel-level ridge that pulls towards the kept channels instead of 0, and a guard that returns the
+artifact-only build (``best``) where that is closer to the original class scores on the calibration images.
 """
 
 from __future__ import annotations
