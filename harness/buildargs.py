@@ -35,7 +35,7 @@ def add_build_args(p: argparse.ArgumentParser, classes_required: bool = True, le
     p.add_argument("--fold", choices=names("fold"), metavar="NAME",
                    help="mean constants: exact per-position add node, or folded into the bias: %(choices)s")
     p.add_argument("--calib-per-class", type=int, metavar="N", help="calibration images per target class for "
-                   "methods that reconstruct from images (recon: default 100)")
+                   "methods that reconstruct from images (recon: default 200)")
     add_model_args(p)
     add_graph_args(p)
 

@@ -234,7 +234,8 @@ def build_specialist(classes, level: float, method: str | Method = DEFAULT_METHO
         if m.calib_per_class and level > 0:  # sequential reconstruction: the same counts, refit on images
             from specialist.recon import build_reconstructed
 
-            weights, kept = build_reconstructed(base, classes, pruned, m, calib)
+            weights, kept = build_reconstructed(base, classes, pruned, m, calib,
+                                                fallback=lambda: apply_plan(base, classes, pruned, sub, m))
         else:
             weights, kept = apply_plan(base, classes, pruned, sub, m)
     costs = layer_costs(weights.channels())

@@ -23,7 +23,11 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
   images for CONV2), plus the per-position constant that makes the fit exact in the mean.
 
 How many channels each layer loses is ``best``'s global allocation (same FLOPs); this module decides which
-ones, and what replaces them.
+ones, and what replaces them.  :func:`build_reconstructed` (the preset) adds: the calibration images' mirror
+images (:data:`FLIP`), one ReLU-aware round per consumer and two for CCCP6 on the class scores
+(:data:`RECON_DEFAULTS`: errors where both the original pre-activation and the fit are negative vanish after the
+ReLU), a channel-level ridge that pulls towards the kept channels instead of 0, and a guard that returns the
+artifact-only build (``best``) where that is closer to the original class scores on the calibration images.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,13 @@ PATCH_SAMPLES = 32
 #: per class (classes 3,6, level 50, whole test set) 1x gave 90.75%, 10x 91.65% (channel level 91.60%); with 100
 #: per class the two agree within 0.1 point (93.20/93.15%; 10 classes 84.6/84.5% on 2,000 images)
 PATCH_RIDGE = 10.0
+#: calibration images are used together with their horizontal mirror images (:func:`build_reconstructed`)
+FLIP = True
+#: what :func:`build_reconstructed` passes to :func:`reconstruct` (measured in docs/methods.md)
+RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True}
+#: the refit's ridge relative to the method's (``best``'s allocation keeps ``method.ridge``): with 400-1,000
+#: calibration images per class 0.1x and 0.01x scored within 0.05 points of each other, 1x up to 0.3 below
+RIDGE_SCALE = 0.1
 #: Images per forward chunk (keeps the 0.65 MB/image CCCP1 outputs of one chunk small).
 CHUNK_IMAGES = 100
 
@@ -83,12 +95,12 @@ def _moments(xs: torch.Tensor, xo: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     g = torch.zeros(cs, cs, dtype=torch.float64)
     c = torch.zeros(cs, co, dtype=torch.float64)
     for i in range(0, n, CHUNK_IMAGES):
-        a = xs[i : i + CHUNK_IMAGES].double().permute(1, 0, 2, 3).reshape(cs, -1)
-        b = xo[i : i + CHUNK_IMAGES].double().permute(1, 0, 2, 3).reshape(co, -1)
-        g += a @ a.T
-        c += a @ b.T
-    m_s = xs.double().mean(dim=0)
-    m_o = xo.double().mean(dim=0)
+        a = xs[i : i + CHUNK_IMAGES].permute(1, 0, 2, 3).reshape(cs, -1)
+        b = xo[i : i + CHUNK_IMAGES].permute(1, 0, 2, 3).reshape(co, -1)
+        g += (a @ a.T).double()  # float32 products per chunk, float64 sums across chunks
+        c += (a @ b.T).double()
+    m_s = xs.sum(dim=0, dtype=torch.float64) / n
+    m_o = xo.sum(dim=0, dtype=torch.float64) / n
     count = n * h * wd
     ms2, mo2 = m_s.reshape(cs, -1), m_o.reshape(co, -1)
     g = g / count - (ms2 @ ms2.T) / (h * wd)
@@ -110,13 +122,20 @@ def selection_order(g: np.ndarray, c: np.ndarray, wf: np.ndarray, ridge: float) 
     return order
 
 
-def refit_coefficients(g: np.ndarray, c: np.ndarray, kept: np.ndarray, ridge: float) -> np.ndarray:
+def refit_coefficients(g: np.ndarray, c: np.ndarray, kept: np.ndarray, ridge: float, to_identity: bool = False
+                       ) -> np.ndarray:
     """Ridge least squares ``x_o ~ A x_s[K]`` (centred): ``A = C_K^T (G_KK + lam I)^-1`` [Co, |K|], ``lam`` as the
-    elimination's (:func:`specialist.allocation.ridge_lambda` of ``G``, so selection and refit agree)."""
+    elimination's (:func:`specialist.allocation.ridge_lambda` of ``G``, so selection and refit agree).
+
+    ``to_identity``: the ridge pulls ``A`` towards the selection (kept channel j stands for itself) instead of
+    towards 0, so a layer whose inputs barely changed keeps its weights instead of shrinking them."""
     kept = np.asarray(kept, np.int64)
     lam = ridge_lambda(g, ridge)
     gkk = g[np.ix_(kept, kept)]
-    return np.linalg.solve(gkk + lam * np.eye(len(kept)), c[kept]).T
+    rhs = np.array(c[kept], np.float64)
+    if to_identity:
+        rhs[np.arange(len(kept)), kept] += lam
+    return np.linalg.solve(gkk + lam * np.eye(len(kept)), rhs).T
 
 
 _ORIGINALS: dict[str, tuple[str, list[torch.Tensor]]] = {}
@@ -146,24 +165,41 @@ def original_outputs(base: NinWeights, x: torch.Tensor) -> list[torch.Tensor]:
     return result
 
 
+def original_pre(out_o: torch.Tensor, base: NinWeights, i: int) -> torch.Tensor:
+    """The original pre-activations of layer ``i`` (bias excluded: it stays the layer's) from its input."""
+    spec = NIN_LAYERS[i]
+    w_o = torch.from_numpy(np.ascontiguousarray(base.weights[spec.name], np.float32))
+    return torch.cat([F.conv2d(o, w_o, padding=spec.padding) for o in out_o.split(CHUNK_IMAGES)])
+
+
 def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base: NinWeights, i: int,
-                ridge: float, samples: int, seed: int = 0, prior: np.ndarray | None = None
+                ridge: float, samples: int, seed: int = 0, prior: np.ndarray | None = None,
+                fit: tuple[np.ndarray, np.ndarray] | None = None, y_o: torch.Tensor | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Full refit of a k x k consumer (layer ``i``) from the specialist's kept input patches to the original
-    pre-activations, on ``samples`` random positions per image (ridge least squares over |K| k^2 features,
+    """Full refit of consumer ``i`` from the specialist's kept input patches to the original pre-activations,
+    on ``samples`` random positions per image (0: all positions; ridge least squares over |K| k^2 features,
     per-position centred).  Returns the new weights [O, |K|, k, k] and the per-position constant [O, H, W]
     (bias excluded).  ``prior`` [O, |K|, k, k]: the ridge pulls towards these weights (the channel-level refit)
-    instead of towards zero, so few samples fall back to it rather than to nothing."""
+    instead of towards zero, so few samples fall back to it rather than to nothing.
+
+    ``fit``: (weights, constant) of a previous fit: the targets become ReLU-aware (one majorise-minimise step
+    of the error after the ReLU): where the original pre-activation is negative, the target is the previous
+    fit clipped at 0 (negative there costs nothing after the ReLU), elsewhere the original value."""
     spec = NIN_LAYERS[i]
     k, pad = spec.kernel, spec.padding
     w_o = torch.from_numpy(np.ascontiguousarray(base.weights[spec.name], np.float32))
+    b_o = torch.from_numpy(np.ascontiguousarray(base.biases[spec.name], np.float32))[None, :, None, None]
     ms = torch.from_numpy(np.ascontiguousarray(ms_k, np.float32))
     n, kc, h, wd = xs_k.shape
     rng = np.random.default_rng(seed)
     y_sum = torch.zeros(w_o.shape[0], h, wd, dtype=torch.float64)
     chunks = []
     for j in range(0, n, CHUNK_IMAGES):
-        y = F.conv2d(out_o[j : j + CHUNK_IMAGES], w_o, padding=pad)  # without bias: it stays the layer's
+        y = F.conv2d(out_o[j : j + CHUNK_IMAGES], w_o, padding=pad) if y_o is None else y_o[j : j + CHUNK_IMAGES]
+        if fit is not None:
+            zhat = F.conv2d(xs_k[j : j + CHUNK_IMAGES], torch.from_numpy(fit[0].astype(np.float32)), padding=pad) \
+                + torch.from_numpy(fit[1].astype(np.float32))[None]
+            y = torch.where(y + b_o > 0, y, torch.clamp(zhat + b_o, max=0.0) - b_o)
         y_sum += y.double().sum(dim=0)
         chunks.append((j, y))
     m_y = y_sum / n
@@ -172,10 +208,13 @@ def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base:
     cy = torch.zeros(d, w_o.shape[0], dtype=torch.float64)
     for j, y in chunks:
         xc = F.unfold(xs_k[j : j + CHUNK_IMAGES] - ms[None], k, padding=pad)  # [n, d, HW]
-        pos = torch.from_numpy(rng.integers(0, h * wd, size=(xc.shape[0], samples)))
-        xp = torch.gather(xc, 2, pos[:, None, :].expand(-1, d, -1)).permute(0, 2, 1).reshape(-1, d)
         yc = (y - m_y[None].float()).reshape(y.shape[0], y.shape[1], -1)
-        yp = torch.gather(yc, 2, pos[:, None, :].expand(-1, yc.shape[1], -1)).permute(0, 2, 1).reshape(-1, yc.shape[1])
+        if samples:
+            pos = torch.from_numpy(rng.integers(0, h * wd, size=(xc.shape[0], samples)))
+            xc = torch.gather(xc, 2, pos[:, None, :].expand(-1, d, -1))
+            yc = torch.gather(yc, 2, pos[:, None, :].expand(-1, yc.shape[1], -1))
+        xp = xc.permute(0, 2, 1).reshape(-1, d)
+        yp = yc.permute(0, 2, 1).reshape(-1, yc.shape[1])
         g += (xp.T @ xp).double()  # float32 products per chunk (2x faster), float64 sums across chunks
         cy += (xp.T @ yp).double()
     lam = ridge_lambda(g.numpy(), ridge)
@@ -186,13 +225,52 @@ def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base:
     return w_new, const
 
 
+def relu_refit(xs: torch.Tensor, z: torch.Tensor, w: np.ndarray, const: np.ndarray, ridge: float, iters: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """ReLU-aware refit of a 1x1 layer whose outputs go through a ReLU (CCCP6 -> ReLU -> mean: the class scores).
+
+    ``xs`` [N, K, H, W] the specialist's inputs, ``z`` [N, O, H, W] the original pre-activations, ``w`` [O, K]
+    and ``const`` [O, H, W] (bias included) the least-squares fit.  Entries where both ``z`` and the fit are
+    negative are zero after the ReLU whatever their values: each round drops them and refits every output by
+    ridge least squares (towards the previous weights) on the rest, with one constant per position."""
+    n, k, h, wd = xs.shape
+    x = xs.permute(0, 2, 3, 1).reshape(n, h * wd, k)  # [N, P, K]
+    w, const = np.asarray(w, np.float64).copy(), np.asarray(const, np.float64).reshape(w.shape[0], -1).copy()
+    for _ in range(iters):
+        fit = torch.einsum("npk,ok->nop", x, torch.from_numpy(w.astype(np.float32))) \
+            + torch.from_numpy(const.astype(np.float32))[None]
+        zz = z.reshape(n, z.shape[1], -1)
+        for o in range(w.shape[0]):
+            m = ((zz[:, o] > 0) | (fit[:, o] > 0)).float()  # [N, P]
+            cnt = m.sum(0).double().clamp_min(1.0)  # per position
+            xm = x * m[..., None]
+            sx = xm.sum(0).double()  # [P, K]
+            sz = (zz[:, o] * m).sum(0).double()  # [P]
+            # eliminate the per-position constants: c_p = (sz_p - sx_p . w) / cnt_p
+            g = torch.einsum("npk,npj->kj", xm, x).double() - (sx / cnt[:, None]).T @ sx
+            b = torch.einsum("npk,np->k", xm, zz[:, o] * m).double() - (sx / cnt[:, None]).T @ sz
+            g_np, b_np = g.numpy() / n, b.numpy() / n
+            lam = ridge_lambda(g_np, ridge)
+            w[o] = np.linalg.solve(g_np + lam * np.eye(k), b_np + lam * w[o])
+            c = (sz - sx @ torch.from_numpy(w[o])) / cnt
+            const[o] = np.where(m.sum(0).numpy() > 0, c.numpy(), const[o])
+    return w, const.reshape(w.shape[0], h, wd)
+
+
 def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.ndarray, ridge: float = 1e-2,
-                fold: str = "exact", patch_samples: int = PATCH_SAMPLES) -> tuple[NinWeights, dict[str, list[int]]]:
+                fold: str = "exact", patch_samples: int = PATCH_SAMPLES, relu_iters: int = 0,
+                impute_iters: int = 0, to_identity: bool = False, scores_out: list | None = None
+                ) -> tuple[NinWeights, dict[str, list[int]]]:
     """Sequential reconstruction of ``base`` for ``classes`` with ``counts[L]`` channels removed from each
     prunable layer, on ``images`` (normalised float32 NCHW calibration images of the target classes).
 
     ``patch_samples``: k x k consumers are refit from their input patches on that many random positions per
     image (:func:`patch_refit`); 0 refits them at channel level (``W_N A``), like the 1x1 ones.
+    ``impute_iters``: ReLU-aware rounds per consumer (:func:`patch_refit` with ``fit``: targets where the original
+    pre-activation is negative become the fit clipped at 0).  ``relu_iters``: ReLU-aware rounds of CCCP6 on the
+    class scores (:func:`relu_refit`; exact fold only).  ``to_identity``: the channel-level ridge pulls towards
+    the kept channels themselves (:func:`refit_coefficients`).  ``scores_out``: a list that receives the
+    specialist's class scores [N, classes] on ``images``.
 
     Returns the specialist's weights (CCCP6 cut to ``classes``; per-position constants in ``consts`` with the
     exact fold) and the kept channel indices per layer.
@@ -221,16 +299,24 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
                 keep = np.arange(width)
             w_n = base.weights[nxt].astype(np.float64)
             pad = NIN_LAYERS[li + 1].padding
-            a = refit_coefficients(g, c, keep, ridge)  # [C, |K|]
+            a = refit_coefficients(g, c, keep, ridge, to_identity)  # [C, |K|]
             w_chan = np.einsum("ojhw,jk->okhw", w_n, a)
+            y_o = original_pre(out_o, base, li + 1) if impute_iters or (patch_samples and w_n.shape[2] > 1) else None
             if patch_samples and w_n.shape[2] > 1:
                 w_new, const = patch_refit(out_s[:, torch.from_numpy(keep)], m_s[keep], out_o, base, li + 1,
-                                           ridge * PATCH_RIDGE, patch_samples, prior=w_chan)
+                                           ridge * PATCH_RIDGE, patch_samples, prior=w_chan, y_o=y_o)
                 new_w[nxt] = w_new.astype(np.float32)
             else:
                 new_w[nxt] = w_chan.astype(np.float32)
                 resid = m_o - np.einsum("jk,khw->jhw", a, m_s[keep])
                 const = contribution_map(resid, w_n, pad)
+            for _ in range(impute_iters):
+                samples = patch_samples if w_n.shape[2] > 1 else 0
+                w_cur = new_w[nxt].astype(np.float64)
+                w_imp, const = patch_refit(out_s[:, torch.from_numpy(keep)], m_s[keep], out_o, base, li + 1,
+                                           ridge * PATCH_RIDGE if samples else ridge, samples, prior=w_cur,
+                                           fit=(w_cur, const), y_o=y_o)
+                new_w[nxt] = w_imp.astype(np.float32)
             if fold == "exact":
                 spec.consts[nxt] = const.astype(np.float32)
             else:
@@ -243,15 +329,27 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
             kept[L] = [int(v) for v in keep]
             idx = torch.from_numpy(keep)
             x_s = out_s.index_select(1, idx)
-            del out_s
+            del out_s, y_o
     last = LAYER_NAMES[-1]
     cls = np.asarray(classes, np.int64)
     new_w[last] = np.ascontiguousarray(new_w[last][cls])
     new_b[last] = np.ascontiguousarray(new_b[last][cls])
     if last in spec.consts:
         spec.consts[last] = np.ascontiguousarray(spec.consts[last][cls])
+    if relu_iters and fold == "exact":
+        with torch.no_grad():
+            w_o = torch.from_numpy(np.ascontiguousarray(base.weights[last][cls], np.float32))
+            b6 = new_b[last].astype(np.float64)[:, None, None]  # the ReLU sees bias + constant + products
+            z = torch.cat([F.conv2d(o, w_o, torch.from_numpy(new_b[last])) for o in originals[-1].split(CHUNK_IMAGES)])
+            w6, c6 = relu_refit(x_s, z, new_w[last][:, :, 0, 0], spec.consts[last] + b6, ridge, relu_iters)
+        new_w[last] = w6[:, :, None, None].astype(np.float32)
+        spec.consts[last] = (c6 - b6).astype(np.float32)
     kept[last] = [int(v) for v in cls]
     spec._hash = None
+    if scores_out is not None:  # the specialist's class scores on the calibration images, from its CCCP5 outputs
+        with torch.no_grad():
+            scores_out.append(torch.cat([_layer(len(LAYER_NAMES) - 1, h, spec) for h in x_s.split(CHUNK_IMAGES)])
+                              .double().numpy())
     return spec, kept
 
 
@@ -280,10 +378,53 @@ def calibration_images(base: NinWeights, classes, per_class: int, data: str | Pa
     return base.normalize(sub.x)
 
 
+def class_scores(w: NinWeights, images: np.ndarray) -> np.ndarray:
+    """Class scores [N, outputs] of a (possibly pruned) NIN on normalised images (CCCP6 -> ReLU -> mean)."""
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), CHUNK_IMAGES):
+            h = x[i : i + CHUNK_IMAGES]
+            for li in range(len(LAYER_NAMES)):
+                h = _layer(li, h, w)
+            out.append(h.numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def score_error(w: NinWeights, images: np.ndarray, target: np.ndarray) -> float:
+    """Mean squared error of ``w``'s class scores against ``target`` [N, outputs] (the original's)."""
+    return float(np.mean((class_scores(w, images) - target) ** 2))
+
+
 def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray], method,
-                        calib: str | Path | Split | None = None) -> tuple[NinWeights, dict[str, list[int]]]:
+                        calib: str | Path | Split | None = None,
+                        fallback: Callable[[], tuple[NinWeights, dict[str, list[int]]]] | None = None
+                        ) -> tuple[NinWeights, dict[str, list[int]]]:
     """:func:`reconstruct` with as many channels removed per layer as the allocation's plan ``pruned`` (which
-    channels go is chosen here), on ``method.calib_per_class`` calibration images per class."""
+    channels go is chosen here), on ``method.calib_per_class`` calibration images per class and their
+    horizontal mirror images (:data:`FLIP`; the targets are the original network's outputs, so mirrored
+    images are as good calibration data as any).
+
+    ``fallback``: the artifact-only build with the same plan (``best``); the guard returns it instead when its
+    class scores are closer to the original network's on the calibration images (model selection on
+    calibration data only)."""
     images = calibration_images(base, classes, method.calib_per_class, calib)
+    if FLIP:
+        images = np.concatenate([images, np.ascontiguousarray(images[..., ::-1])])
     counts = {L: len(pruned.get(L, ())) for L in PRUNABLE}
-    return reconstruct(base, classes, counts, images, method.ridge, method.fold)
+    scores: list[np.ndarray] = []
+    weights, kept = reconstruct(base, classes, counts, images, method.ridge * RIDGE_SCALE, method.fold,
+                                scores_out=scores, **RECON_DEFAULTS)
+    if fallback is None:
+        return weights, kept
+    cls = torch.as_tensor(sorted(int(c) for c in classes))
+    last = LAYER_NAMES[-1]
+    with torch.no_grad():  # the original's class scores from its cached CCCP5 outputs
+        w6 = torch.from_numpy(np.ascontiguousarray(base.weights[last], np.float32))[cls]
+        b6 = torch.from_numpy(np.ascontiguousarray(base.biases[last], np.float32))[cls]
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+        target = torch.relu(F.conv2d(original_outputs(base, x)[-1], w6, b6)).mean(dim=(2, 3)).double().numpy()
+    other = fallback()
+    e_recon, e_other = float(np.mean((scores[0] - target) ** 2)), score_error(other[0], images, target)
+    log.info("recon guard: class-score error %.4g (recon) vs %.4g (artifact-only)", e_recon, e_other)
+    return (weights, kept) if e_recon <= e_other else other

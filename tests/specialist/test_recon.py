@@ -134,8 +134,8 @@ def test_recon_preset_same_flops_as_best_and_smaller_error(base_weights, data_di
     from specialist.data import load_split
     from specialist.methods import PRESETS
 
-    if PRESETS["recon"].calib_per_class != 100:
-        pytest.fail("recon's documented default is 100 calibration images per class")
+    if PRESETS["recon"].calib_per_class != 200:
+        pytest.fail("recon's documented default is 200 calibration images per class")
     classes, level, n = [3, 5], 30.0, 20
     calib = load_split("calib", data_dir)
     best = build_specialist(classes, level, "best", base=base_weights)
@@ -148,3 +148,83 @@ def test_recon_preset_same_flops_as_best_and_smaller_error(base_weights, data_di
     err = {name: float(np.mean((_pre_scores(s.weights, x) - ref) ** 2)) for name, s in
            (("best", best), ("recon", recon))}
     assert err["recon"] < err["best"], err
+
+
+def test_refit_towards_identity_keeps_unchanged_inputs_exactly():
+    """With the ridge pulling towards the selection, inputs that did not change refit to A = I whatever the
+    ridge (towards 0 they shrink)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 5))
+    g, c = _moments(x, x)
+    np.testing.assert_allclose(refit_coefficients(g, c, np.arange(5), ridge=0.5, to_identity=True), np.eye(5),
+                               atol=1e-9)
+    assert np.all(np.diag(refit_coefficients(g, c, np.arange(5), ridge=0.5)) < 0.9)
+    # a dropped channel: the kept ones still stand for themselves in the columns of the kept
+    a = refit_coefficients(g, c, np.array([0, 2, 4]), ridge=0.5, to_identity=True)
+    np.testing.assert_allclose(a[[0, 2, 4]], np.eye(3), atol=1e-9)
+
+
+def test_relu_refit_lowers_the_error_after_the_relu():
+    """Targets with many negative entries: least squares spends effort on entries the ReLU zeroes; the ReLU-aware
+    rounds lower the error of relu(fit) against relu(target) and keep an exact fit exact."""
+    from specialist.recon import relu_refit
+
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(np.abs(rng.normal(size=(200, 6, 4, 4))).astype(np.float32))
+    w_true = rng.normal(size=(2, 6))
+    lin = torch.einsum("nkhw,ok->nohw", x, torch.from_numpy(w_true).float()) - 1.0
+    z = torch.where(lin > 0, lin, 3.0 * lin)  # below 0 the target is not linear in x: LS is pulled off
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    zf = z.permute(0, 2, 3, 1).reshape(-1, 2).double().numpy()
+    design = np.hstack([flat, np.ones((len(flat), 1))])
+    sol = np.linalg.lstsq(design, zf, rcond=None)[0]
+    w0, c0 = sol[:6].T, np.broadcast_to(sol[6][:, None, None], (2, 4, 4)).copy()
+
+    def post_err(w, c):
+        fit = torch.einsum("nkhw,ok->nohw", x.double(), torch.from_numpy(w)) + torch.from_numpy(c)[None]
+        return float(((torch.relu(fit) - torch.relu(z.double())) ** 2).mean())
+
+    w1, c1 = relu_refit(x, z, w0, c0, ridge=1e-8, iters=3)
+    assert post_err(w1, c1) < 0.5 * post_err(w0, c0)
+    np.testing.assert_allclose(w1, w_true, atol=0.05)
+    # an exact linear target (no distortion) stays exact
+    w2, c2 = relu_refit(x, lin, w_true, -np.ones((2, 4, 4)), ridge=1e-8, iters=2)
+    np.testing.assert_allclose(w2, w_true, atol=1e-4)
+
+
+def test_defaults_with_nothing_pruned_reproduce_the_original():
+    """The ReLU-aware rounds and the identity-centred ridge give back the original network when nothing changed."""
+    from specialist.recon import RECON_DEFAULTS
+
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    x = np.random.default_rng(3).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    scores: list = []
+    spec, _ = reconstruct(base, [1, 4, 7], {}, x, ridge=1e-10, scores_out=scores, **RECON_DEFAULTS)
+    want = _pre_scores(base, x)[:, [1, 4, 7]]
+    np.testing.assert_allclose(_pre_scores(spec, x), want, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.maximum(scores[0], 0), np.maximum(want, 0), rtol=1e-3, atol=1e-4)
+
+
+def test_guard_returns_the_build_closer_to_the_original_scores():
+    """build_reconstructed keeps recon unless the fallback (artifact-only build) is closer on the calibration
+    images: the original network itself (cut to the classes) always is; a zeroed network never."""
+    from specialist.data import Split
+    from specialist.methods import PRESETS
+    from specialist.recon import build_reconstructed
+
+    arrays = _tiny_nin(seed=4)
+    base = weights_from_arrays(arrays)
+    rng = np.random.default_rng(4)
+    split = Split(rng.integers(0, 255, size=(20, 32, 32, 3), dtype=np.uint8), np.repeat([0, 1], 10),
+                  np.ones(20, bool), "synthetic")
+    cut = dict(arrays)
+    cut["CCCP6.weight"], cut["CCCP6.bias"] = arrays["CCCP6.weight"][:2], arrays["CCCP6.bias"][:2]
+    exact = (weights_from_arrays(cut), {"CCCP6": [0, 1]})
+    zero = {k: (np.zeros_like(v) if k.endswith("weight") else v) for k, v in cut.items()}
+    zero = (weights_from_arrays(zero), {"CCCP6": [0, 1]})
+    m = PRESETS["recon"]
+    pruned = {"CCCP4": np.array([0, 1])}
+    got = build_reconstructed(base, [0, 1], pruned, m, calib=split, fallback=lambda: exact)
+    assert got is exact
+    got = build_reconstructed(base, [0, 1], pruned, m, calib=split, fallback=lambda: zero)
+    assert got is not zero and len(got[1]["CCCP4"]) == 6
