@@ -19,11 +19,14 @@ Engines (every one gives the float32 arithmetic's correct counts, that of
 * ``bf16``: checked bfloat16.  Prefix and specialists run in bfloat16 channels-last (the last layer, CCCP6 and
   its global average pool, in float32: it is tiny, and bfloat16 scores would be rounded to 1/8 near 20);
   per model and image the margin between the winning column and the runner-up among the model's competing
-  columns is compared with :data:`BF16_TAU`, and every image closer than that is evaluated again in float32
-  (the float32 prefix only for those images).  ``BF16_TAU`` is twice the largest bfloat16 score error
-  measured on the whole test set (unpruned NIN and specialists of several methods and levels) times a
-  safety factor (docs/sweep.md), so an image above it has the float32 arg-max and the counts are float32's.
-  About 4x faster than ``torch-cl`` where the CPU computes bfloat16 natively (AVX512-BF16, AMX; Arm BF16).
+  columns is compared with the model's threshold, and every image closer than that is evaluated again in
+  float32 (the float32 prefix only for those images).  A margin above twice the largest score error cannot
+  change the arg-max, so the counts are float32's.  The threshold of a model is the smaller of two bounds
+  measured on the whole test set (docs/sweep.md, ``benchmarks/bench_bf16.py``), each with a safety factor:
+  :data:`BF16_TAU`, from the largest error of any model measured, and :data:`BF16_REL` times the model's own
+  largest error on a calibration batch (:data:`BF16_CALIB_IMAGES` of its images, all its classes), which
+  follows the model's scale (``paper`` specialists' scores, and errors, are several times smaller).
+  About 3-4x faster than ``torch-cl`` where the CPU computes bfloat16 natively (AVX512-BF16, AMX; Arm BF16).
 * ``auto`` (the default): ``bf16`` where the CPU has native bfloat16 (:func:`native_bf16`), else ``torch-cl``.
 
 ExecuTorch's XNNPACK runtime is faster per image, but needs one export per specialist (tens of seconds
@@ -69,11 +72,17 @@ ENGINE_SPECS: dict[str, EngineSpec] = {
 ENGINES: tuple[str, ...] = ("auto", *ENGINE_SPECS)
 DEFAULT_ENGINE = "auto"
 #: bfloat16 engine: an image whose bfloat16 margin (winner minus runner-up among a model's competing columns)
-#: is below this is evaluated again in float32.  Measured (docs/sweep.md, benchmarks/bench_bf16.py): the largest
-#: |bfloat16 - float32| score error over the whole test set was MAXERR for the unpruned NIN and best/paper
-#: specialists at levels 10-50; a margin above twice the error cannot change the arg-max, and TAU is that
-#: times a safety factor of SAFETY.
+#: is below its model's threshold is evaluated again in float32; the threshold is at most this.  Measured
+#: (docs/sweep.md, benchmarks/bench_bf16.py): the largest |bfloat16 - float32| score error over the whole test
+#: set was 0.082 for the unpruned NIN and best, best-x16 and paper specialists at levels 10-50; twice that is
+#: 0.164, so 0.5 is a safety factor of 3.
 BF16_TAU = 0.5
+#: The model's threshold is at most this times its largest error on its calibration batch.  Measured: the
+#: whole test set's largest error was at most RATIO times the calibration batch's, so twice that (a margin
+#: must exceed twice the error) is 2 x RATIO, and 16 is a safety factor of SAFETY on top.
+BF16_REL = 16.0
+#: Images of a model's calibration batch (spread evenly over its classes: the first images of each).
+BF16_CALIB_IMAGES = 32
 #: Layers computed once per chunk with the base model: CONV1 and CCCP1 (specialists start at CCCP2).
 SHARED_LAYERS: tuple[str, ...] = LAYER_NAMES[:2]
 
@@ -308,6 +317,32 @@ class _Net:
     def scores32(self, x32: torch.Tensor) -> torch.Tensor:
         return _forward_from(self.net32, self.start, x32)
 
+    def error(self, x32: torch.Tensor, base_net: _Net) -> float:
+        """Largest |engine score - float32 score| on the images ``x32`` (every column)."""
+        if self.from_prefix:
+            s = self.scores(base_net.prefix(x32.to(self.net.convs[0].weight.dtype)))
+            s32 = self.scores32(_prefix(base_net.net32, x32))
+        else:
+            s, s32 = self.scores(x32.to(self.net.convs[0].weight.dtype)), self.scores32(x32)
+        return float((s - s32).abs().max()) if s.numel() else 0.0
+
+    def threshold(self, base: NinWeights, split: Split, classes: Sequence[int], base_net: _Net) -> float:
+        """The margin threshold of this model: ``min(BF16_TAU, BF16_REL x its calibration batch's error)``."""
+        rows = calibration_rows(split.y, classes)
+        if not len(rows):
+            return BF16_TAU
+        x32 = torch.from_numpy(base.normalize(split.x[rows])).contiguous(memory_format=torch.channels_last)
+        return min(BF16_TAU, BF16_REL * self.error(x32, base_net))
+
+
+def calibration_rows(y: np.ndarray, classes: Sequence[int], images: int = BF16_CALIB_IMAGES) -> np.ndarray:
+    """A model's calibration batch: the first ``images // len(classes)`` (at least 2) images of each class."""
+    classes = sorted(int(c) for c in classes)
+    if not classes:
+        return np.zeros(0, np.int64)
+    per = max(2, images // len(classes))
+    return np.concatenate([np.flatnonzero(y == c)[:per] for c in classes])
+
 
 def margins(s: torch.Tensor) -> torch.Tensor:
     """Per row: the largest score minus the second largest (infinite with a single column)."""
@@ -323,20 +358,21 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
     """Accuracy of every model on its classes' images in ``split`` (see the module docstring).
 
     ``split`` holds the images to use (already limited per class / to exact images by the caller).  ``tau``:
-    the checked engine's margin threshold (default :data:`BF16_TAU`; tests force the float32 path with it).
-    ``extra`` of the result: for a checked engine, ``rerun_images`` (images whose float32 prefix was computed
-    again), ``rerun_evals`` (model x image evaluations redone in float32) and ``tau``.
+    one margin threshold for every model of a checked engine instead of the calibrated ones (tests force or
+    skip the float32 path with it).  ``extra`` of the result, for a checked engine: ``rerun_images`` (images
+    whose float32 prefix was computed again), ``rerun_evals`` (model x image evaluations redone in float32),
+    ``calib_evals`` (model x image evaluations of the calibration batches, in both precisions) and
+    ``tau_min``/``tau_max`` (the thresholds used).
     """
     t0 = time.perf_counter()
     engine = resolve_engine(options.engine)
     spec = ENGINE_SPECS[engine]
-    tau = BF16_TAU if tau is None else float(tau)
     if options.threads:
         torch.set_num_threads(options.threads)
     m = len(models)
     correct = np.zeros((m, N_CLASSES), np.int64)
     n = np.zeros((m, N_CLASSES), np.int64)
-    extra = {"rerun_images": 0, "rerun_evals": 0, "tau": tau} if spec.checked else {}
+    extra = {"rerun_images": 0, "rerun_evals": 0, "calib_evals": 0} if spec.checked else {}
     if m == 0:
         return EvalResult(correct, n, engine=engine, extra=extra)
     base_net = _Net(base, spec, True)
@@ -356,6 +392,13 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
             for mod in models]
     outs = [mod.output_classes() for mod in models]
     needed = np.flatnonzero(members.any(axis=0))
+    taus = np.zeros(len(nets))
+    if spec.checked:
+        for k, net in enumerate(nets):
+            classes = np.flatnonzero(members[model_net == k].any(axis=0))
+            taus[k] = float(tau) if tau is not None else net.threshold(base, split, classes, base_net)
+            extra["calib_evals"] += 0 if tau is not None else len(calibration_rows(split.y, classes))
+        extra.update(tau_min=float(taus.min()), tau_max=float(taus.max()))
     evals = prefix_images = 0
     for c, rows in chunk_plan(split.y, needed, options.chunk_images):
         x32 = _as_engine(torch.from_numpy(base.normalize(split.x[rows])), spec)
@@ -376,7 +419,7 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
             close = {}
             for j in users:
                 k = model_net[j]
-                lo = margins(picked[j]) < tau
+                lo = margins(picked[j]) < taus[k]
                 close[k] = lo if k not in close else close[k] | lo
             if any(bool(v.any()) for v in close.values()):
                 _recheck(nets, scores, close, x32, base_net, extra)
@@ -412,10 +455,11 @@ def _recheck(nets: list[_Net], scores: dict, close: dict, x32: torch.Tensor, bas
 
 @torch.no_grad()
 def score_error(base: NinWeights, weights: Sequence[NinWeights], split: Split, engine: str = "bf16",
-                chunk_images: int = 32) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per model, the largest |engine score - float32 score| over all images of ``split`` and all columns, and
-    the engine's margin (winner minus runner-up over all columns) of every image: the measurement behind
-    :data:`BF16_TAU` (``benchmarks/bench_bf16.py``)."""
+                chunk_images: int = 32) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Per model: the largest |engine score - float32 score| over all images of ``split`` and all columns, the
+    engine's margin (winner minus runner-up over all columns) of every image, and the largest error on the
+    model's calibration batch (:func:`calibration_rows` of ``split``'s classes): the measurement behind
+    :data:`BF16_TAU` and :data:`BF16_REL` (``benchmarks/bench_bf16.py``)."""
     spec = ENGINE_SPECS[resolve_engine(engine)]
     base_net = _Net(base, spec, True)
     nets = [base_net if w is base else _Net(w, spec, shares_prefix(base, w)) for w in weights]
@@ -430,4 +474,7 @@ def score_error(base: NinWeights, weights: Sequence[NinWeights], split: Split, e
             s32 = net.scores32(p32 if net.from_prefix else x32)
             err[k] = max(err[k], float((s - s32).abs().max()))
             marg[k].append(margins(s).numpy())
-    return err, [np.concatenate(v) if v else np.zeros(0) for v in marg]
+    rows = calibration_rows(split.y, np.unique(split.y))
+    xc = _as_engine(torch.from_numpy(base.normalize(split.x[rows])), spec)
+    calib = np.asarray([net.error(xc, base_net) for net in nets])
+    return err, [np.concatenate(v) if v else np.zeros(0) for v in marg], calib

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from specialist.evaluate import (
+    BF16_REL,
     BF16_TAU,
     ENGINES,
     EvalModel,
@@ -51,7 +52,8 @@ def test_bf16_counts_are_the_float32_counts(base_weights, models, test_split):
     np.testing.assert_array_equal(res.n, ref.n)
     assert res.image_evals == ref.image_evals and res.prefix_images == ref.prefix_images
     # some images were close calls and went through float32, far fewer than all
-    assert res.extra["tau"] == BF16_TAU
+    assert 0 < res.extra["tau_min"] <= res.extra["tau_max"] <= BF16_TAU
+    assert res.extra["calib_evals"] > 0
     assert 0 < res.extra["rerun_evals"] < res.image_evals / 4
     assert 0 < res.extra["rerun_images"] <= res.prefix_images
 
@@ -89,10 +91,25 @@ def test_margins():
     assert margins(s[:, :1]).tolist() == [np.inf, np.inf]
 
 
-def test_measured_error_is_far_below_the_threshold(base_weights, models, test_split):
-    err, marg = score_error(base_weights, [base_weights, models[2].weights], test_split.select([0, 1, 2]))
-    assert err.shape == (2,) and len(marg[0]) == 60
+def test_measured_error_is_far_below_the_thresholds(base_weights, models, test_split):
+    err, marg, calib = score_error(base_weights, [base_weights, models[2].weights], test_split.select([0, 1, 2]))
+    assert err.shape == calib.shape == (2,) and len(marg[0]) == 60
     assert (err > 0).all() and err.max() * 2 * 2 < BF16_TAU  # a safety factor of at least 2 on these images
+    assert (0 < calib).all() and (calib <= err).all() and (err * 2 * 2 < BF16_REL * calib).all()
+
+
+def test_a_model_with_smaller_scores_gets_a_smaller_threshold(base_weights, test_split):
+    # The same network with CCCP6 scaled by 1/100: scores and their bfloat16 errors 100x smaller, and so is its
+    # calibrated threshold; its counts stay float32's.
+    w = base_weights.copy()
+    w.weights["CCCP6"] = w.weights["CCCP6"] * np.float32(0.01)
+    w.biases["CCCP6"] = w.biases["CCCP6"] * np.float32(0.01)
+    cls = [2, 3, 5]
+    models = [EvalModel(base_weights, cls, columns=cls, outputs=cls), EvalModel(w, cls, columns=cls, outputs=cls)]
+    res = evaluate_models(base_weights, models, test_split, EvalOptions(engine="bf16"))
+    ref = evaluate_models(base_weights, models, test_split, EvalOptions(engine="torch-cl"))
+    np.testing.assert_array_equal(res.correct, ref.correct)
+    assert res.extra["tau_min"] < res.extra["tau_max"] / 20
 
 
 def test_auto_engine_is_bf16_exactly_when_the_cpu_has_native_bfloat16(monkeypatch):
