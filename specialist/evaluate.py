@@ -327,12 +327,14 @@ class _Net:
         return float((s - s32).abs().max()) if s.numel() else 0.0
 
     def threshold(self, base: NinWeights, split: Split, classes: Sequence[int], base_net: _Net) -> float:
-        """The margin threshold of this model: ``min(BF16_TAU, BF16_REL x its calibration batch's error)``."""
+        """The margin threshold of this model: ``min(BF16_TAU, BF16_REL x its calibration batch's error)``
+        (``BF16_TAU`` when that error is 0: a batch that says nothing about the model's scale)."""
         rows = calibration_rows(split.y, classes)
         if not len(rows):
             return BF16_TAU
         x32 = torch.from_numpy(base.normalize(split.x[rows])).contiguous(memory_format=torch.channels_last)
-        return min(BF16_TAU, BF16_REL * self.error(x32, base_net))
+        err = self.error(x32, base_net)
+        return min(BF16_TAU, BF16_REL * err) if err > 0 else BF16_TAU
 
 
 def calibration_rows(y: np.ndarray, classes: Sequence[int], images: int = BF16_CALIB_IMAGES) -> np.ndarray:
