@@ -260,6 +260,23 @@ def _fused_layers(net: NinNet, start: int, x: torch.Tensor, stop: int) -> torch.
     return x
 
 
+def _last_layer32(net: NinNet, h: torch.Tensor) -> torch.Tensor:
+    """The last layer (a 1x1 convolution, [constant], ReLU, global average pool) of a float32 ``net`` as one
+    matrix product over the positions of channels-last ``h``: the same arithmetic in float32 as the convolution
+    up to summation order (~1e-6), and at 8x8 positions and 10 outputs several times cheaper than oneDNN's
+    convolution on so small a tensor."""
+    i = len(net.convs) - 1
+    conv = net.convs[i]
+    if tuple(conv.kernel_size) != (1, 1) or net.posts[i] != "gap":
+        return _forward_from(net, i, h)
+    n, c, hh, ww = h.shape
+    z = torch.addmm(conv.bias, h.permute(0, 2, 3, 1).reshape(n * hh * ww, c), conv.weight.view(-1, c).t())
+    z = z.view(n, hh, ww, -1)
+    if i in net._const_idx:
+        z += getattr(net, net._const_idx[i]).permute(0, 2, 3, 1)
+    return z.relu_().mean(dim=(1, 2))
+
+
 _FUSED_OK: dict[torch.dtype, bool] = {}
 
 
@@ -312,7 +329,7 @@ class _Net:
             h = _fused_layers(self.net, self.start, x, last)
         else:
             h = _forward_from(self.net, self.start, x, stop=last)
-        return _forward_from(self.net32, last, h.to(torch.float32))
+        return _last_layer32(self.net32, h.to(torch.float32))
 
     def scores32(self, x32: torch.Tensor) -> torch.Tensor:
         return _forward_from(self.net32, self.start, x32)
@@ -434,6 +451,14 @@ def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
     return EvalResult(correct, n, time.perf_counter() - t0, evals, prefix_images, engine, extra)
 
 
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``x`` in ``x``'s memory format (index_select returns NCHW, and oneDNN then falls back to
+    torch's slow convolution for float32 1x1 layers)."""
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else \
+        torch.contiguous_format
+    return x.index_select(0, idx).contiguous(memory_format=fmt)
+
+
 def _recheck(nets: list[_Net], scores: dict, close: dict, x32: torch.Tensor, base_net: _Net, extra: dict) -> None:
     """Replace the scores of the close calls (``close[k]``: rows of net ``k``) by float32 scores, computing the
     float32 prefix once for the union of those rows."""
@@ -442,7 +467,7 @@ def _recheck(nets: list[_Net], scores: dict, close: dict, x32: torch.Tensor, bas
         if nets[k].from_prefix:
             union |= rows
     idx = torch.nonzero(union).flatten()
-    prefix32 = _prefix(base_net.net32, x32.index_select(0, idx)) if len(idx) else None
+    prefix32 = _prefix(base_net.net32, _rows(x32, idx)) if len(idx) else None
     pos = torch.full((len(union),), -1, dtype=torch.long)
     pos[idx] = torch.arange(len(idx))
     extra["rerun_images"] += len(idx)
@@ -450,7 +475,7 @@ def _recheck(nets: list[_Net], scores: dict, close: dict, x32: torch.Tensor, bas
         sel = torch.nonzero(rows).flatten()
         if not len(sel):
             continue
-        inp = prefix32.index_select(0, pos[sel]) if nets[k].from_prefix else x32.index_select(0, sel)
+        inp = _rows(prefix32, pos[sel]) if nets[k].from_prefix else _rows(x32, sel)
         scores[k][sel] = nets[k].scores32(inp)
         extra["rerun_evals"] += len(sel)
 
