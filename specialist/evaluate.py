@@ -10,11 +10,24 @@ its input instead, so the result never depends on that assumption.
 Images are grouped by class (chunks hold images of one class), so a model only ever sees its own classes.
 Models given the same :class:`NinWeights` object (the unpruned column of many subsets) are run once per chunk.
 
-Engines (all float32, the same arithmetic as :func:`specialist.accuracy.subset_accuracy`):
+Engines (every one gives the float32 arithmetic's correct counts, that of
+:func:`specialist.accuracy.subset_accuracy`):
 
 * ``torch``: the plain NCHW :class:`NinNet`.
 * ``torch-cl``: the same modules and tensors in channels-last memory format (oneDNN's preferred layout;
   about 1.3x faster here).  Scores differ from ``torch`` by float rounding only (about 1e-6).
+* ``bf16``: checked bfloat16.  Prefix and specialists run in bfloat16 channels-last (the last layer, CCCP6 and
+  its global average pool, in float32: it is tiny, and bfloat16 scores would be rounded to 1/8 near 20);
+  per model and image the margin between the winning column and the runner-up among the model's competing
+  columns is compared with the model's threshold, and every image closer than that is evaluated again in
+  float32 (the float32 prefix only for those images).  A margin above twice the largest score error cannot
+  change the arg-max, so the counts are float32's.  The threshold of a model is the smaller of two bounds
+  measured on the whole test set (docs/sweep.md, ``benchmarks/bench_bf16.py``), each with a safety factor:
+  :data:`BF16_TAU`, from the largest error of any model measured, and :data:`BF16_REL` times the model's own
+  largest error on a calibration batch (:data:`BF16_CALIB_IMAGES` of its images, all its classes), which
+  follows the model's scale (``paper`` specialists' scores, and errors, are several times smaller).
+  About 3-4x faster than ``torch-cl`` where the CPU computes bfloat16 natively (AVX512-BF16, AMX; Arm BF16).
+* ``auto`` (the default): ``bf16`` where the CPU has native bfloat16 (:func:`native_bf16`), else ``torch-cl``.
 
 ExecuTorch's XNNPACK runtime is faster per image, but needs one export per specialist (tens of seconds
 each) and fixed batch-1 whole-network programs, so for a sweep of hundreds of specialists it loses; see
@@ -24,6 +37,7 @@ each) and fixed batch-1 whole-network programs, so for a sweep of hundreds of sp
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,8 +51,38 @@ from specialist.model import LAYER_NAMES, N_CLASSES, NIN_LAYERS, NinNet, NinWeig
 
 log = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("torch", "torch-cl")
-DEFAULT_ENGINE = "torch-cl"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How an engine computes: memory format, the dtype of its convolutions, and whether close calls are
+    checked in float32 (a low-precision engine)."""
+
+    channels_last: bool
+    dtype: torch.dtype = torch.float32
+    checked: bool = False
+
+
+#: The concrete engines; ``auto`` picks one of them (:func:`resolve_engine`).
+ENGINE_SPECS: dict[str, EngineSpec] = {
+    "torch": EngineSpec(channels_last=False),
+    "torch-cl": EngineSpec(channels_last=True),
+    "bf16": EngineSpec(channels_last=True, dtype=torch.bfloat16, checked=True),
+}
+ENGINES: tuple[str, ...] = ("auto", *ENGINE_SPECS)
+DEFAULT_ENGINE = "auto"
+#: bfloat16 engine: an image whose bfloat16 margin (winner minus runner-up among a model's competing columns)
+#: is below its model's threshold is evaluated again in float32; the threshold is at most this.  Measured
+#: (docs/sweep.md, benchmarks/bench_bf16.py): the largest |bfloat16 - float32| score error over the whole test
+#: set was 0.084 for the unpruned NIN and best, best-x16 and paper specialists at levels 10-50; twice that is
+#: 0.167, so 0.5 is a safety factor of 3.
+BF16_TAU = 0.5
+#: The model's threshold is at most this times its largest error on its calibration batch.  Measured: the
+#: whole test set's largest error was at most 3.03 times the calibration batch's (46 models), so twice that (a
+#: margin must exceed twice the error) is 6.06, and 20 is a safety factor of 3.3 on top.
+BF16_REL = 20.0
+#: Images of a model's calibration batch (spread evenly over its classes: the first images of each).
+BF16_CALIB_IMAGES = 32
 #: Layers computed once per chunk with the base model: CONV1 and CCCP1 (specialists start at CCCP2).
 SHARED_LAYERS: tuple[str, ...] = LAYER_NAMES[:2]
 
@@ -123,15 +167,57 @@ def chunk_plan(y: np.ndarray, classes: Sequence[int], chunk_images: int) -> list
     return out
 
 
-def _prepare(w: NinWeights, engine: str) -> NinNet:
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where unreadable."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return set()
+    out: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            out.update(value.split())
+    return out
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively, so the ``bf16`` engine is fast (elsewhere oneDNN emulates
+    it, slower than float32).  x86: AVX512-BF16 or AMX-BF16, asked of torch
+    (``torch.cpu._is_avx512_bf16_supported``/``_is_amx_tile_supported``) and else read from /proc/cpuinfo
+    (``avx512_bf16``, ``amx_bf16``); Arm: the ``bf16`` feature.  ``HARNESS_BF16=0``/``1`` overrides."""
+    env = os.environ.get("HARNESS_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # noqa: BLE001 - a private probe that misbehaves only means "ask /proc/cpuinfo"
+            continue
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_engine(engine: str) -> str:
+    """The concrete engine ``engine`` stands for (``auto``: ``bf16`` with native bfloat16, else ``torch-cl``)."""
+    if engine == "auto":
+        return "bf16" if native_bf16() else "torch-cl"
+    if engine not in ENGINE_SPECS:
+        raise UsageError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    return engine
+
+
+def _prepare(w: NinWeights, spec: EngineSpec, dtype: torch.dtype | None = None) -> NinNet:
     net = build_module(w)
-    if engine == "torch-cl":
+    if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return net
+    dtype = spec.dtype if dtype is None else dtype
+    return net if dtype == torch.float32 else net.to(dtype)
 
 
-def _as_engine(x: torch.Tensor, engine: str) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if engine == "torch-cl" else x.contiguous()
+def _as_engine(x: torch.Tensor, spec: EngineSpec) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x.contiguous()
 
 
 def _prefix(net: NinNet, x: torch.Tensor) -> torch.Tensor:
@@ -145,10 +231,11 @@ def _prefix(net: NinNet, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _forward_from(net: NinNet, start: int, x: torch.Tensor) -> torch.Tensor:
-    """``net.forward_from(start, x)`` with the constant add and the ReLU in place on each convolution's own
-    output (no grad here: the same numbers, one allocation less per layer; ~8% of a sweep's CPU time)."""
-    for i in range(start, len(net.convs)):
+def _forward_from(net: NinNet, start: int, x: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+    """``net.forward_from(start, x)`` (layers ``start..stop-1``, default to the end) with the constant add and
+    the ReLU in place on each convolution's own output (no grad here: the same numbers, one allocation less per
+    layer; ~8% of a sweep's CPU time)."""
+    for i in range(start, len(net.convs) if stop is None else stop):
         y = net.convs[i](x)
         if i in net._const_idx:
             y.add_(getattr(net, net._const_idx[i]))
@@ -156,60 +243,265 @@ def _forward_from(net: NinNet, start: int, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _fused_layers(net: NinNet, start: int, x: torch.Tensor, stop: int) -> torch.Tensor:
+    """Layers ``start..stop-1`` with oneDNN's fused convolution + [constant add] + ReLU
+    (``torch.ops.mkldnn._convolution_pointwise``, the op torch.compile's CPU backend fuses to): in bfloat16 an
+    unfused ReLU costs as much as the convolution.  The constant is added to the float32 accumulator."""
+    op = torch.ops.mkldnn._convolution_pointwise
+    for i in range(start, stop):
+        conv = net.convs[i]
+        pad, one = list(conv.padding), [1, 1]
+        if i in net._const_idx:
+            const = getattr(net, net._const_idx[i]).expand(x.shape[0], -1, -1, -1)
+            y = op.binary(x, const, conv.weight, conv.bias, pad, one, one, 1, "add", None, "relu", [], "")
+        else:
+            y = op(x, conv.weight, conv.bias, pad, one, one, 1, "relu", [], "")
+        x = net._post(i, y)
+    return x
+
+
+def _last_layer32(net: NinNet, h: torch.Tensor) -> torch.Tensor:
+    """The last layer (a 1x1 convolution, [constant], ReLU, global average pool) of a float32 ``net`` as one
+    matrix product over the positions of channels-last ``h``: the same arithmetic in float32 as the convolution
+    up to summation order (~1e-6), and at 8x8 positions and 10 outputs several times cheaper than oneDNN's
+    convolution on so small a tensor."""
+    i = len(net.convs) - 1
+    conv = net.convs[i]
+    if tuple(conv.kernel_size) != (1, 1) or net.posts[i] != "gap":
+        return _forward_from(net, i, h)
+    n, c, hh, ww = h.shape
+    z = torch.addmm(conv.bias, h.permute(0, 2, 3, 1).reshape(n * hh * ww, c), conv.weight.view(-1, c).t())
+    z = z.view(n, hh, ww, -1)
+    if i in net._const_idx:
+        z += getattr(net, net._const_idx[i]).permute(0, 2, 3, 1)
+    return z.relu_().mean(dim=(1, 2))
+
+
+_FUSED_OK: dict[torch.dtype, bool] = {}
+
+
+def _fused_ok(dtype: torch.dtype) -> bool:
+    """Whether the fused op runs here in ``dtype`` and agrees with the unfused layers (probed once)."""
+    if dtype not in _FUSED_OK:
+        ok = False
+        try:
+            g = torch.Generator().manual_seed(0)
+            conv = torch.nn.Conv2d(8, 16, 3, padding=1).to(dtype)
+            x = torch.randn(2, 8, 6, 6, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+            c = torch.randn(1, 16, 6, 6, generator=g).to(dtype)
+            with torch.no_grad():
+                op = torch.ops.mkldnn._convolution_pointwise
+                y = op(x, conv.weight, conv.bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+                yb = op.binary(x, c.expand(2, -1, -1, -1), conv.weight, conv.bias, [1, 1], [1, 1], [1, 1], 1, "add",
+                               None, "relu", [], "")
+                ref, refb = conv(x).relu(), (conv(x).float() + c.float()).relu()
+            tol = 0.05 * float(refb.abs().max()) + 1e-3
+            ok = bool((y.float() - ref.float()).abs().max() <= tol and (yb.float() - refb).abs().max() <= tol)
+        except Exception:  # noqa: BLE001 - no mkldnn, or an op this build lacks: the unfused path
+            ok = False
+        if not ok:
+            log.info("fused oneDNN convolutions unavailable for %s: unfused layers", dtype)
+        _FUSED_OK[dtype] = ok
+    return _FUSED_OK[dtype]
+
+
+class _Net:
+    """One distinct weights object as the engine runs it: the module in the engine's dtype, and for a checked
+    engine the float32 module (its last layer, and the close calls)."""
+
+    def __init__(self, w: NinWeights, spec: EngineSpec, from_prefix: bool):
+        self.net = _prepare(w, spec)
+        self.net32 = self.net if spec.dtype == torch.float32 else _prepare(w, spec, torch.float32)
+        self.from_prefix = from_prefix
+        self.start = 2 if from_prefix else 0
+        self.fused = spec.checked and spec.channels_last and _fused_ok(spec.dtype)
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared prefix (CONV1, CCCP1) in the engine's dtype."""
+        return _fused_layers(self.net, 0, x, len(SHARED_LAYERS)) if self.fused else _prefix(self.net, x)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 scores of the engine's computation from ``x`` (the prefix's output, or the image)."""
+        if self.net is self.net32:
+            return _forward_from(self.net, self.start, x)
+        last = len(self.net.convs) - 1
+        if self.fused:
+            h = _fused_layers(self.net, self.start, x, last)
+        else:
+            h = _forward_from(self.net, self.start, x, stop=last)
+        return _last_layer32(self.net32, h.to(torch.float32))
+
+    def scores32(self, x32: torch.Tensor) -> torch.Tensor:
+        return _forward_from(self.net32, self.start, x32)
+
+    def error(self, x32: torch.Tensor, base_net: _Net) -> float:
+        """Largest |engine score - float32 score| on the images ``x32`` (every column)."""
+        if self.from_prefix:
+            s = self.scores(base_net.prefix(x32.to(self.net.convs[0].weight.dtype)))
+            s32 = self.scores32(_prefix(base_net.net32, x32))
+        else:
+            s, s32 = self.scores(x32.to(self.net.convs[0].weight.dtype)), self.scores32(x32)
+        return float((s - s32).abs().max()) if s.numel() else 0.0
+
+    def threshold(self, base: NinWeights, split: Split, classes: Sequence[int], base_net: _Net) -> float:
+        """The margin threshold of this model: ``min(BF16_TAU, BF16_REL x its calibration batch's error)``
+        (``BF16_TAU`` when that error is 0: a batch that says nothing about the model's scale)."""
+        rows = calibration_rows(split.y, classes)
+        if not len(rows):
+            return BF16_TAU
+        x32 = torch.from_numpy(base.normalize(split.x[rows])).contiguous(memory_format=torch.channels_last)
+        err = self.error(x32, base_net)
+        return min(BF16_TAU, BF16_REL * err) if err > 0 else BF16_TAU
+
+
+def calibration_rows(y: np.ndarray, classes: Sequence[int], images: int = BF16_CALIB_IMAGES) -> np.ndarray:
+    """A model's calibration batch: the first ``images // len(classes)`` (at least 2) images of each class."""
+    classes = sorted(int(c) for c in classes)
+    if not classes:
+        return np.zeros(0, np.int64)
+    per = max(2, images // len(classes))
+    return np.concatenate([np.flatnonzero(y == c)[:per] for c in classes])
+
+
+def margins(s: torch.Tensor) -> torch.Tensor:
+    """Per row: the largest score minus the second largest (infinite with a single column)."""
+    if s.shape[1] < 2:
+        return torch.full((s.shape[0],), float("inf"))
+    top = s.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
 @torch.no_grad()
 def evaluate_models(base: NinWeights, models: Sequence[EvalModel], split: Split,
-                    options: EvalOptions = EvalOptions()) -> EvalResult:
+                    options: EvalOptions = EvalOptions(), tau: float | None = None) -> EvalResult:
     """Accuracy of every model on its classes' images in ``split`` (see the module docstring).
 
-    ``split`` holds the images to use (already limited per class / to exact images by the caller).
+    ``split`` holds the images to use (already limited per class / to exact images by the caller).  ``tau``:
+    one margin threshold for every model of a checked engine instead of the calibrated ones (tests force or
+    skip the float32 path with it).  ``extra`` of the result, for a checked engine: ``rerun_images`` (images
+    whose float32 prefix was computed again), ``rerun_evals`` (model x image evaluations redone in float32),
+    ``calib_evals`` (model x image evaluations of the calibration batches, in both precisions) and
+    ``tau_min``/``tau_max`` (the thresholds used).
     """
     t0 = time.perf_counter()
-    engine = options.engine
+    engine = resolve_engine(options.engine)
+    spec = ENGINE_SPECS[engine]
     if options.threads:
         torch.set_num_threads(options.threads)
     m = len(models)
     correct = np.zeros((m, N_CLASSES), np.int64)
     n = np.zeros((m, N_CLASSES), np.int64)
+    extra = {"rerun_images": 0, "rerun_evals": 0, "calib_evals": 0} if spec.checked else {}
     if m == 0:
-        return EvalResult(correct, n, engine=engine)
-    base_net = _prepare(base, engine)
+        return EvalResult(correct, n, engine=engine, extra=extra)
+    base_net = _Net(base, spec, True)
     # One module per distinct weights object; models sharing weights share the forward pass.
     uniq: dict[int, int] = {}
-    nets: list[NinNet] = []
-    from_prefix: list[bool] = []
+    nets: list[_Net] = []
     model_net = np.zeros(m, np.int64)
     members = np.zeros((m, N_CLASSES), bool)
     for j, mod in enumerate(models):
         key = id(mod.weights)
         if key not in uniq:
             uniq[key] = len(nets)
-            nets.append(base_net if mod.weights is base else _prepare(mod.weights, engine))
-            from_prefix.append(shares_prefix(base, mod.weights))
+            nets.append(base_net if mod.weights is base else _Net(mod.weights, spec, shares_prefix(base, mod.weights)))
         model_net[j] = uniq[key]
         members[j, np.asarray(list(mod.classes), np.int64)] = True
     cols = [None if mod.columns is None else torch.as_tensor(list(mod.columns), dtype=torch.long)
             for mod in models]
     outs = [mod.output_classes() for mod in models]
     needed = np.flatnonzero(members.any(axis=0))
+    taus = np.zeros(len(nets))
+    if spec.checked:
+        for k, net in enumerate(nets):
+            classes = np.flatnonzero(members[model_net == k].any(axis=0))
+            taus[k] = float(tau) if tau is not None else net.threshold(base, split, classes, base_net)
+            extra["calib_evals"] += 0 if tau is not None else len(calibration_rows(split.y, classes))
+        extra.update(tau_min=float(taus.min()), tau_max=float(taus.max()))
     evals = prefix_images = 0
     for c, rows in chunk_plan(split.y, needed, options.chunk_images):
-        x = _as_engine(torch.from_numpy(base.normalize(split.x[rows])), engine)
+        x32 = _as_engine(torch.from_numpy(base.normalize(split.x[rows])), spec)
+        x = x32 if spec.dtype == torch.float32 else x32.to(spec.dtype)
         users = np.flatnonzero(members[:, c])
         nets_here = np.unique(model_net[users])
         prefix = None
-        if any(from_prefix[k] for k in nets_here):
-            prefix = _prefix(base_net, x)
+        if any(nets[k].from_prefix for k in nets_here):
+            prefix = base_net.prefix(x)
             prefix_images += len(rows)
         scores = {}
         for k in nets_here:
-            net = nets[k]
-            scores[k] = _forward_from(net, 2, prefix) if from_prefix[k] else _forward_from(net, 0, x)
+            scores[k] = nets[k].scores(prefix if nets[k].from_prefix else x)
             evals += len(rows)
+        picked = {j: scores[model_net[j]] if cols[j] is None else scores[model_net[j]].index_select(1, cols[j])
+                  for j in users}
+        if spec.checked:
+            close = {}
+            for j in users:
+                k = model_net[j]
+                lo = margins(picked[j]) < taus[k]
+                close[k] = lo if k not in close else close[k] | lo
+            if any(bool(v.any()) for v in close.values()):
+                _recheck(nets, scores, close, x32, base_net, extra)
+                picked = {j: scores[model_net[j]] if cols[j] is None
+                          else scores[model_net[j]].index_select(1, cols[j]) for j in users}
         for j in users:
-            s = scores[model_net[j]]
-            if cols[j] is not None:
-                s = s.index_select(1, cols[j])
-            pred = outs[j][s.argmax(dim=1).numpy()]
+            pred = outs[j][picked[j].argmax(dim=1).numpy()]
             correct[j, c] += int((pred == c).sum())
             n[j, c] += len(rows)
-    return EvalResult(correct, n, time.perf_counter() - t0, evals, prefix_images, engine)
+    return EvalResult(correct, n, time.perf_counter() - t0, evals, prefix_images, engine, extra)
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``x`` in ``x``'s memory format (index_select returns NCHW, and oneDNN then falls back to
+    torch's slow convolution for float32 1x1 layers)."""
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else \
+        torch.contiguous_format
+    return x.index_select(0, idx).contiguous(memory_format=fmt)
+
+
+def _recheck(nets: list[_Net], scores: dict, close: dict, x32: torch.Tensor, base_net: _Net, extra: dict) -> None:
+    """Replace the scores of the close calls (``close[k]``: rows of net ``k``) by float32 scores, computing the
+    float32 prefix once for the union of those rows."""
+    union = torch.zeros_like(next(iter(close.values())))
+    for k, rows in close.items():
+        if nets[k].from_prefix:
+            union |= rows
+    idx = torch.nonzero(union).flatten()
+    prefix32 = _prefix(base_net.net32, _rows(x32, idx)) if len(idx) else None
+    pos = torch.full((len(union),), -1, dtype=torch.long)
+    pos[idx] = torch.arange(len(idx))
+    extra["rerun_images"] += len(idx)
+    for k, rows in close.items():
+        sel = torch.nonzero(rows).flatten()
+        if not len(sel):
+            continue
+        inp = _rows(prefix32, pos[sel]) if nets[k].from_prefix else _rows(x32, sel)
+        scores[k][sel] = nets[k].scores32(inp)
+        extra["rerun_evals"] += len(sel)
+
+
+@torch.no_grad()
+def score_error(base: NinWeights, weights: Sequence[NinWeights], split: Split, engine: str = "bf16",
+                chunk_images: int = 32) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Per model: the largest |engine score - float32 score| over all images of ``split`` and all columns, the
+    engine's margin (winner minus runner-up over all columns) of every image, and the largest error on the
+    model's calibration batch (:func:`calibration_rows` of ``split``'s classes): the measurement behind
+    :data:`BF16_TAU` and :data:`BF16_REL` (``benchmarks/bench_bf16.py``)."""
+    spec = ENGINE_SPECS[resolve_engine(engine)]
+    base_net = _Net(base, spec, True)
+    nets = [base_net if w is base else _Net(w, spec, shares_prefix(base, w)) for w in weights]
+    err = np.zeros(len(nets))
+    marg: list[list[np.ndarray]] = [[] for _ in nets]
+    for i in range(0, len(split.y), chunk_images):
+        x32 = _as_engine(torch.from_numpy(base.normalize(split.x[i : i + chunk_images])), spec)
+        x = x32 if spec.dtype == torch.float32 else x32.to(spec.dtype)
+        p, p32 = base_net.prefix(x), _prefix(base_net.net32, x32)
+        for k, net in enumerate(nets):
+            s = net.scores(p if net.from_prefix else x)
+            s32 = net.scores32(p32 if net.from_prefix else x32)
+            err[k] = max(err[k], float((s - s32).abs().max()))
+            marg[k].append(margins(s).numpy())
+    rows = calibration_rows(split.y, np.unique(split.y))
+    xc = _as_engine(torch.from_numpy(base.normalize(split.x[rows])), spec)
+    calib = np.asarray([net.error(xc, base_net) for net in nets])
+    return err, [np.concatenate(v) if v else np.zeros(0) for v in marg], calib

@@ -48,7 +48,10 @@ def register(sub) -> None:
                    help="keep the finished cells here (a SQLite file or postgresql:// URL; default $HARNESS_DB "
                         "when set, else OUT/sweep.sqlite)")
     p.add_argument("--engine", choices=LazyChoices(_engines), metavar="NAME",
-                   help="evaluation engine: %(choices)s (default torch-cl: channels-last torch)")
+                   help="evaluation engine: %(choices)s (default auto: checked bfloat16 where the CPU has native "
+                        "bfloat16, else torch-cl; every engine gives float32's counts, docs/sweep.md)")
+    p.add_argument("--calib-per-class", type=int, metavar="N", help="calibration images per target class for "
+                   "methods that reconstruct from images (recon: default 100); other methods are unchanged")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
     p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 32)")
@@ -72,7 +75,7 @@ def _options(args):
         levels=parse_levels(args.levels) if args.levels is not None else None,
         subsets=args.subsets, seed=args.seed, methods=methods, per_class=args.per_class,
         exact_only=args.exact_only, engine=args.engine, workers=args.workers, threads=args.threads,
-        chunk_images=args.chunk,
+        chunk_images=args.chunk, calib_per_class=args.calib_per_class,
     )
 
 
@@ -90,8 +93,8 @@ def run(args) -> int:
     from harness.cliutil import progress
     from harness.errors import HarnessError, UsageError
     from harness.graphargs import is_graph_model, nin_branch
+    from harness.sweep.run import nin_methods
     from harness.sweep.store import cells_location
-    from specialist.methods import get_method
 
     opts = _options(args)
     cells_location(args.out, getattr(args, "db", None))  # a malformed --db: one line, before any work
@@ -109,8 +112,10 @@ def run(args) -> int:
         graph_methods(opts.methods)
     else:
         nin_branch(args)
-    for name in opts.methods if not graph else ():  # unknown names: one line listing the known ones
-        get_method(name)
+    if not graph:  # unknown names: one line listing the known ones; --calib-per-class without such a method
+        nin_methods(opts)
+    elif opts.calib_per_class is not None:
+        raise UsageError("--calib-per-class: graph models' sweep methods do not reconstruct from calibration images")
     paper = None
     if args.compare_paper:
         paper = sw.load_paper_table(args.paper_table) if args.paper_table else sw.PAPER_TABLE2

@@ -66,11 +66,12 @@ class SweepOptions:
     methods: tuple[str, ...] = field(default_factory=lambda: (_default_method(),))
     per_class: int | None = None  # test images per class (None: all)
     exact_only: bool = False
-    engine: str = "torch-cl"
+    engine: str = "auto"  # specialist.evaluate.ENGINES; auto: bf16 with native bfloat16, else torch-cl
     workers: int = 2  # worker processes (1: evaluate in this process)
     threads: int = 0  # torch threads per worker (0: 1 with several workers, torch's default with one)
     chunk_images: int = 32
     task_jobs: int = 30  # pruned jobs (subset x level) per task: the unit of work and of resumption
+    calib_per_class: int | None = None  # calibration images per class of methods that reconstruct from images
 
     def __post_init__(self) -> None:
         from specialist.evaluate import ENGINES
@@ -94,6 +95,8 @@ class SweepOptions:
             _whole(getattr(self, name), name, lo)
         if self.per_class is not None:
             _whole(self.per_class, "per_class", 1)
+        if self.calib_per_class is not None:
+            _whole(self.calib_per_class, "calib_per_class", 1)
         if self.engine not in ENGINES:
             raise UsageError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
 

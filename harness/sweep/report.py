@@ -93,6 +93,6 @@ def result_json(res: SweepResult, paper: dict | None = None, files: dict | None 
                    "jobs_resumed": res.jobs_resumed, "image_evals": res.image_evals,
                    "eval_worker_s": round(res.eval_s, 2), "worker_cpu_s": round(res.cpu_s, 2),
                    "image_evals_per_worker_s": None if evals_per_s is None else round(evals_per_s, 1),
-                   "build_ms_total": round(res.build_ms_total, 1)},
+                   "build_ms_total": round(res.build_ms_total, 1), "engine": res.engine},
         "data": res.data, "hashes": res.hashes, "files": files or {},
     }

@@ -49,6 +49,23 @@ def _all_jobs(options: SweepOptions, subsets: Subsets, ctx_none: str, ctx_method
     return jobs
 
 
+def nin_methods(options: SweepOptions) -> list:
+    """The named NIN methods; ``calib_per_class`` (``--calib-per-class``) replaces the calibration image count of
+    those that reconstruct from calibration images (``recon``, a TOML method with ``calib_per_class``), and is a
+    one-line usage error when none of them does (or on a graph model, whose methods have no calibration)."""
+    from specialist.build import with_overrides
+    from specialist.methods import get_method
+
+    methods = [get_method(name) for name in options.methods]
+    n = options.calib_per_class
+    if n is None:
+        return methods
+    if not any(m.calib_per_class for m in methods):
+        raise UsageError(f"--calib-per-class {n}: none of the methods ({', '.join(options.methods)}) reconstructs "
+                         "from calibration images; it applies to recon or a TOML method with calib_per_class")
+    return [with_overrides(m, {"calib_per_class": n}) if m.calib_per_class else m for m in methods]
+
+
 def _execute(tasks: list[list[Job]], setup: WorkerSetup, options: SweepOptions, accept: Accept) -> None:
     """Run the tasks here (one worker, or one task) or in worker processes; every result goes to
     ``accept`` as it arrives.  An interrupt or failure stops the workers at once."""
@@ -101,16 +118,20 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
     from harness.graphargs import is_graph_spec
     from specialist.build import load_default_stats
     from specialist.data import resolve_data_dir
-    from specialist.methods import get_method
+    from specialist.evaluate import resolve_engine
     from specialist.model import load_weights
 
     t0 = time.perf_counter()
+    graph = is_graph_spec(model_path)
+    if graph and options.calib_per_class is not None:
+        raise UsageError("--calib-per-class: graph models' sweep methods do not reconstruct from calibration images")
     data_path = str(resolve_data_dir(data_dir))
-    if is_graph_spec(model_path):
+    engine = "float32 (graph model)" if graph else resolve_engine(options.engine)
+    if graph:
         methods, setup, test, model_hash, stats_hash, code_hash = _graph_inputs(
             options, str(model_path), weights, stats_path, data_path, out_dir)
     else:
-        methods = [get_method(name) for name in options.methods]
+        methods = nin_methods(options)
         base = load_weights(model_path)
         stats = load_default_stats(base, stats_path)
         setup = WorkerSetup(model_path, stats_path, data_path, options.per_class, options.exact_only,
@@ -158,6 +179,8 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
                 progress(totals["tasks"], len(tasks))
 
         if tasks:
+            log.info("evaluation engine %s (option %s)%s", engine, options.engine,
+                     "; lab workers resolve it on their own machines" if executor is not None else "")
             (executor or _execute)(tasks, setup, options, accept)
     finally:
         store.close()
@@ -169,6 +192,7 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
         jobs_total=len(jobs), jobs_run=len(pending), jobs_resumed=resumed, image_evals=int(totals["image_evals"]),
         eval_s=float(totals["eval_s"]), cpu_s=float(totals["cpu_s"]),
         build_ms_total=float(sum(np.nansum(t.build_ms) for t in tables)),
+        engine=engine,
         data={"dir": data_path, "images": int(len(test)), "per_class_images": counts.tolist(),
               "exact_only": options.exact_only},
         hashes={"base_model": model_hash, "stats": stats_hash, "data": data_fp, "builder_code": code_hash},

@@ -91,3 +91,4 @@ class SweepResult:
     build_ms_total: float
     data: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
+    engine: str = ""  # the evaluation engine the option resolved to in this process (specialist.evaluate)

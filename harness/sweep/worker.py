@@ -6,6 +6,7 @@ loads the base model, the statistics artifact and the test images once (:func:`w
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from harness.sweep.jobs import Job
 from harness.sweep.store import JobRecord
 from specialist.model import N_CLASSES
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerSetup:
@@ -99,6 +101,8 @@ def run_task(setup: WorkerSetup, jobs: Sequence[Job]) -> list[JobRecord]:
             models.append(EvalModel(spec.weights, spec.classes))
             meta.append((int(spec.flops), float(spec.build_ms)))
     res = evaluate_models(base, models, test, EvalOptions(engine=setup.engine, chunk_images=setup.chunk_images))
+    log.info("task of %d jobs: engine %s, %d image evaluations, %s", len(jobs), res.engine, res.image_evals,
+             res.extra or "float32")
     share = res.seconds / max(len(jobs), 1)
     cpu_share = (time.process_time() - cpu0) / max(len(jobs), 1)
     out = []

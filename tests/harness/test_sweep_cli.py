@@ -11,6 +11,7 @@ import pytest
 
 from harness import sweep as sw
 from harness.cli import main
+from harness.sweep.run import nin_methods
 
 
 def _run(capsys, argv):
@@ -113,6 +114,10 @@ def test_more_subsets_than_exist_are_all_used_with_a_note(tmp_path, data_dir, ca
     (["--levels", "0,10"], "--levels: 0 is out of range"),
     (["--subsets", "0"], "--subsets must be"),
     (["--compare-paper", "--paper-table", "/nonexistent/t.csv"], "cannot read"),
+    (["--method", "best,paper", "--calib-per-class", "5"], "--calib-per-class 5: none of the methods (best, paper)"),
+    (["--method", "recon", "--calib-per-class", "0"], "--calib-per-class must be a whole number >= 1"),
+    (["--model", "resnet20", "--calib-per-class", "5"], "--calib-per-class: graph models"),
+    (["--engine", "fp8"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "o"
@@ -120,3 +125,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert stdout == "" and not out.exists()
+
+
+def test_calib_per_class_reaches_the_methods_that_reconstruct(tmp_path, data_dir, capsys):
+    code, stdout, err = _run(capsys, ["sweep", "--sizes", "2", "--levels", "50", "--subsets", "1", "--per-class", "5",
+                                      "--method", "recon,best", "--calib-per-class", "3", "--data", str(data_dir),
+                                      "--out", str(tmp_path), "--db", str(tmp_path / "cells.sqlite"), "--workers",
+                                      "1", "--json"])
+    assert code == 0, err
+    res = json.loads(stdout)
+    recon, best = (m["definition"] for m in res["methods"])
+    assert (recon["name"], recon["calib_per_class"]) == ("recon", 3)
+    assert (best["name"], best["calib_per_class"]) == ("best", 0)  # a method without calibration is unchanged
+    assert res["options"]["calib_per_class"] == 3
+    p = tmp_path / "s.toml"
+    p.write_text('[sweep]\nmethods = ["recon"]\ncalib_per_class = 7\n')
+    opts = sw.SweepOptions.from_toml(p)
+    assert [m.calib_per_class for m in nin_methods(opts)] == [7]
+
+
+def test_a_sweep_resumed_with_another_engine_reuses_its_cells(tmp_path, data_dir, capsys):
+    """The engine is not part of the resume keys: every engine gives float32's counts, checked here."""
+    argv = ["sweep", "--sizes", "2,4", "--levels", "30,50", "--subsets", "2", "--per-class", "30", "--method", "paper",
+            "--data", str(data_dir), "--workers", "1", "--json"]
+    a, b = (["--out", str(tmp_path / d), "--db", str(tmp_path / d / "cells.sqlite")] for d in "ab")
+    code, stdout, err = _run(capsys, [*argv, *a, "--engine", "torch-cl"])
+    assert code == 0, err
+    first = json.loads(stdout)
+    assert first["timing"]["engine"] == "torch-cl"
+    code, stdout, err = _run(capsys, [*argv, *a, "--engine", "bf16"])
+    assert code == 0, err
+    again = json.loads(stdout)
+    assert again["timing"]["jobs_run"] == 0 and again["timing"]["jobs_resumed"] == first["timing"]["jobs_total"]
+    code, stdout, err = _run(capsys, [*argv, *b, "--engine", "bf16"])
+    assert code == 0, err
+    fresh = json.loads(stdout)
+    assert fresh["timing"]["engine"] == "bf16" and fresh["timing"]["jobs_run"] == first["timing"]["jobs_total"]
+    assert [c["values_pct"] for c in fresh["methods"][0]["cells"]] == \
+        [c["values_pct"] for c in first["methods"][0]["cells"]]
