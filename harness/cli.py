@@ -98,7 +98,7 @@ def _global_values(args: argparse.Namespace) -> int:
     (-1 quiet, 0 default, 1 info, 2 debug)."""
     verbose = args.verbose + getattr(args, "verbose_after", 0)
     quiet = args.quiet + getattr(args, "quiet_after", 0)
-    if args.db is None:
+    if args.db is None and not getattr(args, "db_default_own", False):
         args.db = os.environ.get("HARNESS_DB", "").strip() or str(DEFAULT_DB)
     return max(-1, min(verbose - quiet, 2))
 

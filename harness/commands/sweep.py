@@ -58,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="TOML", help="sweep options from a TOML file ([sweep] table); flags override")
     p.add_argument("--lab", metavar="HEAD", help="run the tasks as Ray tasks on the lab at HEAD (HOST:PORT; docs/lab.md)")
     add_json_flag(p)
+    p.set_defaults(db_default_own=True)  # no --db: $HARNESS_DB, else OUT/sweep.sqlite (not the results database)
     p.set_defaults(func=run)
 
 

@@ -95,11 +95,17 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path, data_dir, worker
     assert res.jobs_resumed == 0 and res.jobs_run == 8
 
 
-def test_more_subsets_than_exist_are_all_used_with_a_note(tmp_path, data_dir, capsys):
+def test_more_subsets_than_exist_are_all_used_with_a_note(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARNESS_DB", raising=False)
+    out = tmp_path / "o"
     code, stdout, err = _run(capsys, ["sweep", "--sizes", "10", "--levels", "50", "--subsets", "3",
-                                      "--per-class", "5", "--data", str(data_dir), "--out", str(tmp_path),
+                                      "--per-class", "5", "--data", str(data_dir), "--out", str(out),
                                       "--workers", "1", "--json"])
     assert code == 0, err
+    # without --db the cells live in OUT/sweep.sqlite, never in the results database of the working directory
+    assert (out / "sweep.sqlite").is_file()
+    assert not (tmp_path / "results").exists()
     res = json.loads(stdout)
     assert res["subsets"] == {"10": [list(range(10))]}
     assert any("only 1 distinct subset" in n for n in res["notes"])
