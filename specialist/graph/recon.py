@@ -157,19 +157,26 @@ def selection_order(terms, size: int, n_remove: int, ridge: float) -> np.ndarray
             vals, vecs = np.linalg.eigh(b @ b.T)
             b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
         p = np.linalg.inv(g + ridge_lambda(g, ridge) * np.eye(len(g)))
-        states.append((p, p @ b, units))
+        single = all(len(u) <= 1 for u in units)
+        pos = np.asarray([u[0] if u else -1 for u in units], np.int64) if single else None
+        states.append((p, p @ b, units, pos))
     alive = np.ones(size, bool)
     removed = []
     for _ in range(n_remove):
         drop = np.zeros(size)
-        for p, pb, units in states:
+        for p, pb, units, pos in states:
+            if pos is not None:  # one input per channel: the loss of each is one row of P B over P's diagonal
+                ok = (pos >= 0) & alive
+                at = np.maximum(pos, 0)
+                drop += np.where(ok, np.sum(pb[at] ** 2, 1) / np.where(ok, np.diag(p)[at], 1.0), 0.0)
+                continue
             for j in np.flatnonzero(alive):
                 s = units[j]
                 if s:
                     drop[j] += float(np.sum(pb[s] * np.linalg.solve(p[np.ix_(s, s)], pb[s])))
         drop[~alive] = np.inf
         j = int(np.argmin(drop))
-        for p, pb, units in states:
+        for p, pb, units, _ in states:
             s = units[j]
             if not s:
                 continue
@@ -256,6 +263,7 @@ def reconstruct(graph: ChannelGraph, counts: Mapping[str, int], classes: Sequenc
         const_hooks.append(wl.register_forward_hook(_adder(const.to(torch.float32))))
     for h in const_hooks:
         h.remove()
+    keep = {g.root: keep[g.root] for g in graph.prunable}
     return keep, *_cut(graph, working, keep, cls, consts, refit_names, fold)
 
 
