@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Images per forward chunk.
 CHUNK_IMAGES = 100
+#: The original network's consumer inputs on the calibration images are kept in memory up to this size (ResNet-20:
+#: 0.84 MB per image; caching halves a 10-class build: 43 -> 21 s), else recomputed in every pass.
+ORIGINAL_CACHE_BYTES = 1 << 30
 
 
 class _Stop(Exception):
@@ -96,39 +99,68 @@ class Moments:
         return m_s.numpy(), m_o.numpy(), cen(self.gss, m_s, m_s), cen(self.gso, m_s, m_o), cen(self.goo, m_o, m_o)
 
 
+def _inputs(model: nn.Module, chunk: torch.Tensor, names: Sequence[str], last: str) -> dict[str, torch.Tensor]:
+    """The inputs of the layers ``names`` on ``chunk``; the forward pass stops at ``last``."""
+    seen: dict[str, torch.Tensor] = {}
+    mods = dict(model.named_modules())
+
+    def hook(name):
+        def fn(_m, inputs):
+            seen[name] = inputs[0].detach()
+            if name == last:
+                raise _Stop
+        return fn
+
+    hooks = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        model(chunk)
+    except _Stop:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+class Originals:
+    """The original network's inputs of every consumer on the calibration images, per chunk: kept in memory
+    when they fit in :data:`ORIGINAL_CACHE_BYTES` (a tensor read by several consumers is stored once), else
+    recomputed per pass."""
+
+    def __init__(self, original: nn.Module, x: torch.Tensor, order: Sequence[str]):
+        self.model, self.x, self.order = original, x, list(order)
+        self.chunks: list[dict[str, torch.Tensor]] | None = None
+        with torch.no_grad():
+            one = _inputs(original, x[:1], self.order, self.order[-1])
+        per_image = sum(t.numel() * t.element_size() for t in {id(t): t for t in one.values()}.values())
+        if per_image * len(x) <= ORIGINAL_CACHE_BYTES:
+            with torch.no_grad():
+                self.chunks = [_inputs(original, x[i : i + CHUNK_IMAGES], self.order, self.order[-1])
+                               for i in range(0, len(x), CHUNK_IMAGES)]
+
+    def get(self, k: int, names: Sequence[str], last: str) -> dict[str, torch.Tensor]:
+        if self.chunks is not None:
+            return self.chunks[k]
+        i = k * CHUNK_IMAGES
+        return _inputs(self.model, self.x[i : i + CHUNK_IMAGES], names, last)
+
+
 @torch.no_grad()
-def measure(original: nn.Module, working: nn.Module, x: torch.Tensor, names: Sequence[str],
+def measure(original: nn.Module | Originals, working: nn.Module, x: torch.Tensor, names: Sequence[str],
             order: Sequence[str]) -> dict[str, Moments]:
-    """:class:`Moments` at the inputs of the consumers ``names`` over the images ``x``; each forward pass stops
-    after the last of them (in execution ``order``)."""
+    """:class:`Moments` at the inputs of the consumers ``names`` over the images ``x`` (the original network's
+    inputs from ``original``, a module or its :class:`Originals`); each forward pass stops after the last of
+    them (in execution ``order``)."""
     rank = {n: i for i, n in enumerate(order)}
     last = max(names, key=lambda n: rank[n])
     out = {n: Moments() for n in names}
-    for i in range(0, len(x), CHUNK_IMAGES):
+    for k, i in enumerate(range(0, len(x), CHUNK_IMAGES)):
         chunk = x[i : i + CHUNK_IMAGES]
-        got = []
-        for model in (original, working):
-            seen: dict[str, torch.Tensor] = {}
-            mods = dict(model.named_modules())
-
-            def hook(name, seen=seen):
-                def fn(_m, inputs):
-                    seen[name] = inputs[0].detach()
-                    if name == last:
-                        raise _Stop
-                return fn
-
-            hooks = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
-            try:
-                model(chunk)
-            except _Stop:
-                pass
-            finally:
-                for h in hooks:
-                    h.remove()
-            got.append(seen)
+        xo = original.get(k, names, last) if isinstance(original, Originals) else _inputs(original, chunk, names,
+                                                                                           last)
+        xs = _inputs(working, chunk, names, last)
         for n in names:
-            out[n].add(got[1][n], got[0][n])
+            out[n].add(xs[n], xo[n])
     return out
 
 
@@ -222,6 +254,7 @@ def reconstruct(graph: ChannelGraph, counts: Mapping[str, int], classes: Sequenc
         for c in grp.consumers:
             reads.setdefault(c.module, []).append((grp, c))
     order = graph.consumers()
+    originals = Originals(original, x, order)
     keep: dict[str, list[int]] = {}
     removed_in: dict[str, set[int]] = {}
     consts: dict[str, torch.Tensor] = {}
@@ -230,7 +263,7 @@ def reconstruct(graph: ChannelGraph, counts: Mapping[str, int], classes: Sequenc
     for name in order:
         todo = [grp for grp, _ in reads.get(name, ()) if grp.root not in keep]
         need = sorted({name} | {c.module for grp in todo for c in grp.consumers}, key=order.index)
-        mom = measure(original, working, x, need, order)
+        mom = measure(originals, working, x, need, order)
         cen = {n: mom[n].centred() for n in need}
         for grp in todo:
             n_drop = int(counts.get(grp.root, 0)) if grp.prunable else 0
