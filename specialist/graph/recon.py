@@ -105,8 +105,9 @@ def _inputs(model: nn.Module, chunk: torch.Tensor, names: Sequence[str], last: s
     mods = dict(model.named_modules())
 
     def hook(name):
-        def fn(_m, inputs):
-            seen[name] = inputs[0].detach()
+        def fn(m, inputs):
+            t = inputs[0].detach()
+            seen[name] = t.reshape(-1, t.shape[-1]) if isinstance(m, nn.Linear) and t.dim() > 2 else t
             if name == last:
                 raise _Stop
         return fn
