@@ -209,3 +209,20 @@ def test_cli_build_and_one_line_errors(tmp_path, data_dir, capsys):
         code, _, err = run(capsys, "build", "--model", "resnet20", "--stats", art, "--classes", "0,1", "--level",
                            "30", "--method", "recon", *extra, "-o", out_file)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1 and not out_file.exists(), err
+
+
+def test_pt2_program_recon(tmp_path):
+    """A user's ``.pt2`` program (rebuilt as a module of nn layers) reconstructs like the module it came from."""
+    model = _concat(3)
+    prog = tmp_path / "concat.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 16, 16),)), str(prog))
+    loaded = load_model(str(prog))
+    graph = analyse(loaded.module, loaded.example())
+    st = _stats(graph, 30, (3, 16, 16))
+    x = torch.randn(30, 3, 16, 16)
+    best = build_graph_specialist(loaded, st, [1, 2], 40, graph_method("best"), graph=graph)
+    spec = build_graph_specialist(loaded, st, [1, 2], 40, graph_method("recon"), graph=graph, calib=x)
+    assert spec.flops == best.flops < spec.flops_base and spec.report.refit
+    with torch.no_grad():
+        ref = model(x)[:, [1, 2]]
+        assert float((spec.module(x) - ref).square().mean()) < float((best.module(x) - ref).square().mean())
