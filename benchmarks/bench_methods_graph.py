@@ -68,7 +68,8 @@ def run_graph(args) -> int:
                 if key in cells or args.print_only:
                     continue
                 t0 = time.perf_counter()
-                spec = build_graph_specialist(loaded, stats, list(sub), lv, graph_method(m), graph=graph)
+                spec = build_graph_specialist(loaded, stats, list(sub), lv, graph_method(m), graph=graph,
+                                              calib=args.data)
                 build_s = time.perf_counter() - t0
                 if sub not in refs:
                     refs[sub] = subset_accuracies(loaded.module, spec.module, spec.classes, x, y)[1]

@@ -99,11 +99,13 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
     from specialist.graph.specialize import build_graph_specialist, graph_method
 
     method = graph_method(args.method, args.compensation, getattr(args, "fold", None), getattr(args, "impact", None),
-                          getattr(args, "multiple_of", None))
+                          getattr(args, "multiple_of", None), getattr(args, "calib_per_class", None))
     level = args.level if level is None else level
     if not 0 <= level < 100:
         raise UsageError(f"--level must be in [0, 100), got {level:g}")
     loaded = loaded or load_graph_model(args)
+    if method.calib_per_class:  # recon reconstructs on CIFAR-10 calibration images
+        check_cifar(loaded.description)
     needs_stats = method.needs_stats
     if needs_stats and not getattr(args, "stats", None):
         raise UsageError(f"method {method.name!r} on a graph model needs --stats FILE (make one with 'harness stats "
@@ -115,7 +117,7 @@ def build_graph_from_args(args, level: float | None = None, loaded=None):
                    else (None, {}))
     graph = analyse(loaded.module, loaded.example())
     spec = build_graph_specialist(loaded, stats, classes, level, method, graph=graph, base=base_info(args),
-                                  stats_hash=meta.get("content_hash", ""))
+                                  stats_hash=meta.get("content_hash", ""), calib=getattr(args, "data", None))
     return loaded, spec
 
 

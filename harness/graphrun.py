@@ -143,7 +143,7 @@ def graph_entries(plan, cache_dir: str | Path):
                             input_mean=None, input_std=None)
     for level in progress(plan.levels, total=len(plan.levels), desc="building", unit="model"):
         spec = build_graph_specialist(loaded, stats, list(plan.classes), float(level), method, graph=graph,
-                                      base=base_info(ns), stats_hash=stats_hash)
+                                      base=base_info(ns), stats_hash=stats_hash, calib=data)
         job = GraphExportJob(spec.module, desc, tuple(spec.classes), float(level), method.name, spec.flops,
                              spec.flops_base, base_hash, stats_hash, fold=method.fold,
                              extra_nodes=len(spec.report.per_position), data=data)

@@ -142,7 +142,7 @@ def run_graph_task(setup, jobs: Sequence[Job]) -> list[JobRecord]:
             flops, build_ms = flops_base, 0.0
         else:
             spec = build_graph_specialist(st["loaded"], st["stats"], cls, job.level, job.method.graph_method(),
-                                          graph=st["graph"])
+                                          graph=st["graph"], calib=setup.data_dir)
             pred = np.asarray(cls)[predict(spec.module, st["x"][np.flatnonzero(sel)])]
             flops, build_ms = int(spec.flops), float(spec.build_ms)
         out.append((job, int((pred == y[sel]).sum()), int(sel.sum()), flops, build_ms))

@@ -67,6 +67,7 @@ class GraphMethod:
     multiple_of: int = 1
     merge_threshold: float = 0.0
     layer_weights: tuple = ()  # global allocation: ((group root, weight), ...)
+    calib_per_class: int = 0  # > 0: sequential reconstruction on calibration images (specialist.graph.recon)
 
     @property
     def needs_stats(self) -> bool:
@@ -77,7 +78,7 @@ class GraphMethod:
 def from_method(m: Method) -> GraphMethod:
     """The graph reading of a NIN method (preset or TOML)."""
     return GraphMethod(m.name, m.score, m.compensation, m.description, m.fold, m.impact, m.allocation, m.ridge,
-                       m.max_remove_pct, m.multiple_of, m.merge_threshold, tuple(m.layer_weights))
+                       m.max_remove_pct, m.multiple_of, m.merge_threshold, tuple(m.layer_weights), m.calib_per_class)
 
 
 #: Graph-specific definitions of five names (measured on ResNet-20 before the presets came; docs/anycnn.md).
@@ -97,32 +98,20 @@ GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESET
 GRAPH_DEFAULT_METHOD = "lsq"
 
 
-def _refuse_calibration(name: str) -> None:
-    """Sequential reconstruction from calibration images (``recon``, ``calib_per_class``) is NIN-only so far."""
-    if name in GRAPH_OVERRIDES:
-        return
-    try:
-        nin = get_method(name)
-    except UsageError:
-        return
-    if nin.calib_per_class:
-        raise UsageError(f"method {name!r} reconstructs from calibration images and supports only NIN so far; "
-                         "use best on graph models")
-
-
 def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None,
-                 impact: str | None = None, multiple_of: int | None = None) -> GraphMethod:
-    """A preset (:data:`GRAPH_METHODS`) or TOML method file by name, with overrides (``multiple_of``: kept
-    channel counts rounded to multiples, within the level's budget); one-line UsageError else."""
+                 impact: str | None = None, multiple_of: int | None = None,
+                 calib_per_class: int | None = None) -> GraphMethod:
+    """A preset (:data:`GRAPH_METHODS`, or ``recon``) or TOML method file by name, with overrides (``multiple_of``:
+    kept channel counts rounded to multiples, within the level's budget; ``calib_per_class``: calibration images
+    per class of ``recon``); one-line UsageError else."""
     name = name or GRAPH_DEFAULT_METHOD
-    _refuse_calibration(name)
     m = GRAPH_METHODS.get(name)
     if m is None:
         try:
             m = from_method(get_method(name))
         except UsageError:
-            raise UsageError(f"unknown method {name!r}; supported on graph models: {', '.join(GRAPH_METHODS)} "
-                             "(or a .toml file)") from None
+            raise UsageError(f"unknown method {name!r}; supported on graph models: {', '.join(GRAPH_METHODS)}, "
+                             "recon (or a .toml file)") from None
     if m.criterion not in GRAPH_SCORES:
         raise UsageError(f"method {name!r}: score {m.criterion!r} is not one of {', '.join(GRAPH_SCORES)}")
     if m.allocation not in GRAPH_ALLOCATIONS:
@@ -136,8 +125,10 @@ def graph_method(name: str | None, compensation: str | None = None, fold: str | 
                          f"{', '.join(COMPENSATIONS)}")
     if multiple_of is not None and not (isinstance(multiple_of, int) and multiple_of >= 1):
         raise UsageError(f"--multiple-of must be a positive integer, got {multiple_of!r}")
+    if calib_per_class is not None and not (isinstance(calib_per_class, int) and calib_per_class >= 1):
+        raise UsageError(f"--calib-per-class must be a positive integer, got {calib_per_class!r}")
     changes = {k: v for k, v in (("compensation", compensation), ("fold", fold), ("impact", impact),
-                                 ("multiple_of", multiple_of)) if v}
+                                 ("multiple_of", multiple_of), ("calib_per_class", calib_per_class)) if v}
     return dataclasses.replace(m, **changes) if changes else m
 
 

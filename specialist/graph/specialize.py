@@ -88,8 +88,10 @@ def _check_classes(classes: Sequence[int], k: int) -> list[int]:
 
 def build_graph_specialist(loaded: LoadedModel, stats: GraphStats | None, classes: Sequence[int], level: float,
                            method: GraphMethod, graph: ChannelGraph | None = None, base: dict | None = None,
-                           stats_hash: str = "") -> GraphSpecialist:
-    """Prune ``level`` % of every prunable group by ``method`` and compensate (see the module docstring)."""
+                           stats_hash: str = "", calib=None) -> GraphSpecialist:
+    """Prune ``level`` % of every prunable group by ``method`` and compensate (see the module docstring).
+    Methods with ``calib_per_class`` (``recon``) reconstruct on calibration images: ``calib`` is the data
+    directory (default as :func:`specialist.data.resolve_data_dir`) or a tensor of normalised images."""
     t0 = time.perf_counter()
     cls = _check_classes(classes, loaded.description.num_classes)
     if not 0 <= level < 100:
@@ -98,9 +100,14 @@ def build_graph_specialist(loaded: LoadedModel, stats: GraphStats | None, classe
     graph = graph or analyse(loaded.module, example)
     if stats is None and method.needs_stats:
         raise ArtifactError(f"method {method.name!r} needs a statistics artifact (harness stats)")
-    keep = plan_keep(graph, stats, cls, level, method)
-    module, report = prune(graph, keep, cls, stats, fold=method.fold, compensation=method.compensation,
-                           ridge=method.ridge, merge_threshold=method.merge_threshold)
+    if method.calib_per_class and level > 0:  # sequential reconstruction: best's counts, refit on images
+        from specialist.graph.recon import build_reconstructed
+
+        keep, module, report = build_reconstructed(graph, stats, cls, level, method, loaded.description, calib)
+    else:
+        keep = plan_keep(graph, stats, cls, level, method)
+        module, report = prune(graph, keep, cls, stats, fold=method.fold, compensation=method.compensation,
+                               ridge=method.ridge, merge_threshold=method.merge_threshold)
     rows = flop_table(module, example)
     flops = int(sum(r.flops for r in rows))
     flops_base = _BASE_FLOPS.get(id(graph))

@@ -1,4 +1,5 @@
-"""``--method recon`` through the real CLI: NIN builds from calibration images; graph models refuse it."""
+"""``--method recon`` through the real CLI: NIN builds from calibration images; graph models need --stats
+(tests/specialist/test_graph_recon.py builds them)."""
 
 import json
 
@@ -20,11 +21,11 @@ def test_build_recon_json(capsys, data_dir):
     assert d["method"] == "recon" and d["extra_nodes"] == 6 and abs(d["flops_pruned_pct"] - 39.2) < 0.5
 
 
-def test_recon_on_a_graph_model_is_refused_in_one_line(capsys):
+def test_recon_on_a_graph_model_without_stats_is_refused_in_one_line(capsys):
     code = main(["build", "--model", "resnet20", "--classes", "0,1", "--level", "30", "--method", "recon"])
     _, err = capsys.readouterr()
     assert code == 2
-    assert "supports only NIN" in err and len(err.strip().splitlines()) == 1
+    assert "needs --stats" in err and len(err.strip().splitlines()) == 1
 
 
 def test_negative_calib_per_class_is_refused(capsys):
