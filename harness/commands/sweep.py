@@ -51,7 +51,8 @@ def register(sub) -> None:
                    help="evaluation engine: %(choices)s (default auto: checked bfloat16 where the CPU has native "
                         "bfloat16, else torch-cl; every engine gives float32's counts, docs/sweep.md)")
     p.add_argument("--calib-per-class", type=int, metavar="N", help="calibration images per target class for "
-                   "methods that reconstruct from images (recon: default 100); other methods are unchanged")
+                   "methods that reconstruct from images (recon: default 200, each with its mirror image); "
+                   "other methods are unchanged")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (default 2; 1 = this process)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default 1 with workers)")
     p.add_argument("--chunk", type=int, metavar="N", help="images per evaluation chunk (default 32)")
@@ -110,13 +111,11 @@ def run(args) -> int:
 
         if args.method is None and opts.methods == (DEFAULT_METHOD,):  # the default: the graph default
             opts = opts.replace(methods=(GRAPH_DEFAULT_METHOD,))
-        graph_methods(opts.methods)
+        graph_methods(opts.methods, opts.calib_per_class)
     else:
         nin_branch(args)
     if not graph:  # unknown names: one line listing the known ones; --calib-per-class without such a method
         nin_methods(opts)
-    elif opts.calib_per_class is not None:
-        raise UsageError("--calib-per-class: graph models' sweep methods do not reconstruct from calibration images")
     paper = None
     if args.compare_paper:
         paper = sw.load_paper_table(args.paper_table) if args.paper_table else sw.PAPER_TABLE2

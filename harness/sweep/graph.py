@@ -51,15 +51,24 @@ class GraphSweepMethod:
         return GraphMethod(**dict(self.fields))
 
 
-def graph_methods(names: Sequence[str]) -> list[GraphSweepMethod]:
-    """The named graph methods; one line naming the supported ones for an unknown one."""
+def graph_methods(names: Sequence[str], calib_per_class: int | None = None) -> list[GraphSweepMethod]:
+    """The named graph methods; one line naming the supported ones for an unknown one. ``calib_per_class``
+    (``--calib-per-class``) replaces the calibration image count of those that reconstruct from calibration
+    images (``recon``); a one-line usage error when none of them does."""
     import dataclasses
 
+    from harness.errors import UsageError
     from specialist.graph.specialize import graph_method
 
+    found = [graph_method(name) for name in names]
+    if calib_per_class is not None:
+        if not any(m.calib_per_class for m in found):
+            raise UsageError(f"--calib-per-class {calib_per_class}: none of the methods ({', '.join(names)}) "
+                             "reconstructs from calibration images; it applies to recon")
+        found = [dataclasses.replace(m, calib_per_class=calib_per_class) if m.calib_per_class else m
+                 for m in found]
     out = []
-    for name in names:
-        m = graph_method(name)
+    for m in found:
         out.append(GraphSweepMethod(m.name, m.description, m.criterion, m.compensation, m.fold,
                                     tuple(dataclasses.asdict(m).items())))
     return out

@@ -52,7 +52,7 @@ def _all_jobs(options: SweepOptions, subsets: Subsets, ctx_none: str, ctx_method
 def nin_methods(options: SweepOptions) -> list:
     """The named NIN methods; ``calib_per_class`` (``--calib-per-class``) replaces the calibration image count of
     those that reconstruct from calibration images (``recon``, a TOML method with ``calib_per_class``), and is a
-    one-line usage error when none of them does (or on a graph model, whose methods have no calibration)."""
+    one-line usage error when none of them does (graph models: :func:`harness.sweep.graph.graph_methods`)."""
     from specialist.build import with_overrides
     from specialist.methods import get_method
 
@@ -92,7 +92,7 @@ def _graph_inputs(options: SweepOptions, model: str, weights: str | None, stats_
     from harness.sweep.graph import graph_code_hash, graph_methods, graph_state, load_model, sweep_stats
     from specialist.graph.artifact import model_hash
 
-    methods = graph_methods(options.methods)
+    methods = graph_methods(options.methods, options.calib_per_class)
     loaded = load_model(model, weights)
     stats_file, stats_hash = sweep_stats(loaded, model, stats_path, methods, data_path, out_dir)
     setup = WorkerSetup(model, stats_file, data_path, options.per_class, options.exact_only, options.engine,
@@ -123,8 +123,6 @@ def run_sweep(options: SweepOptions, *, model_path: str | None = None, stats_pat
 
     t0 = time.perf_counter()
     graph = is_graph_spec(model_path)
-    if graph and options.calib_per_class is not None:
-        raise UsageError("--calib-per-class: graph models' sweep methods do not reconstruct from calibration images")
     data_path = str(resolve_data_dir(data_dir))
     engine = "float32 (graph model)" if graph else resolve_engine(options.engine)
     if graph:

@@ -122,7 +122,7 @@ def test_more_subsets_than_exist_are_all_used_with_a_note(tmp_path, data_dir, ca
     (["--compare-paper", "--paper-table", "/nonexistent/t.csv"], "cannot read"),
     (["--method", "best,paper", "--calib-per-class", "5"], "--calib-per-class 5: none of the methods (best, paper)"),
     (["--method", "recon", "--calib-per-class", "0"], "--calib-per-class must be a whole number >= 1"),
-    (["--model", "resnet20", "--calib-per-class", "5"], "--calib-per-class: graph models"),
+    (["--model", "resnet20", "--calib-per-class", "5"], "--calib-per-class 5: none of the methods (lsq)"),
     (["--engine", "fp8"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
