@@ -96,6 +96,16 @@ GRAPH_OVERRIDES: dict[str, GraphMethod] = {m.name: m for m in (
 GRAPH_METHODS: dict[str, GraphMethod] = {**{n: from_method(m) for n, m in PRESETS.items() if not m.calib_per_class},
                                          **GRAPH_OVERRIDES}
 GRAPH_DEFAULT_METHOD = "lsq"
+#: Graph readings of the presets that reconstruct from calibration images (NIN's ``recon`` uses 200 images per
+#: class and their mirror images; graph ``recon`` was measured with 100 per class, no mirror images:
+#: docs/anycnn.md).
+GRAPH_CALIB_OVERRIDES: dict[str, dict] = {
+    "recon": {"calib_per_class": 100,
+              "description": "best's allocation (same FLOPs); then layer by layer in order, channels chosen by "
+                             "elimination on the refitted objective and every consumer refit by ridge least squares "
+                             "from the specialist's own activations to the original network's, on calibration "
+                             "images of the target classes (100 per class)"},
+}
 
 
 def graph_method(name: str | None, compensation: str | None = None, fold: str | None = None,
@@ -109,6 +119,7 @@ def graph_method(name: str | None, compensation: str | None = None, fold: str | 
     if m is None:
         try:
             m = from_method(get_method(name))
+            m = dataclasses.replace(m, **GRAPH_CALIB_OVERRIDES.get(name, {}))
         except UsageError:
             raise UsageError(f"unknown method {name!r}; supported on graph models: {', '.join(GRAPH_METHODS)}, "
                              "recon (or a .toml file)") from None
