@@ -83,3 +83,16 @@ def test_graph_sweep_refusals(model, tmp_path, capsys, extra, msg):
 def test_nin_sweep_refuses_weights(tmp_path, capsys):
     code, _, err = run(capsys, "sweep", "--weights", "w.pt", "--out", tmp_path / "sw")
     assert code == 2 and "applies to graph models" in err
+
+
+def test_calib_per_class_replaces_graph_recons_image_count_and_only_its():
+    from harness.errors import UsageError
+    from harness.sweep.graph import graph_methods
+
+    default = dict(graph_methods(["recon"])[0].fields)
+    assert default["calib_per_class"] == 100  # graph recon's own default (NIN's recon: 200 + mirror images)
+    lsq, recon = graph_methods(["lsq", "recon"], calib_per_class=7)
+    assert dict(recon.fields)["calib_per_class"] == 7
+    assert dict(lsq.fields)["calib_per_class"] == 0
+    with pytest.raises(UsageError, match="none of the methods \\(lsq\\) reconstructs"):
+        graph_methods(["lsq"], calib_per_class=7)
