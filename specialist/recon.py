@@ -60,11 +60,19 @@ PATCH_SAMPLES = 32
 PATCH_RIDGE = 10.0
 #: calibration images are used together with their horizontal mirror images (:func:`build_reconstructed`)
 FLIP = True
+#: translations (dy, dx) in pixels of further augmented copies (reflection-padded), used in this order, each on
+#: the images and then on their mirror images, while the copies fit in :data:`CALIB_BUDGET`
+SHIFTS = ((0, 3), (3, 0), (0, -3), (-3, 0), (2, 2), (-2, -2), (2, -2), (-2, 2))
+#: calibration images (originals and copies together) that augmented copies fill up to: with the default 200
+#: per class, 10 classes get the mirror images only (4,000 images), 2 classes also 8 shifted copies
+CALIB_BUDGET = 4000
 #: what :func:`build_reconstructed` passes to :func:`reconstruct` (measured in docs/methods.md)
 RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True}
 #: the refit's ridge relative to the method's (``best``'s allocation keeps ``method.ridge``): with 400-1,000
 #: calibration images per class 0.1x and 0.01x scored within 0.05 points of each other, 1x up to 0.3 below
 RIDGE_SCALE = 0.1
+#: images (the first ones: originals before copies) that :func:`decision_sensitivity` is averaged over
+SENS_IMAGES = 1000
 #: Images per forward chunk (keeps the 0.65 MB/image CCCP1 outputs of one chunk small).
 CHUNK_IMAGES = 100
 
@@ -165,6 +173,40 @@ def original_outputs(base: NinWeights, x: torch.Tensor) -> list[torch.Tensor]:
     return result
 
 
+def decision_sensitivity(base: NinWeights, classes, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per layer (CONV2 .. CCCP6), the mean over images and positions of the squared derivative of the original
+    network's decision margin (its top target-class score minus the runner-up) with respect to each output
+    channel's pre-activation: how much an error in that channel moves the decision between the target classes
+    (zero where the unit is off).  One backward pass per image chunk; no weights change."""
+    cls = torch.as_tensor(sorted(int(c) for c in classes))
+    first = LAYER_NAMES.index(PRUNABLE[0]) + 1
+    sums = {n: torch.zeros(base.weights[n].shape[0], dtype=torch.float64) for n in LAYER_NAMES[first:]}
+    ws = [(torch.from_numpy(np.ascontiguousarray(base.weights[n], np.float32)),
+           torch.from_numpy(np.ascontiguousarray(base.biases[n], np.float32))) for n in LAYER_NAMES]
+    count = {}
+    for j in range(0, len(x), CHUNK_IMAGES):
+        h = x[j : j + CHUNK_IMAGES]
+        pre = {}
+        with torch.enable_grad():
+            for li, (spec, (w, b)) in enumerate(zip(NIN_LAYERS, ws, strict=True)):
+                z = F.conv2d(h, w, b, padding=spec.padding)
+                if li == first:
+                    z.requires_grad_(True)
+                elif li > first:
+                    z.retain_grad()
+                if li >= first:
+                    pre[spec.name] = z
+                h = _POSTS[spec.post](torch.relu(z))
+            s = h[:, cls]
+            top2 = torch.topk(s, min(2, s.shape[1]), dim=1).values
+            margin = top2[:, 0] - top2[:, -1] if s.shape[1] > 1 else top2[:, 0]
+            margin.sum().backward()
+        for n, z in pre.items():
+            sums[n] += (z.grad.double() ** 2).sum(dim=(0, 2, 3))
+            count[n] = count.get(n, 0) + z.shape[0] * z.shape[2] * z.shape[3]
+    return {n: (v / max(count.get(n, 1), 1)).numpy() for n, v in sums.items()}
+
+
 def original_pre(out_o: torch.Tensor, base: NinWeights, i: int) -> torch.Tensor:
     """The original pre-activations of layer ``i`` (bias excluded: it stays the layer's) from its input."""
     spec = NIN_LAYERS[i]
@@ -172,10 +214,26 @@ def original_pre(out_o: torch.Tensor, base: NinWeights, i: int) -> torch.Tensor:
     return torch.cat([F.conv2d(o, w_o, padding=spec.padding) for o in out_o.split(CHUNK_IMAGES)])
 
 
+def sample_patches(x: torch.Tensor, pos: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """The k x k input patches of ``x`` [N, C, H, W] (zero padding ``pad``) at flat output positions ``pos``
+    [N, S]: [N, C k k, S], in :func:`torch.nn.functional.unfold`'s feature order (channel-major), without
+    unfolding every position."""
+    n, c, h, wd = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    ow = wd + 2 * pad - k + 1
+    r, q = pos // ow, pos % ow
+    rows = (r[:, :, None] + torch.arange(k)[None, None, :])[:, :, :, None]  # [N, S, k, 1]
+    cols = (q[:, :, None] + torch.arange(k)[None, None, :])[:, :, None, :]  # [N, S, 1, k]
+    flat = (rows * xp.shape[3] + cols).reshape(n, 1, -1)  # [N, 1, S k k]
+    g = torch.gather(xp.reshape(n, c, -1), 2, flat.expand(-1, c, -1))  # [N, C, S k k]
+    s = pos.shape[1]
+    return g.reshape(n, c, s, k * k).permute(0, 1, 3, 2).reshape(n, c * k * k, s)
+
+
 def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base: NinWeights, i: int,
                 ridge: float, samples: int, seed: int = 0, prior: np.ndarray | None = None,
-                fit: tuple[np.ndarray, np.ndarray] | None = None, y_o: torch.Tensor | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                fit: tuple[np.ndarray, np.ndarray] | None = None, y_o: torch.Tensor | None = None,
+                cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Full refit of consumer ``i`` from the specialist's kept input patches to the original pre-activations,
     on ``samples`` random positions per image (0: all positions; ridge least squares over |K| k^2 features,
     per-position centred).  Returns the new weights [O, |K|, k, k] and the per-position constant [O, H, W]
@@ -184,7 +242,9 @@ def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base:
 
     ``fit``: (weights, constant) of a previous fit: the targets become ReLU-aware (one majorise-minimise step
     of the error after the ReLU): where the original pre-activation is negative, the target is the previous
-    fit clipped at 0 (negative there costs nothing after the ReLU), elsewhere the original value."""
+    fit clipped at 0 (negative there costs nothing after the ReLU), elsewhere the original value.
+    ``cache``: a dict that keeps the patches' Gram matrix between calls on the same inputs and positions (the
+    ReLU-aware round reuses the refit's)."""
     spec = NIN_LAYERS[i]
     k, pad = spec.kernel, spec.padding
     w_o = torch.from_numpy(np.ascontiguousarray(base.weights[spec.name], np.float32))
@@ -204,19 +264,25 @@ def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base:
         chunks.append((j, y))
     m_y = y_sum / n
     d = kc * k * k
-    g = torch.zeros(d, d, dtype=torch.float64)
+    have_g = cache is not None and "g" in cache
+    g = cache["g"] if have_g else torch.zeros(d, d, dtype=torch.float64)
     cy = torch.zeros(d, w_o.shape[0], dtype=torch.float64)
     for j, y in chunks:
-        xc = F.unfold(xs_k[j : j + CHUNK_IMAGES] - ms[None], k, padding=pad)  # [n, d, HW]
+        xk = xs_k[j : j + CHUNK_IMAGES] - ms[None]
         yc = (y - m_y[None].float()).reshape(y.shape[0], y.shape[1], -1)
         if samples:
-            pos = torch.from_numpy(rng.integers(0, h * wd, size=(xc.shape[0], samples)))
-            xc = torch.gather(xc, 2, pos[:, None, :].expand(-1, d, -1))
+            pos = torch.from_numpy(rng.integers(0, h * wd, size=(xk.shape[0], samples)))
+            xc = sample_patches(xk, pos, k, pad)
             yc = torch.gather(yc, 2, pos[:, None, :].expand(-1, yc.shape[1], -1))
+        else:
+            xc = F.unfold(xk, k, padding=pad)  # [n, d, HW]
         xp = xc.permute(0, 2, 1).reshape(-1, d)
         yp = yc.permute(0, 2, 1).reshape(-1, yc.shape[1])
-        g += (xp.T @ xp).double()  # float32 products per chunk (2x faster), float64 sums across chunks
+        if not have_g:
+            g += (xp.T @ xp).double()  # float32 products per chunk (2x faster), float64 sums across chunks
         cy += (xp.T @ yp).double()
+    if cache is not None:
+        cache["g"] = g
     lam = ridge_lambda(g.numpy(), ridge)
     rhs = cy.numpy() if prior is None else cy.numpy() + lam * prior.reshape(prior.shape[0], d).T
     sol = np.linalg.solve(g.numpy() + lam * np.eye(d), rhs)  # [d, O]
@@ -225,15 +291,27 @@ def patch_refit(xs_k: torch.Tensor, ms_k: np.ndarray, out_o: torch.Tensor, base:
     return w_new, const
 
 
-def relu_refit(xs: torch.Tensor, z: torch.Tensor, w: np.ndarray, const: np.ndarray, ridge: float, iters: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def decision_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-image weights ``1 + alpha exp(-margin / median margin)`` from the original network's class scores
+    [N, classes] (margin: the top score minus the runner-up): images near the original's decision count more."""
+    if alpha <= 0 or scores.shape[1] < 2:
+        return np.ones(len(scores))
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    return 1.0 + alpha * np.exp(-margin / max(float(np.median(margin)), 1e-12))
+
+
+def relu_refit(xs: torch.Tensor, z: torch.Tensor, w: np.ndarray, const: np.ndarray, ridge: float, iters: int,
+               image_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ReLU-aware refit of a 1x1 layer whose outputs go through a ReLU (CCCP6 -> ReLU -> mean: the class scores).
 
     ``xs`` [N, K, H, W] the specialist's inputs, ``z`` [N, O, H, W] the original pre-activations, ``w`` [O, K]
     and ``const`` [O, H, W] (bias included) the least-squares fit.  Entries where both ``z`` and the fit are
     negative are zero after the ReLU whatever their values: each round drops them and refits every output by
-    ridge least squares (towards the previous weights) on the rest, with one constant per position."""
+    ridge least squares (towards the previous weights) on the rest, with one constant per position.
+    ``image_weight`` [N]: weighted least squares (:func:`decision_weights`)."""
     n, k, h, wd = xs.shape
+    v = None if image_weight is None else torch.from_numpy(np.asarray(image_weight, np.float32))[:, None]
     x = xs.permute(0, 2, 3, 1).reshape(n, h * wd, k)  # [N, P, K]
     w, const = np.asarray(w, np.float64).copy(), np.asarray(const, np.float64).reshape(w.shape[0], -1).copy()
     for _ in range(iters):
@@ -242,13 +320,15 @@ def relu_refit(xs: torch.Tensor, z: torch.Tensor, w: np.ndarray, const: np.ndarr
         zz = z.reshape(n, z.shape[1], -1)
         for o in range(w.shape[0]):
             m = ((zz[:, o] > 0) | (fit[:, o] > 0)).float()  # [N, P]
+            if v is not None:
+                m = m * v
             cnt = m.sum(0).double().clamp_min(1.0)  # per position
             xm = x * m[..., None]
             sx = xm.sum(0).double()  # [P, K]
             sz = (zz[:, o] * m).sum(0).double()  # [P]
             # eliminate the per-position constants: c_p = (sz_p - sx_p . w) / cnt_p
             g = torch.einsum("npk,npj->kj", xm, x).double() - (sx / cnt[:, None]).T @ sx
-            b = torch.einsum("npk,np->k", xm, zz[:, o] * m).double() - (sx / cnt[:, None]).T @ sz
+            b = torch.einsum("npk,np->k", xm, zz[:, o]).double() - (sx / cnt[:, None]).T @ sz
             g_np, b_np = g.numpy() / n, b.numpy() / n
             lam = ridge_lambda(g_np, ridge)
             w[o] = np.linalg.solve(g_np + lam * np.eye(k), b_np + lam * w[o])
@@ -259,8 +339,8 @@ def relu_refit(xs: torch.Tensor, z: torch.Tensor, w: np.ndarray, const: np.ndarr
 
 def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.ndarray, ridge: float = 1e-2,
                 fold: str = "exact", patch_samples: int = PATCH_SAMPLES, relu_iters: int = 0,
-                impute_iters: int = 0, to_identity: bool = False, scores_out: list | None = None
-                ) -> tuple[NinWeights, dict[str, list[int]]]:
+                impute_iters: int = 0, to_identity: bool = False, scores_out: list | None = None,
+                decision_weight: float = 0.0, class_aware: float = 0.0) -> tuple[NinWeights, dict[str, list[int]]]:
     """Sequential reconstruction of ``base`` for ``classes`` with ``counts[L]`` channels removed from each
     prunable layer, on ``images`` (normalised float32 NCHW calibration images of the target classes).
 
@@ -269,7 +349,10 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
     ``impute_iters``: ReLU-aware rounds per consumer (:func:`patch_refit` with ``fit``: targets where the original
     pre-activation is negative become the fit clipped at 0).  ``relu_iters``: ReLU-aware rounds of CCCP6 on the
     class scores (:func:`relu_refit`; exact fold only).  ``to_identity``: the channel-level ridge pulls towards
-    the kept channels themselves (:func:`refit_coefficients`).  ``scores_out``: a list that receives the
+    the kept channels themselves (:func:`refit_coefficients`).  ``decision_weight``: the CCCP6 rounds weight
+    images near the original's decision more (:func:`decision_weights`).  ``class_aware``: the selection weighs
+    each consumer output by ``(1 - class_aware) + class_aware * s / mean(s)``, ``s`` its
+    :func:`decision_sensitivity` (on the first :data:`SENS_IMAGES` images), instead of equally.  ``scores_out``: a list that receives the
     specialist's class scores [N, classes] on ``images``.
 
     Returns the specialist's weights (CCCP6 cut to ``classes``; per-position constants in ``consts`` with the
@@ -283,6 +366,7 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
     kept: dict[str, list[int]] = {n: list(range(base.weights[n].shape[0])) for n in LAYER_NAMES}
     with torch.no_grad():
         originals = original_outputs(base, x)
+        sens = decision_sensitivity(base, classes, x[:SENS_IMAGES]) if class_aware else {}
         x_s = None
         for L, out_o in zip(PRUNABLE, originals, strict=True):
             li = LAYER_NAMES.index(L)
@@ -293,7 +377,12 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
             width = out_s.shape[1]
             n_drop = int(counts.get(L, 0))
             if n_drop > 0:
-                order = selection_order(g, c, next_layer_factor(*next_weights(base, L, classes)), ridge)
+                w_next, ow = next_weights(base, L, classes)
+                if class_aware and float(sens[nxt].max()) > 0:
+                    ow = np.ones(w_next.shape[0]) if ow is None else ow
+                    sn = sens[nxt] / max(float(sens[nxt][ow > 0].mean()), 1e-30)
+                    ow = (1.0 - class_aware) * ow + class_aware * sn
+                order = selection_order(g, c, next_layer_factor(w_next, ow), ridge)
                 keep = np.sort(order[n_drop:])
             else:
                 keep = np.arange(width)
@@ -301,10 +390,11 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
             pad = NIN_LAYERS[li + 1].padding
             a = refit_coefficients(g, c, keep, ridge, to_identity)  # [C, |K|]
             w_chan = np.einsum("ojhw,jk->okhw", w_n, a)
+            cache: dict = {}
             y_o = original_pre(out_o, base, li + 1) if impute_iters or (patch_samples and w_n.shape[2] > 1) else None
             if patch_samples and w_n.shape[2] > 1:
                 w_new, const = patch_refit(out_s[:, torch.from_numpy(keep)], m_s[keep], out_o, base, li + 1,
-                                           ridge * PATCH_RIDGE, patch_samples, prior=w_chan, y_o=y_o)
+                                           ridge * PATCH_RIDGE, patch_samples, prior=w_chan, y_o=y_o, cache=cache)
                 new_w[nxt] = w_new.astype(np.float32)
             else:
                 new_w[nxt] = w_chan.astype(np.float32)
@@ -315,7 +405,7 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
                 w_cur = new_w[nxt].astype(np.float64)
                 w_imp, const = patch_refit(out_s[:, torch.from_numpy(keep)], m_s[keep], out_o, base, li + 1,
                                            ridge * PATCH_RIDGE if samples else ridge, samples, prior=w_cur,
-                                           fit=(w_cur, const), y_o=y_o)
+                                           fit=(w_cur, const), y_o=y_o, cache=cache)
                 new_w[nxt] = w_imp.astype(np.float32)
             if fold == "exact":
                 spec.consts[nxt] = const.astype(np.float32)
@@ -341,7 +431,8 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
             w_o = torch.from_numpy(np.ascontiguousarray(base.weights[last][cls], np.float32))
             b6 = new_b[last].astype(np.float64)[:, None, None]  # the ReLU sees bias + constant + products
             z = torch.cat([F.conv2d(o, w_o, torch.from_numpy(new_b[last])) for o in originals[-1].split(CHUNK_IMAGES)])
-            w6, c6 = relu_refit(x_s, z, new_w[last][:, :, 0, 0], spec.consts[last] + b6, ridge, relu_iters)
+            v = decision_weights(torch.relu(z).mean(dim=(2, 3)).double().numpy(), decision_weight)
+            w6, c6 = relu_refit(x_s, z, new_w[last][:, :, 0, 0], spec.consts[last] + b6, ridge, relu_iters, v)
         new_w[last] = w6[:, :, None, None].astype(np.float32)
         spec.consts[last] = (c6 - b6).astype(np.float32)
     kept[last] = [int(v) for v in cls]
@@ -378,6 +469,38 @@ def calibration_images(base: NinWeights, classes, per_class: int, data: str | Pa
     return base.normalize(sub.x)
 
 
+def shift_images(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``x`` [N, C, H, W] translated by ``dy`` rows down and ``dx`` columns right, the uncovered border filled by
+    reflection (``out[.., i, j] = x[.., i - dy, j - dx]``, indices reflected at the edges)."""
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    h, w = x.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect")
+    return np.ascontiguousarray(xp[:, :, p - dy : p - dy + h, p - dx : p - dx + w])
+
+
+def augment_images(images: np.ndarray, budget: int | None = None, flip: bool | None = None,
+                   shifts=None) -> np.ndarray:
+    """The calibration images and augmented copies (the targets are the original network's outputs, so any
+    transformed image is a valid calibration image): the mirror images (``flip``), then each of ``shifts`` on
+    the images and on their mirror images, as many copies as keep the total within ``budget`` (the images
+    themselves and, with ``flip``, their mirror images always; defaults: :data:`CALIB_BUDGET`, :data:`FLIP`,
+    :data:`SHIFTS`)."""
+    budget = CALIB_BUDGET if budget is None else budget
+    flip = FLIP if flip is None else flip
+    shifts = SHIFTS if shifts is None else shifts
+    n = len(images)
+    out = [images]
+    if flip:
+        out.append(np.ascontiguousarray(images[..., ::-1]))
+    variants = [(s, m) for s in shifts for m in ((False, True) if flip else (False,))]
+    room = max(budget // max(n, 1) - len(out), 0)
+    for (dy, dx), mirrored in variants[:room]:
+        out.append(shift_images(out[1] if mirrored else images, dy, dx))
+    return np.concatenate(out)
+
+
 def class_scores(w: NinWeights, images: np.ndarray) -> np.ndarray:
     """Class scores [N, outputs] of a (possibly pruned) NIN on normalised images (CCCP6 -> ReLU -> mean)."""
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
@@ -408,9 +531,7 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
     ``fallback``: the artifact-only build with the same plan (``best``); the guard returns it instead when its
     class scores are closer to the original network's on the calibration images (model selection on
     calibration data only)."""
-    images = calibration_images(base, classes, method.calib_per_class, calib)
-    if FLIP:
-        images = np.concatenate([images, np.ascontiguousarray(images[..., ::-1])])
+    images = augment_images(calibration_images(base, classes, method.calib_per_class, calib))
     counts = {L: len(pruned.get(L, ())) for L in PRUNABLE}
     scores: list[np.ndarray] = []
     weights, kept = reconstruct(base, classes, counts, images, method.ridge * RIDGE_SCALE, method.fold,
