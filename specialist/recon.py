@@ -73,6 +73,9 @@ RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True}
 RIDGE_SCALE = 0.1
 #: images (the first ones: originals before copies) that :func:`decision_sensitivity` is averaged over
 SENS_IMAGES = 1000
+#: the guard of :func:`build_reconstructed` judges on this many calibration images per class after the fitted
+#: ones (0, or none left: on the fitted images)
+GUARD_HELDOUT = 0
 #: Images per forward chunk (keeps the 0.65 MB/image CCCP1 outputs of one chunk small).
 CHUNK_IMAGES = 100
 
@@ -447,9 +450,10 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
 _CALIB_CACHE: OrderedDict[str, Split] = OrderedDict()
 
 
-def calibration_images(base: NinWeights, classes, per_class: int, data: str | Path | Split | None = None
-                       ) -> np.ndarray:
-    """The first ``per_class`` calibration images of each target class, normalised for ``base``.
+def calibration_images(base: NinWeights, classes, per_class: int, data: str | Path | Split | None = None,
+                       skip: int = 0) -> np.ndarray:
+    """The first ``per_class`` calibration images of each target class (after its first ``skip``: held-out
+    images, possibly none), normalised for ``base``.
 
     ``data``: a :class:`Split` of calibration images, or the data directory (default: as
     :func:`specialist.data.resolve_data_dir`); the loaded split is cached per directory."""
@@ -462,7 +466,12 @@ def calibration_images(base: NinWeights, classes, per_class: int, data: str | Pa
             while len(_CALIB_CACHE) > 2:
                 _CALIB_CACHE.popitem(last=False)
         split = _CALIB_CACHE[key]
-    sub = split.select(sorted(classes), per_class=per_class)
+    sub = split.select(sorted(classes), per_class=per_class + skip)
+    if skip:
+        rank = np.zeros(len(sub.y), np.int64)
+        for c in set(sub.y.tolist()):
+            rank[sub.y == c] = np.arange(int(np.sum(sub.y == c)))
+        return base.normalize(sub.x[rank >= skip])
     missing = [c for c in classes if not np.any(sub.y == c)]
     if missing:
         raise DataError(f"no calibration images of class {missing[0]} in {split.source}")
@@ -529,8 +538,9 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
     images are as good calibration data as any).
 
     ``fallback``: the artifact-only build with the same plan (``best``); the guard returns it instead when its
-    class scores are closer to the original network's on the calibration images (model selection on
-    calibration data only)."""
+    class scores are closer to the original network's on calibration images (model selection on calibration
+    data only): on :data:`GUARD_HELDOUT` further images per class that the refit did not see, or where there
+    are none, on the fitted images."""
     images = augment_images(calibration_images(base, classes, method.calib_per_class, calib))
     counts = {L: len(pruned.get(L, ())) for L in PRUNABLE}
     scores: list[np.ndarray] = []
@@ -546,6 +556,12 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
         x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
         target = torch.relu(F.conv2d(original_outputs(base, x)[-1], w6, b6)).mean(dim=(2, 3)).double().numpy()
     other = fallback()
-    e_recon, e_other = float(np.mean((scores[0] - target) ** 2)), score_error(other[0], images, target)
+    held = calibration_images(base, classes, GUARD_HELDOUT, calib, skip=method.calib_per_class) \
+        if GUARD_HELDOUT else images[:0]
+    if len(held):
+        target = class_scores(base, held)[:, cls.numpy()]
+        e_recon, e_other = score_error(weights, held, target), score_error(other[0], held, target)
+    else:
+        e_recon, e_other = float(np.mean((scores[0] - target) ** 2)), score_error(other[0], images, target)
     log.info("recon guard: class-score error %.4g (recon) vs %.4g (artifact-only)", e_recon, e_other)
     return (weights, kept) if e_recon <= e_other else other
