@@ -24,7 +24,7 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
 
 How many channels each layer loses is ``best``'s global allocation (same FLOPs); this module decides which
 ones, and what replaces them.  :func:`build_reconstructed` (the preset) adds: the calibration images' mirror
-images (:data:`FLIP`), one ReLU-aware round per consumer and two for CCCP6 on the class scores
+images (:mod:`specialist.calib_images`), one ReLU-aware round per consumer and two for CCCP6 on the class scores
 (:data:`RECON_DEFAULTS`: errors where both the original pre-activation and the fit are negative vanish after the
 ReLU), a channel-level ridge that pulls towards the kept channels instead of 0, and a guard that returns the
 artifact-only build (``best``) where that is closer to the original class scores on the calibration images.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,9 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from specialist.allocation import elimination_path, next_layer_factor, ridge_lambda
+from specialist.calib_images import augment_images, calibration_images
 from specialist.compensate import contribution_map
-from specialist.data import Split, load_split
-from specialist.errors import DataError
+from specialist.data import Split
 from specialist.model import LAYER_NAMES, NIN_LAYERS, PRUNABLE, NinWeights
 from specialist.scores import next_weights
 
@@ -58,14 +57,6 @@ PATCH_SAMPLES = 32
 #: per class (classes 3,6, level 50, whole test set) 1x gave 90.75%, 10x 91.65% (channel level 91.60%); with 100
 #: per class the two agree within 0.1 point (93.20/93.15%; 10 classes 84.6/84.5% on 2,000 images)
 PATCH_RIDGE = 10.0
-#: calibration images are used together with their horizontal mirror images (:func:`build_reconstructed`)
-FLIP = True
-#: translations (dy, dx) in pixels of further augmented copies (reflection-padded), used in this order, each on
-#: the images and then on their mirror images, while the copies fit in :data:`CALIB_BUDGET`
-SHIFTS = ((0, 3), (3, 0), (0, -3), (-3, 0), (2, 2), (-2, -2), (2, -2), (-2, 2))
-#: calibration images (originals and copies together) that augmented copies fill up to: with the default 200
-#: per class, 10 classes get the mirror images only (4,000 images), 2 classes also 8 shifted copies
-CALIB_BUDGET = 4000
 #: what :func:`build_reconstructed` passes to :func:`reconstruct` (measured in docs/methods.md)
 RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True}
 #: the refit's ridge relative to the method's (``best``'s allocation keeps ``method.ridge``): with 400-1,000
@@ -447,69 +438,6 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
     return spec, kept
 
 
-_CALIB_CACHE: OrderedDict[str, Split] = OrderedDict()
-
-
-def calibration_images(base: NinWeights, classes, per_class: int, data: str | Path | Split | None = None,
-                       skip: int = 0) -> np.ndarray:
-    """The first ``per_class`` calibration images of each target class (after its first ``skip``: held-out
-    images, possibly none), normalised for ``base``.
-
-    ``data``: a :class:`Split` of calibration images, or the data directory (default: as
-    :func:`specialist.data.resolve_data_dir`); the loaded split is cached per directory."""
-    if isinstance(data, Split):
-        split = data
-    else:
-        key = str(data)
-        if key not in _CALIB_CACHE:
-            _CALIB_CACHE[key] = load_split("calib", data)
-            while len(_CALIB_CACHE) > 2:
-                _CALIB_CACHE.popitem(last=False)
-        split = _CALIB_CACHE[key]
-    sub = split.select(sorted(classes), per_class=per_class + skip)
-    if skip:
-        rank = np.zeros(len(sub.y), np.int64)
-        for c in set(sub.y.tolist()):
-            rank[sub.y == c] = np.arange(int(np.sum(sub.y == c)))
-        return base.normalize(sub.x[rank >= skip])
-    missing = [c for c in classes if not np.any(sub.y == c)]
-    if missing:
-        raise DataError(f"no calibration images of class {missing[0]} in {split.source}")
-    return base.normalize(sub.x)
-
-
-def shift_images(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``x`` [N, C, H, W] translated by ``dy`` rows down and ``dx`` columns right, the uncovered border filled by
-    reflection (``out[.., i, j] = x[.., i - dy, j - dx]``, indices reflected at the edges)."""
-    p = max(abs(dy), abs(dx))
-    if p == 0:
-        return x
-    h, w = x.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect")
-    return np.ascontiguousarray(xp[:, :, p - dy : p - dy + h, p - dx : p - dx + w])
-
-
-def augment_images(images: np.ndarray, budget: int | None = None, flip: bool | None = None,
-                   shifts=None) -> np.ndarray:
-    """The calibration images and augmented copies (the targets are the original network's outputs, so any
-    transformed image is a valid calibration image): the mirror images (``flip``), then each of ``shifts`` on
-    the images and on their mirror images, as many copies as keep the total within ``budget`` (the images
-    themselves and, with ``flip``, their mirror images always; defaults: :data:`CALIB_BUDGET`, :data:`FLIP`,
-    :data:`SHIFTS`)."""
-    budget = CALIB_BUDGET if budget is None else budget
-    flip = FLIP if flip is None else flip
-    shifts = SHIFTS if shifts is None else shifts
-    n = len(images)
-    out = [images]
-    if flip:
-        out.append(np.ascontiguousarray(images[..., ::-1]))
-    variants = [(s, m) for s in shifts for m in ((False, True) if flip else (False,))]
-    room = max(budget // max(n, 1) - len(out), 0)
-    for (dy, dx), mirrored in variants[:room]:
-        out.append(shift_images(out[1] if mirrored else images, dy, dx))
-    return np.concatenate(out)
-
-
 def class_scores(w: NinWeights, images: np.ndarray) -> np.ndarray:
     """Class scores [N, outputs] of a (possibly pruned) NIN on normalised images (CCCP6 -> ReLU -> mean)."""
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
@@ -534,7 +462,7 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
                         ) -> tuple[NinWeights, dict[str, list[int]]]:
     """:func:`reconstruct` with as many channels removed per layer as the allocation's plan ``pruned`` (which
     channels go is chosen here), on ``method.calib_per_class`` calibration images per class and their
-    horizontal mirror images (:data:`FLIP`; the targets are the original network's outputs, so mirrored
+    augmented copies (:func:`specialist.calib_images.augment_images`; the targets are the original network's outputs, so mirrored
     images are as good calibration data as any).
 
     ``fallback``: the artifact-only build with the same plan (``best``); the guard returns it instead when its
