@@ -58,7 +58,7 @@ PATCH_SAMPLES = 32
 #: per class the two agree within 0.1 point (93.20/93.15%; 10 classes 84.6/84.5% on 2,000 images)
 PATCH_RIDGE = 10.0
 #: what :func:`build_reconstructed` passes to :func:`reconstruct` (measured in docs/methods.md)
-RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True}
+RECON_DEFAULTS = {"impute_iters": 1, "relu_iters": 2, "to_identity": True, "class_aware": 1.0}
 #: the refit's ridge relative to the method's (``best``'s allocation keeps ``method.ridge``): with 400-1,000
 #: calibration images per class 0.1x and 0.01x scored within 0.05 points of each other, 1x up to 0.3 below
 RIDGE_SCALE = 0.1
