@@ -472,8 +472,11 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
     images = augment_images(calibration_images(base, classes, method.calib_per_class, calib))
     counts = {L: len(pruned.get(L, ())) for L in PRUNABLE}
     scores: list[np.ndarray] = []
+    opts = dict(RECON_DEFAULTS)
+    if len(set(classes)) >= base.weights[LAYER_NAMES[-1]].shape[0]:  # all the network's classes: every output
+        opts["class_aware"] = 0.0  # counts (measured: 10 classes lost 0.2 points at levels 20 and 40 with it)
     weights, kept = reconstruct(base, classes, counts, images, method.ridge * RIDGE_SCALE, method.fold,
-                                scores_out=scores, **RECON_DEFAULTS)
+                                scores_out=scores, **opts)
     if fallback is None:
         return weights, kept
     cls = torch.as_tensor(sorted(int(c) for c in classes))

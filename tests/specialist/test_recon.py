@@ -301,3 +301,29 @@ def test_weighted_relu_refit_is_weighted_least_squares_where_all_is_on():
     s = np.array([[1.0, 0.9], [1.0, 0.0], [0.2, 0.9]])
     dw = decision_weights(s, 2.0)
     assert dw[0] > dw[2] > dw[1] > 1.0 and np.all(decision_weights(s, 0.0) == 1.0)
+
+
+def test_class_aware_selection_only_for_fewer_classes_than_the_network():
+    """With all ten classes every output counts (class_aware off); with two the selection is class-aware."""
+    from specialist.calib_images import augment_images, calibration_images
+    from specialist.data import Split
+    from specialist.methods import PRESETS
+    from specialist.recon import RECON_DEFAULTS, RIDGE_SCALE, build_reconstructed
+
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    rng = np.random.default_rng(16)
+    split = Split(rng.integers(0, 255, size=(20, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(10), 2),
+                  np.ones(20, bool), "synthetic")
+    m = PRESETS["recon"]
+    assert RECON_DEFAULTS["class_aware"] == 1.0
+    counts = {"CCCP2": 3, "CONV2": 3, "CCCP3": 3, "CCCP4": 4, "CONV3": 3, "CCCP5": 4}
+    pruned = {L: np.arange(n) for L, n in counts.items()}
+    for classes, aware in ((list(range(10)), 0.0), ([0, 3], 1.0)):
+        x = augment_images(calibration_images(base, classes, m.calib_per_class, split))
+        want, kw = reconstruct(base, classes, counts, x, m.ridge * RIDGE_SCALE, m.fold,
+                               **(RECON_DEFAULTS | {"class_aware": aware}))
+        _, other = reconstruct(base, classes, counts, x, m.ridge * RIDGE_SCALE, m.fold,
+                               **(RECON_DEFAULTS | {"class_aware": 1.0 - aware}))
+        got, kg = build_reconstructed(base, classes, pruned, m, calib=split)
+        assert kg == kw != other  # the weighting changes the selection here
+        np.testing.assert_array_equal(got.weights["CCCP6"], want.weights["CCCP6"])
