@@ -12,7 +12,9 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
   error of N's original pre-activations ``Wf^T x_o`` reconstructed from ``x_s[K]``; its explained part is
   ``tr(B_K^T (G_KK + lam)^-1 B_K)`` with ``B = C Wf``, which is the form the artifact-only elimination
   (:func:`specialist.allocation.elimination_path`) works on, so the same exact backward elimination gives the
-  removal order here (kernel positions treated as independent samples, as there).
+  removal order here (kernel positions treated as independent samples, as there).  With fewer classes than the network has, N's outputs are weighted by their :func:`decision_sensitivity`
+  (``class_aware``, the preset's default): the selection keeps what moves the decision between the target
+  classes.
 * Refit: ``x_o - m_o ~ A (x_s[K] - m_s[K])`` by ridge least squares, ``A = C_K^T (G_KK + lam I)^-1``
   [C, |K|]; N's new weights on the kept inputs are ``W_N A`` (per kernel position) and its pre-activations gain
   the per-position constant ``W_N * (m_o - A m_s[K])`` (exact fold: one add node; ``fold="bias"``: its spatial
