@@ -228,3 +228,102 @@ def test_guard_returns_the_build_closer_to_the_original_scores():
     assert got is exact
     got = build_reconstructed(base, [0, 1], pruned, m, calib=split, fallback=lambda: zero)
     assert got is not zero and len(got[1]["CCCP4"]) == 6
+
+
+def test_sampled_patches_equal_the_unfolded_ones():
+    from specialist.recon import sample_patches
+
+    x = torch.from_numpy(np.random.default_rng(12).normal(size=(3, 4, 9, 9)).astype(np.float32))
+    pos = torch.from_numpy(np.random.default_rng(13).integers(0, 81, size=(3, 7)))
+    for k, pad in ((5, 2), (3, 1), (1, 0)):
+        u = torch.nn.functional.unfold(x, k, padding=pad)
+        want = torch.gather(u, 2, pos[:, None, :].expand(-1, u.shape[1], -1))
+        assert torch.equal(sample_patches(x, pos, k, pad), want)
+
+
+def test_patch_refit_reuses_its_gram_matrix_exactly():
+    from specialist.recon import patch_refit
+
+    base = weights_from_arrays(_tiny_nin(seed=2))
+    rng = np.random.default_rng(14)
+    xs = torch.from_numpy(np.abs(rng.normal(size=(12, 8, 8, 8))).astype(np.float32))
+    xo = xs + 0.1 * torch.from_numpy(rng.normal(size=(12, 8, 8, 8)).astype(np.float32))
+    ms = xs.double().mean(0).numpy()
+    i = LAYER_NAMES.index("CONV3")
+    cache: dict = {}
+    w1, c1 = patch_refit(xs, ms, xo, base, i, 1e-3, 16, cache=cache)
+    w2, c2 = patch_refit(xs, ms, xo, base, i, 1e-3, 16, fit=(w1, c1))
+    w3, c3 = patch_refit(xs, ms, xo, base, i, 1e-3, 16, fit=(w1, c1), cache=cache)
+    np.testing.assert_allclose(w3, w2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c3, c2, rtol=1e-6, atol=1e-6)
+
+
+def test_decision_sensitivity_of_the_class_scores():
+    """At CCCP6 the margin's derivative is +-1/positions where the unit is on, 0 elsewhere and for the other
+    classes: the sensitivity is the fraction of active positions over positions squared."""
+    from specialist.recon import decision_sensitivity
+
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    x = np.random.default_rng(3).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    got = decision_sensitivity(base, [0, 3], torch.from_numpy(x))
+    assert set(got) == {"CONV2", "CCCP3", "CCCP4", "CONV3", "CCCP5", "CCCP6"}
+    with torch.no_grad():
+        net = NinNet(base)
+        h = torch.from_numpy(x)
+        for li in range(len(LAYER_NAMES) - 1):
+            h = net.layer(li, h)
+        z = net.convs[-1](h)
+    active = (z > 0).double().mean(dim=(0, 2, 3)).numpy() / (z.shape[2] * z.shape[3]) ** 2
+    want = np.where(np.isin(np.arange(10), [0, 3]), active, 0.0)
+    np.testing.assert_allclose(got["CCCP6"], want, rtol=1e-6, atol=1e-12)
+    assert all(np.all(v >= 0) for v in got.values()) and got["CCCP5"].max() > 0
+
+
+def test_weighted_relu_refit_is_weighted_least_squares_where_all_is_on():
+    """With every target and fit positive, the ReLU-aware refit with image weights is the weighted least-squares
+    fit with one constant per position (closed form), and the decision weights favour small margins."""
+    from specialist.recon import decision_weights, relu_refit
+
+    rng = np.random.default_rng(15)
+    x = torch.from_numpy(np.abs(rng.normal(size=(60, 4, 2, 2))).astype(np.float32))
+    z = torch.einsum("nkhw,ok->nohw", x, torch.from_numpy(rng.normal(size=(2, 4))).float()) + 20.0 \
+        + torch.from_numpy(rng.normal(size=(60, 2, 2, 2)).astype(np.float32))
+    v = rng.uniform(0.5, 3.0, size=60)
+    w, c = relu_refit(x, z, np.zeros((2, 4)), np.full((2, 2, 2), 20.0), ridge=1e-12, iters=1, image_weight=v)
+    xf = x.permute(0, 2, 3, 1).reshape(60, 4, 4).double().numpy()  # [N, P, K]
+    for o in range(2):
+        zo = z[:, o].reshape(60, 4).double().numpy()
+        design = np.concatenate([xf.reshape(240, 4), np.kron(np.ones((60, 1)), np.eye(4))], axis=1)
+        sw = np.sqrt(np.repeat(v, 4))[:, None]
+        sol = np.linalg.lstsq(design * sw, zo.reshape(-1) * sw[:, 0], rcond=None)[0]
+        np.testing.assert_allclose(w[o], sol[:4], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(c[o].reshape(-1), sol[4:], rtol=1e-4, atol=1e-4)
+    s = np.array([[1.0, 0.9], [1.0, 0.0], [0.2, 0.9]])
+    dw = decision_weights(s, 2.0)
+    assert dw[0] > dw[2] > dw[1] > 1.0 and np.all(decision_weights(s, 0.0) == 1.0)
+
+
+def test_class_aware_selection_only_for_fewer_classes_than_the_network():
+    """With all ten classes every output counts (class_aware off); with two the selection is class-aware."""
+    from specialist.calib_images import augment_images, calibration_images
+    from specialist.data import Split
+    from specialist.methods import PRESETS
+    from specialist.recon import RECON_DEFAULTS, RIDGE_SCALE, build_reconstructed
+
+    base = weights_from_arrays(_tiny_nin(seed=1))
+    rng = np.random.default_rng(16)
+    split = Split(rng.integers(0, 255, size=(20, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(10), 2),
+                  np.ones(20, bool), "synthetic")
+    m = PRESETS["recon"]
+    assert RECON_DEFAULTS["class_aware"] == 1.0
+    counts = {"CCCP2": 3, "CONV2": 3, "CCCP3": 3, "CCCP4": 4, "CONV3": 3, "CCCP5": 4}
+    pruned = {L: np.arange(n) for L, n in counts.items()}
+    for classes, aware in ((list(range(10)), 0.0), ([0, 3], 1.0)):
+        x = augment_images(calibration_images(base, classes, m.calib_per_class, split))
+        want, kw = reconstruct(base, classes, counts, x, m.ridge * RIDGE_SCALE, m.fold,
+                               **(RECON_DEFAULTS | {"class_aware": aware}))
+        _, other = reconstruct(base, classes, counts, x, m.ridge * RIDGE_SCALE, m.fold,
+                               **(RECON_DEFAULTS | {"class_aware": 1.0 - aware}))
+        got, kg = build_reconstructed(base, classes, pruned, m, calib=split)
+        assert kg == kw != other  # the weighting changes the selection here
+        np.testing.assert_array_equal(got.weights["CCCP6"], want.weights["CCCP6"])
