@@ -274,56 +274,71 @@ def joint_elimination(terms, size: int, ridge: float = 1e-2,
         tot = float(np.sum(wf * b))
         if tot <= 0:
             continue
-        b = b / np.sqrt(tot)  # this consumer's relative error (see the docstring)
-        tot = 1.0
-        if b.shape[1] > len(cov):  # only B B^T matters: a square factor of it (exact)
-            vals, vecs = np.linalg.eigh(b @ b.T)
-            b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
-        pb = p @ b
-        single = all(len(u) <= 1 for u in units)
-        pos = np.asarray([u[0] if u else -1 for u in units], np.int64) if single else None
-        states.append([p, pb, units, pos])
-        total += tot
-        explained += float(np.sum(b * pb))
+        state, b = elimination_state(p, b / np.sqrt(tot), units)  # this consumer's relative error (docstring)
+        states.append(state)
+        total += 1.0
+        explained += float(np.sum(b * state[1]))
     removed = np.empty(size, np.int64)
     errs = np.ones(size)
     if total <= 0:
         return (np.arange(size) if order is None else np.asarray(order, np.int64)), np.zeros(size)
     alive = np.ones(size, bool)
     for step in range(size):
-        if order is None:
-            drop = np.zeros(size)
-            for p, pb, units, pos in states:
-                if pos is not None:
-                    ok = (pos >= 0) & alive
-                    d = np.where(ok, np.sum(pb[np.maximum(pos, 0)] ** 2, 1)
-                                 / np.where(ok, np.diag(p)[np.maximum(pos, 0)], 1.0), 0.0)
-                    drop += d
-                else:
-                    for j in np.flatnonzero(alive):
-                        s = units[j]
-                        if s:
-                            drop[j] += float(np.sum(pb[s] * np.linalg.solve(p[np.ix_(s, s)], pb[s])))
-            drop[~alive] = np.inf
-            j = int(np.argmin(drop))
-        else:
-            j = int(order[step])
-        for state in states:
-            p, pb, units, _ = state
-            s = units[j]
-            if not s:
-                continue
-            inv = np.linalg.inv(p[np.ix_(s, s)])
-            explained -= float(np.sum(pb[s] * (inv @ pb[s])))
-            col = p[:, s].copy()
-            pb -= col @ (inv @ pb[s])
-            p -= col @ inv @ col.T
+        j = int(np.argmin(elimination_drops(states, alive))) if order is None else int(order[step])
+        for lost in eliminate(states, j):
+            explained -= lost
         removed[step] = j
         alive[j] = False
         errs[step] = max(0.0, total - explained)
     return removed, errs
 
 
+def elimination_state(p: np.ndarray, b: np.ndarray, units) -> tuple[list, np.ndarray]:
+    """One consumer's state for a backward elimination: ``[P, P B, units, pos]`` with ``P = (G + lam)^-1``,
+    ``B`` reduced to a square factor of ``B B^T`` where it is wider (only ``B B^T`` matters: exact), ``units``
+    the inputs of each group channel and ``pos`` their positions when each channel is one input (else None).
+    Returns the state and the (reduced) ``B``."""
+    if b.shape[1] > len(p):
+        vals, vecs = np.linalg.eigh(b @ b.T)
+        b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
+    single = all(len(u) <= 1 for u in units)
+    pos = np.asarray([u[0] if u else -1 for u in units], np.int64) if single else None
+    return [p, p @ b, units, pos], b
+
+
+def elimination_drops(states, alive: np.ndarray) -> np.ndarray:
+    """Per group channel, the explained objective its removal loses, summed over the consumers' states
+    (infinite for channels already removed)."""
+    drop = np.zeros(len(alive))
+    for p, pb, units, pos in states:
+        if pos is not None:  # one input per channel: the loss of each is one row of P B over P's diagonal
+            ok = (pos >= 0) & alive
+            at = np.maximum(pos, 0)
+            drop += np.where(ok, np.sum(pb[at] ** 2, 1) / np.where(ok, np.diag(p)[at], 1.0), 0.0)
+            continue
+        for j in np.flatnonzero(alive):
+            s = units[j]
+            if s:
+                drop[j] += float(np.sum(pb[s] * np.linalg.solve(p[np.ix_(s, s)], pb[s])))
+    drop[~alive] = np.inf
+    return drop
+
+
+def eliminate(states, j: int) -> list[float]:
+    """Remove group channel ``j`` from every state in place (a rank-|inputs| downdate of P and P B); returns
+    the explained objective each consumer lost."""
+    lost = []
+    for state in states:
+        p, pb, units, _ = state
+        s = units[j]
+        if not s:
+            continue
+        inv = np.linalg.inv(p[np.ix_(s, s)])
+        lost.append(float(np.sum(pb[s] * (inv @ pb[s]))))
+        col = p[:, s].copy()
+        pb -= col @ (inv @ pb[s])
+        p -= col @ inv @ col.T
+    return lost
 
 
 AllocFn = Callable[[ScoreCtx, dict[str, np.ndarray], float], dict[str, int]]

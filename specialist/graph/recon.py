@@ -41,8 +41,9 @@ from specialist.allocation import ridge_lambda
 from specialist.errors import DataError, UsageError
 from specialist.graph.compensate import consumer_matrix
 from specialist.graph.groups import ChannelGraph, ChannelGroup, Consumer
+from specialist.graph.methods import eliminate, elimination_drops, elimination_state
 from specialist.graph.stats import GraphStats
-from specialist.graph.surgery import ConstAdd, SurgeryReport, _add_bias, _set_module, prune
+from specialist.graph.surgery import ConstAdd, SurgeryReport, _set_module, fold_constant, prune
 
 log = logging.getLogger(__name__)
 
@@ -185,38 +186,13 @@ def selection_order(terms, size: int, n_remove: int, ridge: float) -> np.ndarray
     for g, b, total, units in terms:
         if total <= 0 or not len(g):
             continue
-        b = b / np.sqrt(total)
-        if b.shape[1] > len(g):  # only B B^T matters: a square factor of it (exact)
-            vals, vecs = np.linalg.eigh(b @ b.T)
-            b = vecs * np.sqrt(np.maximum(vals, 0.0))[None, :]
         p = np.linalg.inv(g + ridge_lambda(g, ridge) * np.eye(len(g)))
-        single = all(len(u) <= 1 for u in units)
-        pos = np.asarray([u[0] if u else -1 for u in units], np.int64) if single else None
-        states.append((p, p @ b, units, pos))
+        states.append(elimination_state(p, b / np.sqrt(total), units)[0])
     alive = np.ones(size, bool)
     removed = []
     for _ in range(n_remove):
-        drop = np.zeros(size)
-        for p, pb, units, pos in states:
-            if pos is not None:  # one input per channel: the loss of each is one row of P B over P's diagonal
-                ok = (pos >= 0) & alive
-                at = np.maximum(pos, 0)
-                drop += np.where(ok, np.sum(pb[at] ** 2, 1) / np.where(ok, np.diag(p)[at], 1.0), 0.0)
-                continue
-            for j in np.flatnonzero(alive):
-                s = units[j]
-                if s:
-                    drop[j] += float(np.sum(pb[s] * np.linalg.solve(p[np.ix_(s, s)], pb[s])))
-        drop[~alive] = np.inf
-        j = int(np.argmin(drop))
-        for p, pb, units, _ in states:
-            s = units[j]
-            if not s:
-                continue
-            inv = np.linalg.inv(p[np.ix_(s, s)])
-            col = p[:, s].copy()
-            pb -= col @ (inv @ pb[s])
-            p -= col @ inv @ col.T
+        j = int(np.argmin(elimination_drops(states, alive)))
+        eliminate(states, j)
         alive[j] = False
         removed.append(j)
     return np.asarray(removed, np.int64)
@@ -337,18 +313,11 @@ def _cut(graph: ChannelGraph, working: nn.Module, keep: Mapping[str, list[int]],
         if float(const.abs().max()) == 0.0:
             continue
         compensated.append(name)
-        if const.dim() == 1:
-            _add_bias(layer, const)
-            continue
-        spatial = tuple(range(1, const.dim()))
-        avg = const.mean(dim=spatial)
-        dev = float((const - avg.reshape(-1, *([1] * len(spatial)))).abs().max())
-        if fold == "bias" or dev <= const_atol * max(1.0, float(const.abs().max())):
-            _add_bias(layer, avg)
-            if fold == "bias":
-                deviation[name] = dev
-        else:
+        folded, dev = fold_constant(layer, const, fold, const_atol)
+        if not folded:  # per position, after the surgery
             per_position[name] = const
+        elif dev is not None:
+            deviation[name] = dev
     view = dataclasses.replace(graph, model=working, modules=wmods)
     module, report = prune(view, keep, classes, None, fold=fold, compensation="none")
     for name, const in per_position.items():

@@ -116,6 +116,23 @@ def _add_bias(layer: nn.Module, b: torch.Tensor) -> None:
         layer.bias.data += b
 
 
+def fold_constant(layer: nn.Module, const: torch.Tensor, fold: str, const_atol: float) -> tuple[bool, float | None]:
+    """Fold a consumer's compensation constant into its bias where that is exact (a per-output constant, or
+    the same at every position within ``const_atol``) or asked for (``fold="bias"``: its spatial mean).
+    Returns ``(folded, deviation)``: ``folded`` False when it must stay per position (the caller adds a
+    :class:`ConstAdd`); ``deviation``, with ``fold="bias"``, its largest distance from the folded mean."""
+    if const.dim() == 1:
+        _add_bias(layer, const)
+        return True, None
+    spatial = tuple(range(1, const.dim()))
+    avg = const.mean(dim=spatial)
+    dev = float((const - avg.reshape(-1, *([1] * len(spatial)))).abs().max())
+    if fold == "bias" or dev <= const_atol * max(1.0, float(const.abs().max())):
+        _add_bias(layer, avg)
+        return True, (dev if fold == "bias" else None)
+    return False, None
+
+
 @torch.no_grad()
 def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Sequence[int],
           stats: GraphStats | None, fold: str = "exact", const_atol: float = 1e-7, compensation: str = "mean",
@@ -177,19 +194,15 @@ def prune(graph: ChannelGraph, keep: Mapping[str, Sequence[int]], classes: Seque
         gone = set(out_removed.get(name, ()))
         const = const[[i for i in range(const.shape[0]) if i not in gone]]
         report.compensated.append(name)
-        if isinstance(layer, nn.Linear) or const.dim() == 1:
+        if isinstance(layer, nn.Linear):
             _add_bias(layer, const)
             continue
-        spatial = tuple(range(1, const.dim()))
-        avg = const.mean(dim=spatial)
-        dev = float((const - avg.reshape(-1, *([1] * len(spatial)))).abs().max())
-        if fold == "bias" or dev <= const_atol * max(1.0, float(const.abs().max())):
-            _add_bias(layer, avg)
-            if fold == "bias":
-                report.max_fold_deviation[name] = dev
-        else:
+        folded, dev = fold_constant(layer, const, fold, const_atol)
+        if not folded:
             _set_module(model, name, ConstAdd(layer, const.to(layer.weight.dtype)))
             report.per_position.append(name)
+        elif dev is not None:
+            report.max_fold_deviation[name] = dev
     log.info("pruned %d groups, %d consumers compensated (%d per-position)", len(removed),
              len(report.compensated), len(report.per_position))
     return model.eval(), report
