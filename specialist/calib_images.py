@@ -27,6 +27,19 @@ CALIB_BUDGET = 0
 _CALIB_CACHE: OrderedDict[str, Split] = OrderedDict()
 
 
+def calib_split(data: str | Path | Split | None = None) -> Split:
+    """The calibration split: ``data`` itself when it is a :class:`Split`, else loaded from the data directory
+    ``data`` (default as :func:`specialist.data.resolve_data_dir`) and cached per directory (the last two)."""
+    if isinstance(data, Split):
+        return data
+    key = str(data)
+    if key not in _CALIB_CACHE:
+        _CALIB_CACHE[key] = load_split("calib", data)
+        while len(_CALIB_CACHE) > 2:
+            _CALIB_CACHE.popitem(last=False)
+    return _CALIB_CACHE[key]
+
+
 def calibration_images(base: NinWeights, classes, per_class: int, data: str | Path | Split | None = None,
                        skip: int = 0) -> np.ndarray:
     """The first ``per_class`` calibration images of each target class (after its first ``skip``: held-out
@@ -34,15 +47,7 @@ def calibration_images(base: NinWeights, classes, per_class: int, data: str | Pa
 
     ``data``: a :class:`Split` of calibration images, or the data directory (default: as
     :func:`specialist.data.resolve_data_dir`); the loaded split is cached per directory."""
-    if isinstance(data, Split):
-        split = data
-    else:
-        key = str(data)
-        if key not in _CALIB_CACHE:
-            _CALIB_CACHE[key] = load_split("calib", data)
-            while len(_CALIB_CACHE) > 2:
-                _CALIB_CACHE.popitem(last=False)
-        split = _CALIB_CACHE[key]
+    split = calib_split(data)
     sub = split.select(sorted(classes), per_class=per_class + skip)
     if skip:
         rank = np.zeros(len(sub.y), np.int64)

@@ -29,9 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -333,8 +331,6 @@ def _cut(graph: ChannelGraph, working: nn.Module, keep: Mapping[str, list[int]],
     return module.eval(), report
 
 
-_CALIB: OrderedDict[str, object] = OrderedDict()
-
 
 def calibration_images(description, classes: Sequence[int], per_class: int, data=None) -> torch.Tensor:
     """The first ``per_class`` calibration images of each target class (CIFAR-10 ``calib`` split of ``data``,
@@ -342,20 +338,12 @@ def calibration_images(description, classes: Sequence[int], per_class: int, data
     tensor of normalised images (used as given)."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
         return torch.as_tensor(data, dtype=torch.float32)
-    from specialist.data import Split, load_split
+    from specialist.calib_images import calib_split
 
     if tuple(description.input_shape) != (3, 32, 32):
         raise UsageError(f"recon needs calibration images the model takes: it takes {list(description.input_shape)}"
                          " inputs, the calibration images are CIFAR-10 (3x32x32)")
-    if isinstance(data, Split):
-        split = data
-    else:
-        key = str(data)
-        if key not in _CALIB:
-            _CALIB[key] = load_split("calib", data if data is None else Path(data))
-            while len(_CALIB) > 2:
-                _CALIB.popitem(last=False)
-        split = _CALIB[key]
+    split = calib_split(data)
     sub = split.select(sorted(classes), per_class=per_class)
     missing = [c for c in classes if not np.any(sub.y == c)]
     if missing:
