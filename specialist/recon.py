@@ -12,9 +12,9 @@ Per prunable layer L (CCCP2 .. CCCP5, in order), with consumer N (the next convo
   error of N's original pre-activations ``Wf^T x_o`` reconstructed from ``x_s[K]``; its explained part is
   ``tr(B_K^T (G_KK + lam)^-1 B_K)`` with ``B = C Wf``, which is the form the artifact-only elimination
   (:func:`specialist.allocation.elimination_path`) works on, so the same exact backward elimination gives the
-  removal order here (kernel positions treated as independent samples, as there).  With fewer classes than the network has, N's outputs are weighted by their :func:`decision_sensitivity`
-  (``class_aware``, the preset's default): the selection keeps what moves the decision between the target
-  classes.
+  removal order here (kernel positions treated as independent samples, as there).  With fewer classes than
+  the network has, N's outputs are weighted by their :func:`decision_sensitivity` (``class_aware``, the
+  preset's default): the selection keeps what moves the decision between the target classes.
 * Refit: ``x_o - m_o ~ A (x_s[K] - m_s[K])`` by ridge least squares, ``A = C_K^T (G_KK + lam I)^-1``
   [C, |K|]; N's new weights on the kept inputs are ``W_N A`` (per kernel position) and its pre-activations gain
   the per-position constant ``W_N * (m_o - A m_s[K])`` (exact fold: one add node; ``fold="bias"``: its spatial
@@ -348,8 +348,8 @@ def reconstruct(base: NinWeights, classes, counts: dict[str, int], images: np.nd
     the kept channels themselves (:func:`refit_coefficients`).  ``decision_weight``: the CCCP6 rounds weight
     images near the original's decision more (:func:`decision_weights`).  ``class_aware``: the selection weighs
     each consumer output by ``(1 - class_aware) + class_aware * s / mean(s)``, ``s`` its
-    :func:`decision_sensitivity` (on the first :data:`SENS_IMAGES` images), instead of equally.  ``scores_out``: a list that receives the
-    specialist's class scores [N, classes] on ``images``.
+    :func:`decision_sensitivity` (on the first :data:`SENS_IMAGES` images), instead of equally.
+    ``scores_out``: a list that receives the specialist's class scores [N, classes] on ``images``.
 
     Returns the specialist's weights (CCCP6 cut to ``classes``; per-position constants in ``consts`` with the
     exact fold) and the kept channel indices per layer.
@@ -464,8 +464,8 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
                         ) -> tuple[NinWeights, dict[str, list[int]]]:
     """:func:`reconstruct` with as many channels removed per layer as the allocation's plan ``pruned`` (which
     channels go is chosen here), on ``method.calib_per_class`` calibration images per class and their
-    augmented copies (:func:`specialist.calib_images.augment_images`; the targets are the original network's outputs, so mirrored
-    images are as good calibration data as any).
+    augmented copies (:func:`specialist.calib_images.augment_images`; the targets are the original network's
+    outputs, so mirrored images are as good calibration data as any).
 
     ``fallback``: the artifact-only build with the same plan (``best``); the guard returns it instead when its
     class scores are closer to the original network's on calibration images (model selection on calibration
@@ -482,12 +482,6 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
     if fallback is None:
         return weights, kept
     cls = torch.as_tensor(sorted(int(c) for c in classes))
-    last = LAYER_NAMES[-1]
-    with torch.no_grad():  # the original's class scores from its cached CCCP5 outputs
-        w6 = torch.from_numpy(np.ascontiguousarray(base.weights[last], np.float32))[cls]
-        b6 = torch.from_numpy(np.ascontiguousarray(base.biases[last], np.float32))[cls]
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
-        target = torch.relu(F.conv2d(original_outputs(base, x)[-1], w6, b6)).mean(dim=(2, 3)).double().numpy()
     other = fallback()
     held = calibration_images(base, classes, GUARD_HELDOUT, calib, skip=method.calib_per_class) \
         if GUARD_HELDOUT else images[:0]
@@ -495,6 +489,12 @@ def build_reconstructed(base: NinWeights, classes, pruned: dict[str, np.ndarray]
         target = class_scores(base, held)[:, cls.numpy()]
         e_recon, e_other = score_error(weights, held, target), score_error(other[0], held, target)
     else:
+        last = LAYER_NAMES[-1]
+        with torch.no_grad():  # the original's class scores from its CCCP5 outputs (cached by reconstruct)
+            w6 = torch.from_numpy(np.ascontiguousarray(base.weights[last], np.float32))[cls]
+            b6 = torch.from_numpy(np.ascontiguousarray(base.biases[last], np.float32))[cls]
+            x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+            target = torch.relu(F.conv2d(original_outputs(base, x)[-1], w6, b6)).mean(dim=(2, 3)).double().numpy()
         e_recon, e_other = float(np.mean((scores[0] - target) ** 2)), score_error(other[0], images, target)
     log.info("recon guard: class-score error %.4g (recon) vs %.4g (artifact-only)", e_recon, e_other)
     return (weights, kept) if e_recon <= e_other else other

@@ -18,6 +18,7 @@ from specialist.model import N_CLASSES
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """What every worker loads once: base model, statistics artifact, test images."""
