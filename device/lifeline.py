@@ -9,7 +9,10 @@ first thing in the helper, arranges three things:
 - a daemon watchdog polls ``os.getppid()`` (the portable fallback, and the cover for a parent that died before
   the death signal was armed);
 - SIGTERM or a vanished parent set an event the helper's loop checks to stop in order; if it has not exited
-  ``grace_s`` later the watchdog ends the process with ``os._exit(3)``.
+  ``grace_s`` later the watchdog ends the process with ``os._exit(3)``.  The watchdog thread blocks SIGTERM and
+  SIGINT, so the kernel hands them to the main thread: Python runs its handlers only there, and a signal that
+  landed on the watchdog instead would leave a main thread in a long blocking call (``time.sleep``, a read)
+  unaware of it until that call returns.
 
 SIGINT is ignored in the helper: Ctrl-C belongs to the parent, which stops its helpers in order.
 """
@@ -56,6 +59,7 @@ def die_with_parent(parent_pid: int, halt: threading.Event, *, pdeathsig: bool =
         _set_pdeathsig(signal.SIGTERM)
 
     def watch() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # theirs: the main thread's
         while not halt.wait(poll_s):
             if os.getppid() != parent_pid:
                 log.warning("pid %d: parent pid %d is gone; stopping", os.getpid(), parent_pid)

@@ -22,8 +22,10 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import connection
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequen
 
     A parent killed with ``kill -9`` cannot stop its workers; the kernel's parent-death signal and a
     watchdog on the parent pid (``device.lifeline``) end them instead, so nothing computes on orphaned.
+    SIGTERM keeps its default action here (the lifeline's orderly-stop handler is for helpers with something
+    to close; a worker has nothing): the death signal and :meth:`WorkerPool.stop`'s ``terminate`` end the
+    worker in the kernel at once, whatever its main thread is doing.
     """
     from device.lifeline import die_with_parent
 
@@ -56,9 +61,20 @@ def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequen
         _quiet_worker(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(os.getppid(), threading.Event(), grace_s=0.0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pids.put(os.getpid())
     if initializer is not None:
         initializer(*initargs)
+
+
+def _wait_exited(procs: list, timeout_s: float) -> list:
+    """Wait up to ``timeout_s`` for ``procs`` to exit (their sentinels: no reaping); the ones still running."""
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in procs if not connection.wait([p.sentinel], 0)]
+    while left and time.monotonic() < deadline:
+        connection.wait([p.sentinel for p in left], max(0.0, deadline - time.monotonic()))
+        left = [p for p in left if not connection.wait([p.sentinel], 0)]
+    return left
 
 
 class WorkerPool(ProcessPoolExecutor):
@@ -102,15 +118,23 @@ class WorkerPool(ProcessPoolExecutor):
         # the executor's own table of its processes too: a pid still in flight on the queue is not missed
         pids |= set((getattr(self, "_processes", None) or {}).keys())
         ours = [p for p in multiprocessing.active_children() if p.pid in pids]
+        manager = getattr(self, "_executor_manager_thread", None)  # shutdown() forgets it
         self._stopping = True  # the workers end because we end them: not a death worth reporting
         for proc in ours:
             proc.terminate()
         self.shutdown(wait=False, cancel_futures=True)
-        for proc in ours:
-            proc.join(STOP_JOIN_S)
-            if proc.is_alive():  # SIGTERM ignored or held (e.g. inside a library's critical section): SIGKILL
-                log.warning("worker %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, STOP_JOIN_S)
-                proc.kill()
+        # Wait on the exit sentinels, not with join: the executor's manager thread joins these same Process
+        # objects, and two threads reaping one child race (the loser's waitpid gets ECHILD and reports the
+        # process alive).
+        late = _wait_exited(ours, STOP_JOIN_S)
+        for proc in late:  # SIGTERM held (e.g. a library's critical section): SIGKILL
+            log.warning("worker %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, STOP_JOIN_S)
+            proc.kill()
+        _wait_exited(late, STOP_JOIN_S)
+        if manager is not None and manager.is_alive():  # it notices the exits and reaps the workers
+            manager.join(STOP_JOIN_S)
+        if manager is None or not manager.is_alive():  # reaped by it, or nobody else reaps: join here
+            for proc in ours:
                 proc.join(STOP_JOIN_S)
         if ours:
             log.info("stopped %d worker process(es)", len(ours))

@@ -108,3 +108,10 @@ def test_worker_output_stays_off_the_terminal_unless_verbose(capfd):
         assert pool.log_path is None
         pool.submit(os.write, 2, b"shown-err\n").result(timeout=120)
     assert "shown-err" in capfd.readouterr().err
+
+
+def test_workers_keep_sigterms_default_action_so_terminate_is_immediate():
+    """SIGTERM (``terminate``, the parent-death signal) ends a worker in the kernel, not in a Python handler
+    that only the main thread runs."""
+    with WorkerPool(1) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGTERM).result(timeout=120) == signal.SIG_DFL
