@@ -7,7 +7,14 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as harness.cli does: small solves, busy cores
 
+import signal
+
 import pytest
+
+# A test run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and
+# Python keeps it so; the Ctrl-C tests need Python's usual handler, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ("tests.pgserver",)  # the PostgreSQL fixtures: pg_admin_url, pg_url, store_db
 
