@@ -73,12 +73,13 @@ PRESETS: dict[str, Method] = {
                "speed, docs/export.md): turns FLOPs saved into time saved; lands at or below the FLOPs budget",
                impact="grad", score="recon", compensation="lsq", fold="exact", allocation="global",
                max_remove_pct=60.0, multiple_of=16),
-        Method("recon", "best's allocation with at most 40% of a layer's channels removed (same FLOPs); then layer by layer in order, channels chosen by "
+        Method("recon", "best's allocation with at most 40% of a layer's channels removed and CCCP5's error "
+               "curve weighted 0.4 (same FLOPs); then layer by layer in order, channels chosen by "
                "elimination on the refitted objective and every consumer refit by ridge least squares from the "
                "specialist's own activations to the original network's, on calibration images of the target "
                "classes (200 per class and their mirror images), kept only where closer to the original class scores "
                "on them than best", impact="grad", score="recon", compensation="lsq", fold="exact",
-               allocation="global", max_remove_pct=40.0, calib_per_class=200),
+               allocation="global", max_remove_pct=40.0, calib_per_class=200, layer_weights=(("CCCP5", 0.4),)),
     )
 }
 #: ``best`` beat ``paper`` in every cell measured (docs/methods.md); ``best-x16`` is ``best`` with the widths XNNPACK

@@ -100,7 +100,7 @@ GRAPH_DEFAULT_METHOD = "lsq"
 #: class and their mirror images; graph ``recon`` was measured with 100 per class, no mirror images:
 #: docs/anycnn.md).
 GRAPH_CALIB_OVERRIDES: dict[str, dict] = {
-    "recon": {"calib_per_class": 100, "max_remove_pct": 60.0,
+    "recon": {"calib_per_class": 100, "max_remove_pct": 60.0, "layer_weights": (),  # NIN's are by NIN layer
               "description": "best's allocation (same FLOPs); then layer by layer in order, channels chosen by "
                              "elimination on the refitted objective and every consumer refit by ridge least squares "
                              "from the specialist's own activations to the original network's, on calibration "
