@@ -70,10 +70,12 @@ def _start_worker(pids, initializer: Callable[..., Any] | None, initargs: Sequen
 def _wait_exited(procs: list, timeout_s: float) -> list:
     """Wait up to ``timeout_s`` for ``procs`` to exit (their sentinels: no reaping); the ones still running."""
     deadline = time.monotonic() + timeout_s
-    left = [p for p in procs if not connection.wait([p.sentinel], 0)]
-    while left and time.monotonic() < deadline:
-        connection.wait([p.sentinel for p in left], max(0.0, deadline - time.monotonic()))
-        left = [p for p in left if not connection.wait([p.sentinel], 0)]
+    left = list(procs)
+    while left:
+        ready = set(connection.wait([p.sentinel for p in left], max(0.0, deadline - time.monotonic())))
+        left = [p for p in left if p.sentinel not in ready]
+        if time.monotonic() >= deadline:
+            break
     return left
 
 

@@ -331,7 +331,6 @@ def _cut(graph: ChannelGraph, working: nn.Module, keep: Mapping[str, list[int]],
     return module.eval(), report
 
 
-
 def calibration_images(description, classes: Sequence[int], per_class: int, data=None) -> torch.Tensor:
     """The first ``per_class`` calibration images of each target class (CIFAR-10 ``calib`` split of ``data``,
     default as :func:`specialist.data.resolve_data_dir`), normalised for the model; ``data`` may also be a

@@ -128,7 +128,8 @@ def test_calib_per_class_is_validated():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_recon_preset_same_flops_as_best_and_smaller_error(base_weights, data_dir):
     """On the shipped NIN: recon spends exactly the FLOPs of best with recon's allocation settings (per-layer
-    cap, layer weights; at or under the level's budget) and reconstructs the original network's class scores on its calibration images better."""
+    cap, layer weights; at or under the level's budget) and reconstructs the original network's class scores
+    on its calibration images better."""
     from specialist.allocation import plan_flops, uniform_counts
     from specialist.build import build_specialist
     from specialist.data import load_split
@@ -142,9 +143,8 @@ def test_recon_preset_same_flops_as_best_and_smaller_error(base_weights, data_di
 
     assert PRESETS["recon"].max_remove_pct == 40.0  # documented: at most 40% of a layer (60% for best)
     assert dict(PRESETS["recon"].layer_weights) == {"CCCP5": 0.4}  # documented: CCCP5's curve weighted 0.4
-    best = build_specialist(classes, level, with_overrides(PRESETS["best"], {"max_remove_pct": 40.0,
-                                                                             "layer_weights": (("CCCP5", 0.4),)}),
-                            base=base_weights)
+    alloc = {k: getattr(PRESETS["recon"], k) for k in ("max_remove_pct", "layer_weights")}
+    best = build_specialist(classes, level, with_overrides(PRESETS["best"], alloc), base=base_weights)
     recon = build_specialist(classes, level, "recon", base=base_weights, calib=calib, calib_per_class=n)
     assert recon.flops == best.flops <= plan_flops(uniform_counts(level), len(classes))
     assert {L: len(v) for L, v in recon.kept.items()} == {L: len(v) for L, v in best.kept.items()}
