@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from pathlib import Path
 
@@ -70,9 +69,7 @@ def run(args) -> int:
             "root": str(phone.root), "timeline": str(phone.timeline_path), "keys": str(phone.state.keys_path),
             "pid": os.getpid(), "accept_new_keys": args.accept_new_keys}
     entry = announce(info)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = threading.Event()  # SIGTERM: harness.cli's stop handlers raise Terminated (a KeyboardInterrupt)
     try:
         if args.json:
             print_json(info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,6 +46,27 @@ def test_sigterm_is_for_the_main_thread_so_a_sleeping_helper_is_stopped():
         assert _blocked(child.pid, child.pid) & bits[signal.SIGTERM] == 0  # the main thread takes them
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=10) == 3  # the halt was set: the watchdog ended it 0.5 s later, not 60 s
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def test_a_stream_of_sigterms_cannot_deadlock_the_helper():
+    """A ``kill -9`` of a multi-threaded parent sends the parent-death signal once per parent thread the helper
+    is handed over from: several SIGTERMs within microseconds.  One landing while the handler of the one before
+    is still running must be harmless (no lock taken in a signal handler), so the watchdog still stops the
+    helper after its grace.  (With ``Event.set()`` in the handler this hung in most runs.)"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD.replace("grace_s=0.5", "grace_s=2.0"))],
+                             env=env, text=True, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # the lifeline is armed
+        started = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            while child.poll() is None and time.monotonic() - started < 8:
+                os.kill(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=10) == 3
+        assert time.monotonic() - started < 6  # the 2 s grace, not a deadlock
     finally:
         child.kill()
         child.wait(10)
