@@ -69,14 +69,14 @@ def run(args) -> int:
             "root": str(phone.root), "timeline": str(phone.timeline_path), "keys": str(phone.state.keys_path),
             "pid": os.getpid(), "accept_new_keys": args.accept_new_keys}
     entry = announce(info)
-    stop = threading.Event()  # SIGTERM: harness.cli's stop handlers raise Terminated (a KeyboardInterrupt)
     try:
         if args.json:
             print_json(info)
         else:
             print(f"virtual phone {profile.name} ({info['serial']}) listening on {phone.address}\n"
                   f"  root {phone.root}\n  adb connect {phone.address}   (Ctrl-C to stop)", flush=True)
-        stop.wait(args.duration_s)
+        # until --duration-s, Ctrl-C or SIGTERM (harness.cli's stop handlers raise Terminated, a KeyboardInterrupt)
+        threading.Event().wait(args.duration_s)
     except KeyboardInterrupt:
         pass
     finally:

@@ -55,7 +55,8 @@ def test_a_stream_of_sigterms_cannot_deadlock_the_helper():
     """A ``kill -9`` of a multi-threaded parent sends the parent-death signal once per parent thread the helper
     is handed over from: several SIGTERMs within microseconds.  One landing while the handler of the one before
     is still running must be harmless (no lock taken in a signal handler), so the watchdog still stops the
-    helper after its grace.  (With ``Event.set()`` in the handler this hung in most runs.)"""
+    helper after its grace.  (With ``Event.set()`` in the handler it failed every run: handlers nested until
+    a RecursionError, then the helper died of SIGTERM; in CI the nesting deadlocked instead.)"""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD.replace("grace_s=0.5", "grace_s=2.0"))],
                              env=env, text=True, stdout=subprocess.PIPE)
