@@ -6,7 +6,9 @@
 ``recon`` preset (``specialist.build.with_overrides``: ``{"max_remove_pct": 45.0}``, ``{"layer_weights":
 {"CCCP5": 0.25}}``), ``defaults`` updates ``specialist.recon.RECON_DEFAULTS`` (``patch_samples``,
 ``relu_iters``, ``impute_iters``, ``class_aware``) and ``module`` sets constants of ``specialist.recon``
-(``RIDGE_SCALE``, ``PATCH_RIDGE``).  Subsets as ``bench_recon.py`` (``harness.sweep.draw_subsets``, default the
+(``RIDGE_SCALE``, ``PATCH_RIDGE``); ``calib`` changes the calibration images: ``{"jpeg_quality": 75}`` replaces
+the lossless ones (the calibration split's ``exact`` rows) by JPEG copies at that quality (Pillow, 4:2:0), as
+the test set's 9,000 JPEG rows were made.  Subsets as ``bench_recon.py`` (``harness.sweep.draw_subsets``, default the
 ten pairs of Table 2), whole test set of their classes.  Prints one line per subset (accuracy, drop, build
 seconds) and the mean drop; docs/methods.md records the trials.  Slow: run by hand.
 """
@@ -14,6 +16,7 @@ seconds) and the mean drop; docs/methods.md records the trials.  Slow: run by ha
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -25,12 +28,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.sweep import draw_subsets  # noqa: E402
 from specialist import recon  # noqa: E402
 from specialist.build import build_specialist, load_default_stats, with_overrides  # noqa: E402
-from specialist.data import load_split  # noqa: E402
+from specialist.data import Split, load_split  # noqa: E402
 from specialist.evaluate import EvalModel, evaluate_models  # noqa: E402
 from specialist.methods import get_method  # noqa: E402
 from specialist.model import load_weights  # noqa: E402
@@ -48,6 +52,32 @@ def apply_setting(setting: dict):
     return with_overrides(method, fields) if fields else method
 
 
+def jpeg_copies(x: np.ndarray, quality: int) -> np.ndarray:
+    """``x`` [N, H, W, 3] uint8 after a JPEG round trip at ``quality`` (one encoder call per image: Pillow has
+    no batch API)."""
+    from PIL import Image
+
+    out = np.empty_like(x)
+    for i, im in enumerate(x):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=int(quality))
+        out[i] = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return out
+
+
+def apply_calib(setting: dict, calib: Split) -> Split:
+    """The calibration split for ``setting["calib"]`` (unchanged without it)."""
+    opts = setting.get("calib", {})
+    unknown = set(opts) - {"jpeg_quality"}
+    if unknown:
+        raise SystemExit(f"bench_recon_trial: unknown calib option {sorted(unknown)[0]}")
+    if "jpeg_quality" not in opts:
+        return calib
+    x = calib.x.copy()
+    x[calib.exact] = jpeg_copies(calib.x[calib.exact], opts["jpeg_quality"])
+    return Split(x, calib.y, np.zeros_like(calib.exact), f"{calib.source} (JPEG q{opts['jpeg_quality']})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--level", type=float, default=50.0)
@@ -63,7 +93,7 @@ def main(argv=None) -> int:
     method = apply_setting(setting)
     base = load_weights()
     stats = load_default_stats(base)
-    calib = load_split("calib", args.data)
+    calib = apply_calib(setting, load_split("calib", args.data))
     test = load_split("test", args.data)
     drops = []
     for sub in draw_subsets(args.size, args.count, args.seed)[0]:
