@@ -4,12 +4,14 @@ runs ``bench_recon_trial.py`` (same subsets, builds and scoring; its other optio
 
     python benchmarks/probes/probe_recon.py two_pass --level 50
     python benchmarks/probes/probe_recon.py image_fit --rho 0.1 --level 50
+    python benchmarks/probes/probe_recon.py mixup --frac 0.5 --level 50
 
 * ``two_pass``: build once, then again with each layer's selection weighting only the outputs of the next layer
   that the first build kept (the next layer's dropped outputs stop counting).
 * ``image_fit``: after the ReLU-aware rounds of CCCP6, two more rounds that fit each class score itself (the
   mean over positions of the ReLU, linearised at the current fit) by ridge least squares over images, pulled
   towards the position-level fit by ``--rho`` x the mean diagonal.
+* ``mixup``: ``--frac`` x as many blends of two random calibration images (or mirror images) added to them.
 """
 
 from __future__ import annotations
@@ -86,13 +88,33 @@ def install_image_fit(rho: float, rounds: int = 2) -> None:
     recon.relu_refit = image_fit
 
 
+def install_mixup(frac: float, low: float = 0.25, seed: int = 0) -> None:
+    """Patch the calibration images of ``recon`` to gain ``frac`` x as many blends ``lam a + (1 - lam) b`` of two
+    random calibration images (or mirror images), ``lam`` uniform in [low, 1 - low]: images near the original
+    network's decision between the target classes, whose outputs the refit then reproduces too."""
+    augment = recon.augment_images
+
+    def with_blends(images, *args, **kwargs):
+        out = augment(images, *args, **kwargs)
+        rng = np.random.default_rng(seed)
+        m = int(round(frac * len(out)))
+        a, b = rng.integers(0, len(out), m), rng.integers(0, len(out), m)
+        lam = rng.uniform(low, 1.0 - low, m).astype(np.float32)[:, None, None, None]
+        return np.concatenate([out, lam * out[a] + (1.0 - lam) * out[b]]).astype(np.float32)
+
+    recon.augment_images = with_blends
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("probe", choices=("two_pass", "image_fit"))
+    ap.add_argument("probe", choices=("two_pass", "image_fit", "mixup"))
+    ap.add_argument("--frac", type=float, default=0.5, help="mixup: blends per calibration image")
     ap.add_argument("--rho", type=float, default=0.1, help="image_fit: ridge towards the position-level fit")
     args, rest = ap.parse_known_args(argv)
     if args.probe == "two_pass":
         install_two_pass()
+    elif args.probe == "mixup":
+        install_mixup(args.frac)
     else:
         install_image_fit(args.rho)
     return bench_recon_trial.main(rest)
