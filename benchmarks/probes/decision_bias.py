@@ -18,16 +18,12 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from resolution import pair_specialists  # noqa: E402
 
-from harness.sweep import draw_subsets  # noqa: E402
-from specialist.build import build_specialist, load_default_stats  # noqa: E402
 from specialist.calib_images import calibration_images  # noqa: E402
-from specialist.data import load_split  # noqa: E402
-from specialist.methods import get_method  # noqa: E402
-from specialist.model import load_weights  # noqa: E402
 from specialist.recon import class_scores  # noqa: E402
 
 OFFSETS = np.linspace(-2.0, 2.0, 401)
@@ -52,14 +48,8 @@ def best_offset(d_o: np.ndarray, d_s: np.ndarray, is_a: np.ndarray) -> dict:
 
 
 def main() -> int:
-    torch.set_num_threads(1)
-    base = load_weights()
-    stats = load_default_stats(base)
-    calib, test = load_split("calib"), load_split("test")
     rows = []
-    for sub in draw_subsets(2, 10, 0)[0]:
-        sub = [int(c) for c in sub]
-        spec = build_specialist(sub, 50.0, get_method("recon"), stats=stats, base=base, calib=calib)
+    for sub, base, spec, calib, test in pair_specialists():
         t = test.select(sub)
         row: dict = {"sub": sub}
         for name, x in (("test", base.normalize(t.x)), ("calib_fitted", calibration_images(base, sub, 200, calib)),

@@ -33,15 +33,22 @@ def paired(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
             "se_drop": round(float(se), 3), "disagree_pct": round(100 * float(np.mean(pred_a != pred_b)), 2)}
 
 
-def main() -> int:
+def pair_specialists(level: float = 50.0):
+    """For each of the ten seeded Table 2 pairs: ``(sub, base, spec, calib, test)``, ``spec`` the default
+    ``recon`` specialist at ``level`` (single-threaded builds, as the probes measured them)."""
     torch.set_num_threads(1)
     base = load_weights()
     stats = load_default_stats(base)
     calib, test = load_split("calib"), load_split("test")
-    rows = []
     for sub in draw_subsets(2, 10, 0)[0]:
         sub = [int(c) for c in sub]
-        spec = build_specialist(sub, 50.0, get_method("recon"), stats=stats, base=base, calib=calib)
+        yield sub, base, build_specialist(sub, level, get_method("recon"), stats=stats, base=base, calib=calib), \
+            calib, test
+
+
+def main() -> int:
+    rows = []
+    for sub, base, spec, _calib, test in pair_specialists():
         t = test.select(sub)
         xn = base.normalize(t.x)
         cls = np.asarray(sub)
